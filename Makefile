@@ -1,0 +1,51 @@
+# `make run` starts the whole service with embedded defaults; `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export no_proxy := 127.0.0.1,localhost
+
+# The tests use the real services: PostgreSQL and Redis (see README.md).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
+
+.PHONY: install prepare run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet '.[test]'
+	touch $@
+
+prepare: install
+	mkdir -p var
+	$(BIN)/python manage.py alipay_keys
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python manage.py seed_demo
+
+run: prepare
+	@echo
+	@echo "  Storefront : http://127.0.0.1:8000/"
+	@echo "  Admin      : http://127.0.0.1:8000/admin/   (operator admin / admin-pass)"
+	@echo "  API user   : demo / demo-pass   (POST /authorizations/ for a token)"
+	@echo "  Sandbox    : http://127.0.0.1:8090/   (local Alipay gateway, control API on)"
+	@echo "  Ctrl-C stops everything."
+	@echo
+	$(BIN)/honcho start -f Procfile
+
+test: install
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	@echo "see bench/README.md"
+
+clean:
+	rm -rf var

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class PaymentConfig(AppConfig):
+    name = "payment"
+    verbose_name = "Payments"
+
+    def ready(self) -> None:
+        from payment import checks  # noqa: F401  (registers the key file check)

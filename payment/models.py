@@ -1,0 +1,122 @@
+from django.db import models
+
+from shop.models import OrderInfo
+
+
+class PaymentAttempt(models.Model):
+    """A pay link was issued for an order; what reconciliation and expiry look for.
+
+    One row per order: `started_at` is the first link, `last_started_at` the latest. The
+    `next_check_at`/`claimed_until` pair schedules and leases the reconciliation checks.
+    """
+
+    order = models.OneToOneField(
+        OrderInfo, on_delete=models.CASCADE, primary_key=True, related_name="payment_attempt"
+    )
+    amount = models.DecimalField(max_digits=10, decimal_places=2)
+    started_at = models.DateTimeField(db_index=True)
+    last_started_at = models.DateTimeField()
+    links_issued = models.PositiveIntegerField(default=1)
+    next_check_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    checks = models.PositiveIntegerField(default=0)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_check_result = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        verbose_name = "payment attempt"
+
+    def __str__(self) -> str:
+        return f"attempt {self.order_id}"
+
+
+class PaymentEvent(models.Model):
+    """Everything that arrived or was learned about a payment, stored before anything else.
+
+    It doubles as each order's payment history.
+    """
+
+    class Source(models.TextChoices):
+        RETURN = "return", "return redirect"
+        NOTIFY = "notify", "notification"
+        QUERY = "query", "trade query"
+        OPERATOR = "operator", "operator"
+
+    class State(models.TextChoices):
+        RECEIVED = "received"
+        APPLIED = "applied"
+        RECORDED = "recorded"  # verified, nothing to apply (e.g. WAIT_BUYER_PAY, a refund)
+        REJECTED = "rejected"
+        DEAD = "dead"
+
+    FINAL_STATES = (State.APPLIED, State.RECORDED, State.REJECTED, State.DEAD)
+
+    source = models.CharField(max_length=10, choices=Source.choices)
+    dedupe_key = models.CharField(max_length=200, unique=True)
+    out_trade_no = models.CharField(max_length=64, blank=True, db_index=True)
+    trade_no = models.CharField(max_length=64, blank=True, db_index=True)
+    order = models.ForeignKey(
+        OrderInfo, on_delete=models.SET_NULL, null=True, blank=True, related_name="payment_events"
+    )
+    raw_data = models.JSONField()
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    state = models.CharField(
+        max_length=10, choices=State.choices, default=State.RECEIVED, db_index=True
+    )
+    reason = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    deliveries = models.PositiveIntegerField(default=1)
+    last_error = models.TextField(blank=True)
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "payment event"
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["state", "received_at"], name="paymentevent_state_recv")]
+
+    def __str__(self) -> str:
+        return f"{self.source} event {self.pk} for {self.out_trade_no}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in self.FINAL_STATES
+
+
+class Payment(models.Model):
+    """Money that really arrived at Alipay for an order."""
+
+    class Status(models.TextChoices):
+        APPLIED = "applied"  # paid the order
+        REFUND_PENDING = "refund_pending"  # the order could not take it: to be refunded
+        REFUNDED = "refunded"
+
+    order = models.ForeignKey(OrderInfo, on_delete=models.PROTECT, related_name="payments")
+    trade_id = models.CharField(max_length=64, unique=True)
+    amount = models.DecimalField(max_digits=10, decimal_places=2)
+    source = models.CharField(max_length=10, choices=PaymentEvent.Source.choices)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.APPLIED, db_index=True
+    )
+    event = models.ForeignKey(
+        PaymentEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="payments"
+    )
+    refund_request_no = models.CharField(max_length=64, blank=True)
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    refunded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "payment"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["order"],
+                condition=models.Q(status="applied"),
+                name="payment_one_applied_per_order",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.trade_id} ({self.order_id})"

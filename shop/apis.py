@@ -1,0 +1,107 @@
+"""The shop's HTTP API: thin views that validate, call one service or selector, serialize."""
+import logging
+from typing import Any
+
+from django.contrib.auth import authenticate
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from shop import selectors, services
+from shop.serializers import (
+    CredentialsSerializer,
+    OrderDetailSerializer,
+    OrderInputSerializer,
+    OrderSerializer,
+    SKUSerializer,
+    UserOutputSerializer,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, plus a `message` a person can read and Django validation errors as 400."""
+    if isinstance(exc, DjangoValidationError):
+        return Response({"message": " ".join(exc.messages)}, status=status.HTTP_400_BAD_REQUEST)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and "message" not in response.data:
+        detail = response.data.get("detail")
+        response.data = {"message": str(detail) if detail else "Invalid input.", **response.data}
+    return response
+
+
+class UserCreateApi(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list[type] = []
+
+    @extend_schema(request=CredentialsSerializer, responses={201: UserOutputSerializer})
+    def post(self, request: Request) -> Response:
+        data = CredentialsSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            user = services.user_create(**data.validated_data)
+        except services.OrderError as exc:
+            return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(UserOutputSerializer(user).data, status=status.HTTP_201_CREATED)
+
+
+class AuthorizationCreateApi(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list[type] = []
+
+    @extend_schema(request=CredentialsSerializer, responses={200: dict})
+    def post(self, request: Request) -> Response:
+        data = CredentialsSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = authenticate(request, **data.validated_data)
+        if user is None or not user.is_active:
+            return Response(
+                {"message": "Wrong username or password."}, status=status.HTTP_400_BAD_REQUEST
+            )
+        return Response(
+            {"token": services.token_for_user(user=user), "user_id": user.pk,
+             "username": user.get_username()}
+        )
+
+
+class SKUListApi(APIView):
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses={200: SKUSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response(SKUSerializer(selectors.sku_list(), many=True).data)
+
+
+class OrderListCreateApi(APIView):
+    @extend_schema(responses={200: OrderSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        orders = selectors.order_list(user=request.user)[:100]
+        return Response(OrderSerializer(orders, many=True).data)
+
+    @extend_schema(request=OrderInputSerializer, responses={201: OrderSerializer})
+    def post(self, request: Request) -> Response:
+        data = OrderInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        items = [(item["sku_id"], item["count"]) for item in data.validated_data["items"]]
+        try:
+            order = services.order_create(user=request.user, items=items)
+        except services.OrderError as exc:
+            return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        logger.info("order created order_id=%s user_id=%s", order.order_id, request.user.pk)
+        return Response(OrderSerializer(order).data, status=status.HTTP_201_CREATED)
+
+
+class OrderDetailApi(APIView):
+    @extend_schema(responses={200: OrderDetailSerializer})
+    def get(self, request: Request, order_id: str) -> Response:
+        order = selectors.order_get(user=request.user, order_id=order_id)
+        if order is None:
+            raise Http404("No such order.")
+        return Response(OrderDetailSerializer(order).data)

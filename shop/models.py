@@ -1,0 +1,74 @@
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.core.validators import MinValueValidator
+from django.db import models
+
+
+class User(AbstractUser):
+    """The shop's user; a custom model from day one so that it can grow without migrations pain."""
+
+
+class SKU(models.Model):
+    name = models.CharField(max_length=200)
+    price = models.DecimalField(
+        max_digits=10, decimal_places=2, validators=[MinValueValidator(Decimal("0.01"))]
+    )
+    stock = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "SKU"
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(stock__gte=0), name="sku_stock_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class OrderInfo(models.Model):
+    class Status(models.IntegerChoices):
+        UNPAID = 1
+        UNSEND = 2
+        UNRECEIVED = 3
+        UNCOMMENT = 4
+        FINISHED = 5
+        CANCELED = 6
+
+    order_id = models.CharField(max_length=64, primary_key=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders"
+    )
+    total_amount = models.DecimalField(max_digits=10, decimal_places=2)
+    status = models.PositiveSmallIntegerField(
+        choices=Status.choices, default=Status.UNPAID, db_index=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "order"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.order_id
+
+    @property
+    def status_name(self) -> str:
+        return self.Status(self.status).name
+
+
+class OrderGoods(models.Model):
+    order = models.ForeignKey(OrderInfo, on_delete=models.CASCADE, related_name="goods")
+    sku = models.ForeignKey(SKU, on_delete=models.PROTECT, related_name="order_lines")
+    count = models.PositiveIntegerField()
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+
+    class Meta:
+        verbose_name = "order line"
+        verbose_name_plural = "order lines"
+
+    def __str__(self) -> str:
+        return f"{self.order_id}: {self.count} x {self.sku_id}"

@@ -1,0 +1,51 @@
+from rest_framework import serializers
+
+from shop.models import SKU, OrderGoods, OrderInfo
+
+
+class CredentialsSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
+
+
+class UserOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+
+
+class SKUSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = SKU
+        fields = ["id", "name", "price", "stock"]
+
+
+class OrderItemInputSerializer(serializers.Serializer):
+    sku_id = serializers.IntegerField(min_value=1)
+    count = serializers.IntegerField(min_value=1, max_value=1000)
+
+
+class OrderInputSerializer(serializers.Serializer):
+    items = OrderItemInputSerializer(many=True, allow_empty=False, max_length=100)
+
+
+class OrderGoodsSerializer(serializers.ModelSerializer):
+    name = serializers.CharField(source="sku.name")
+
+    class Meta:
+        model = OrderGoods
+        fields = ["sku_id", "name", "count", "price"]
+
+
+class OrderSerializer(serializers.ModelSerializer):
+    status = serializers.CharField(source="status_name")
+
+    class Meta:
+        model = OrderInfo
+        fields = ["order_id", "total_amount", "status", "created_at"]
+
+
+class OrderDetailSerializer(OrderSerializer):
+    goods = OrderGoodsSerializer(many=True)
+
+    class Meta(OrderSerializer.Meta):
+        fields = [*OrderSerializer.Meta.fields, "goods"]

@@ -1,0 +1,83 @@
+"""Services of the shop domain: functions that write."""
+from collections import Counter
+from decimal import Decimal
+
+from django.contrib.auth.password_validation import validate_password
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from shop.models import SKU, OrderGoods, OrderInfo, User
+
+
+class OrderError(Exception):
+    """An order cannot be placed as asked; the message is fit for the buyer."""
+
+
+def user_create(*, username: str, password: str) -> User:
+    validate_password(password)
+    with transaction.atomic():
+        if User.objects.filter(username=username).exists():
+            raise OrderError("This username is taken.")
+        return User.objects.create_user(username=username, password=password)
+
+
+def token_for_user(*, user: User) -> str:
+    token, _ = Token.objects.get_or_create(user=user)
+    return token.key
+
+
+def _order_id_new(user: User) -> str:
+    # The seed's format: creation time then the zero-padded user id; microseconds keep one
+    # user's orders apart.
+    return timezone.localtime().strftime("%Y%m%d%H%M%S%f") + f"{user.pk:09d}"
+
+
+def order_create(*, user: User, items: list[tuple[int, int]]) -> OrderInfo:
+    """Place an order for (sku_id, count) pairs, taking stock atomically."""
+    counts: Counter[int] = Counter()
+    for sku_id, count in items:
+        if count < 1:
+            raise OrderError("Each count must be at least 1.")
+        counts[sku_id] += count
+    if not counts:
+        raise OrderError("An order needs at least one item.")
+
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                return _order_insert(user=user, counts=counts)
+        except IntegrityError:
+            continue  # the same user ordered twice in one microsecond: take a new order_id
+    raise OrderError("Could not place the order, please try again.")
+
+
+def _order_insert(*, user: User, counts: Counter[int]) -> OrderInfo:
+    skus = {sku.pk: sku for sku in SKU.objects.filter(pk__in=counts.keys())}
+    missing = sorted(set(counts) - set(skus))
+    if missing:
+        raise OrderError(f"Unknown sku_id: {', '.join(map(str, missing))}.")
+    total = Decimal("0.00")
+    # Sorted so that concurrent orders take row locks in one order and cannot deadlock.
+    for sku_id in sorted(counts):
+        taken = SKU.objects.filter(pk=sku_id, stock__gte=counts[sku_id]).update(
+            stock=F("stock") - counts[sku_id]
+        )
+        if not taken:
+            raise OrderError(f"Not enough stock for {skus[sku_id].name}.")
+        total += skus[sku_id].price * counts[sku_id]
+    order = OrderInfo.objects.create(
+        order_id=_order_id_new(user), user=user, total_amount=total.quantize(Decimal("0.01"))
+    )
+    OrderGoods.objects.bulk_create(
+        OrderGoods(order=order, sku_id=sku_id, count=count, price=skus[sku_id].price)
+        for sku_id, count in sorted(counts.items())
+    )
+    return order
+
+
+def order_stock_return(*, order: OrderInfo) -> None:
+    """Give the order's items back to stock; call inside the transaction that cancels it."""
+    for line in order.goods.order_by("sku_id"):
+        SKU.objects.filter(pk=line.sku_id).update(stock=F("stock") + line.count)

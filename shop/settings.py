@@ -1,0 +1,180 @@
+"""Settings for the shop and its Alipay payments.
+
+This is the only module that reads the environment. Every variable, with its default, is
+listed in README.md.
+"""
+from datetime import timedelta
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+DEBUG = env.bool("DJANGO_DEBUG", default=True)
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="dev-only-insecure-secret-key-change-me")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["*"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "shop",
+    "payment",
+    "workers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "shop.urls"
+WSGI_APPLICATION = "shop.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}"),
+}
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, worker and beat share the file: wait for locks instead of failing at once.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+    DATABASES["default"]["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL;"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "shop.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+     "OPTIONS": {"min_length": 8}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "Asia/Shanghai"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "shop.apis.exception_handler",
+}
+SPECTACULAR_SETTINGS = {"TITLE": "Shop payments API", "VERSION": "1.0.0"}
+
+# Alipay
+ALIPAY_APPID = env.str("ALIPAY_APPID", default="2021000000000001")
+ALIPAY_GATEWAY = env.str("ALIPAY_GATEWAY", default="http://127.0.0.1:8090/gateway.do")
+ALIPAY_APP_PRIVATE_KEY_PATH = Path(
+    env.str("ALIPAY_APP_PRIVATE_KEY_PATH", default=str(BASE_DIR / "keys" / "app_private_key.pem"))
+)
+ALIPAY_PUBLIC_KEY_PATH = Path(
+    env.str("ALIPAY_PUBLIC_KEY_PATH", default=str(BASE_DIR / "keys" / "alipay_public_key.pem"))
+)
+ALIPAY_SELLER_ID = env.str("ALIPAY_SELLER_ID", default="")
+ALIPAY_RETURN_URL = env.str(
+    "ALIPAY_RETURN_URL", default="http://127.0.0.1:8000/pay_success.html"
+)
+ALIPAY_NOTIFY_URL = env.str(
+    "ALIPAY_NOTIFY_URL", default="http://127.0.0.1:8000/payment/alipay/notify/"
+)
+ALIPAY_TIMEOUT = env.float("ALIPAY_TIMEOUT", default=10.0)
+ALIPAY_SUBJECT_PREFIX = env.str("ALIPAY_SUBJECT_PREFIX", default="Shop order ")
+
+# Payment processing
+PAYMENT_STATUS_WAIT = env.float("PAYMENT_STATUS_WAIT", default=3.0)
+PAYMENT_EVENT_MAX_ATTEMPTS = env.int("PAYMENT_EVENT_MAX_ATTEMPTS", default=10)
+PAYMENT_TASK_MAX_RETRIES = env.int("PAYMENT_TASK_MAX_RETRIES", default=6)
+PAYMENT_RETRY_BACKOFF_MAX = env.int("PAYMENT_RETRY_BACKOFF_MAX", default=300)
+PAYMENT_REENQUEUE_AFTER = timedelta(seconds=env.int("PAYMENT_REENQUEUE_AFTER", default=5))
+PAYMENT_SWEEP_AFTER = timedelta(seconds=env.int("PAYMENT_SWEEP_AFTER", default=60))
+RECONCILE_AFTER = timedelta(seconds=env.int("RECONCILE_AFTER", default=120))
+RECONCILE_INTERVAL = env.float("RECONCILE_INTERVAL", default=60.0)
+RECONCILE_BATCH_SIZE = env.int("RECONCILE_BATCH_SIZE", default=200)
+RECONCILE_CONCURRENCY = env.int("RECONCILE_CONCURRENCY", default=16)
+ORDER_PAY_TIMEOUT = timedelta(seconds=env.int("ORDER_PAY_TIMEOUT", default=30 * 60))
+
+# Celery
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_FOLDER = Path(
+    env.str("CELERY_BROKER_FOLDER", default=str(BASE_DIR / "var" / "broker"))
+)
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=60)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=90)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = TIME_ZONE
+if CELERY_BROKER_URL.startswith("filesystem"):
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        "data_folder_in": str(CELERY_BROKER_FOLDER / "queue"),
+        "data_folder_out": str(CELERY_BROKER_FOLDER / "queue"),
+        "control_folder": str(CELERY_BROKER_FOLDER / "control"),
+        "store_processed": False,
+    }
+else:
+    # Above the longest retry countdown, so an ETA'd retry is not redelivered twice.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 3600}
+CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # The SDK turns itself to DEBUG on import and may log signed data.
+        "python-alipay-sdk": {"handlers": [], "level": "WARNING", "propagate": False},
+        "django.db.backends": {"level": "INFO"},
+    },
+}

@@ -1,0 +1,27 @@
+from django.contrib import admin
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView
+
+from payment import apis as payment_apis
+from shop import apis as shop_apis
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("users/", shop_apis.UserCreateApi.as_view(), name="user-create"),
+    path("authorizations/", shop_apis.AuthorizationCreateApi.as_view(), name="authorizations"),
+    path("skus/", shop_apis.SKUListApi.as_view(), name="sku-list"),
+    path("orders/", shop_apis.OrderListCreateApi.as_view(), name="order-list"),
+    path("orders/<str:order_id>/", shop_apis.OrderDetailApi.as_view(), name="order-detail"),
+    path(
+        "orders/<str:order_id>/payment/",
+        payment_apis.PaymentLinkApi.as_view(),
+        name="order-payment",
+    ),
+    path(
+        "orders/<str:order_id>/payment/status/",
+        payment_apis.OrderPaymentStatusApi.as_view(),
+        name="order-payment-status",
+    ),
+    path("payment/status/", payment_apis.PaymentStatusApi.as_view(), name="payment-status"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+]

@@ -1,0 +1,11 @@
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+
+application = get_wsgi_application()
+
+from payment.alipay import keys_require  # noqa: E402  (needs the settings loaded above)
+
+keys_require()
