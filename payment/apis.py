@@ -71,17 +71,15 @@ class PaymentStatusApi(APIView):
             params = services.params_clean(_request_params(request))
         except services.PaymentError as exc:
             return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        if not params.get("sign") or not params.get("out_trade_no"):
+        try:
+            services.inbound_params_check(params)
+        except services.PaymentError as exc:
+            # Kept for the record, never processed.
             services.event_record(
                 source=PaymentEvent.Source.RETURN, params=params,
-                remote_addr=_remote_addr(request), state=State.REJECTED,
-                reason="no sign or no out_trade_no",
+                remote_addr=_remote_addr(request), state=State.REJECTED, reason=str(exc),
             )
-            return Response(
-                {"message": "These are not Alipay's return parameters (sign and out_trade_no "
-                            "are required)."},
-                status=status.HTTP_400_BAD_REQUEST,
-            )
+            return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         event, _ = services.event_record(
             source=PaymentEvent.Source.RETURN, params=params, remote_addr=_remote_addr(request)
         )

@@ -1,6 +1,7 @@
 """Services of the payment domain: record what arrived, verify it, apply it exactly once."""
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -93,6 +94,22 @@ def params_clean(raw: dict[str, Any]) -> dict[str, str]:
             raise PaymentError("A parameter is too long.")
         params[key] = value
     return params
+
+
+OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_]{1,64}")
+BASE64 = re.compile(r"[A-Za-z0-9+/=]{16,1024}")
+
+
+def inbound_params_check(params: dict[str, str]) -> None:
+    """The shape every return or notification must have before it is worth a worker's time."""
+    if not params.get("sign") or not params.get("out_trade_no"):
+        raise PaymentError(
+            "These are not Alipay's parameters: sign and out_trade_no are required."
+        )
+    if not OUT_TRADE_NO.fullmatch(params["out_trade_no"]):
+        raise PaymentError("out_trade_no must be 1 to 64 letters, digits or underscores.")
+    if not BASE64.fullmatch(params["sign"]):
+        raise PaymentError("sign is not a base64 signature.")
 
 
 def _digest(params: dict[str, str]) -> str:

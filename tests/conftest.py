@@ -1,0 +1,152 @@
+"""Shared fixtures: throwaway keys, a sandbox process, real Celery workers, the live web app.
+
+`make test` points DATABASE_URL at PostgreSQL and CELERY_BROKER_URL at Redis; the tests that
+need workers use them for real.
+"""
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from alipay_sandbox.client import SandboxControl
+from alipay_sandbox.keys import write_dev_keys
+from tests.support import (
+    APP_ID,
+    SELLER_ID,
+    ManagedProcess,
+    ShopClient,
+    free_port,
+    python_args,
+    wait_for_port,
+)
+
+
+@pytest.fixture(scope="session")
+def dev_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("keys")
+    write_dev_keys(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def sandbox_server(
+    dev_keys: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SandboxControl]:
+    port = free_port()
+    store = tmp_path_factory.mktemp("sandbox") / "store.sqlite3"
+    env = {**os.environ, "no_proxy": "127.0.0.1,localhost"}
+    process = ManagedProcess(
+        "sandbox",
+        python_args(
+            "-m", "alipay_sandbox", "--port", str(port), "--control", "--time-factor", "0.001",
+            "--store", str(store),
+            "--alipay-private-key", str(dev_keys / "alipay_private_key.pem"),
+            "--app-public-key", str(dev_keys / "app_public_key.pem"),
+            "--app-id", APP_ID, "--seller-id", SELLER_ID,
+        ),
+        env, log_dir,
+    ).start()
+    wait_for_port(port)
+    control = SandboxControl(f"http://127.0.0.1:{port}")
+    yield control
+    process.stop()
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxControl) -> SandboxControl:
+    sandbox_server.reset()
+    return sandbox_server
+
+
+@pytest.fixture(scope="session")
+def alipay_settings(dev_keys: Path, sandbox_server: SandboxControl) -> dict[str, str]:
+    """Point this process at the throwaway keys and the sandbox; the env for child processes."""
+    from payment import alipay
+
+    values = {
+        "ALIPAY_APPID": APP_ID,
+        "ALIPAY_SELLER_ID": SELLER_ID,
+        "ALIPAY_GATEWAY": f"{sandbox_server.base_url}/gateway.do",
+        "ALIPAY_APP_PRIVATE_KEY_PATH": str(dev_keys / "app_private_key.pem"),
+        "ALIPAY_PUBLIC_KEY_PATH": str(dev_keys / "alipay_public_key.pem"),
+        "ALIPAY_TIMEOUT": "5",
+    }
+    for name, value in values.items():
+        setattr(settings, name, Path(value) if name.endswith("_PATH") else value)
+    settings.ALIPAY_TIMEOUT = 5.0
+    alipay.clients_reset()
+    return values
+
+
+@pytest.fixture(scope="session")
+def web(live_server: Any, alipay_settings: dict[str, str]) -> str:
+    """The live web app's base URL, with Alipay's return and notify URLs pointing at it."""
+    settings.ALIPAY_RETURN_URL = f"{live_server.url}/pay_success.html"
+    settings.ALIPAY_NOTIFY_URL = f"{live_server.url}/payment/alipay/notify/"
+    settings.PAYMENT_STATUS_WAIT = 5.0
+    return str(live_server.url)
+
+
+def broker_url() -> str:
+    url = settings.CELERY_BROKER_URL
+    assert url.startswith("redis://"), "the worker tests need CELERY_BROKER_URL=redis://..."
+    return str(url)
+
+
+@pytest.fixture(scope="session")
+def worker_env(
+    django_db_setup: Any, django_db_blocker: Any, alipay_settings: dict[str, str]
+) -> dict[str, str]:
+    """Environment for worker processes: the test database, the test broker, the sandbox."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    assert db["ENGINE"] == "django.db.backends.postgresql", "the worker tests need PostgreSQL"
+    return {
+        **os.environ,
+        **alipay_settings,
+        "DATABASE_URL": (
+            f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
+            f"{db['NAME']}"
+        ),
+        "CELERY_BROKER_URL": broker_url(),
+        "no_proxy": "127.0.0.1,localhost",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+def worker_process(env: dict[str, str], log_dir: Path, name: str = "worker",
+                   concurrency: int = 4, queues: str = "payments,reconcile") -> ManagedProcess:
+    return ManagedProcess(
+        name,
+        python_args(
+            "-m", "celery", "-A", "workers", "worker", "--queues", queues,
+            "--concurrency", str(concurrency), "--hostname", f"{name}-{free_port()}@%h",
+            "--without-mingle", "--without-gossip", "--loglevel", "INFO",
+        ),
+        env, log_dir,
+    )
+
+
+@pytest.fixture(scope="session")
+def celery_workers(worker_env: dict[str, str], log_dir: Path) -> Iterator[ManagedProcess]:
+    """Real `celery worker` processes consuming from Redis for the whole session."""
+    redis.Redis.from_url(broker_url()).flushdb()
+    worker = worker_process(worker_env, log_dir).start()
+    worker.wait_log("ready.", timeout=60)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def shop(web: str, sandbox: SandboxControl) -> ShopClient:
+    return ShopClient(web)

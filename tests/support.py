@@ -1,0 +1,150 @@
+"""Helpers shared by the tests: processes, HTTP clients and Alipay-style signing."""
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_ID = "2021000000000001"
+SELLER_ID = "2088000000000001"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll until predicate returns something truthy; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    def is_open() -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(is_open, timeout)
+
+
+def sign_params(params: dict[str, str], private_key_pem: bytes) -> dict[str, str]:
+    """Sign return/notify parameters the way Alipay does, with a test's own key."""
+    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    message = "&".join(
+        f"{k}={v}" for k, v in sorted(params.items()) if k not in ("sign", "sign_type") and v
+    )
+    signature = key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return {**params, "sign_type": "RSA2", "sign": base64.b64encode(signature).decode()}
+
+
+def query_params(url: str) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True))
+
+
+class ManagedProcess:
+    """A child process with its output in a log file, stopped politely or killed."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "ManagedProcess":
+        log = open(self.log_path, "ab")  # noqa: SIM115  (kept open for the child's lifetime)
+        self.proc = subprocess.Popen(
+            self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 30.0, start_at: int = 0) -> None:
+        def seen() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited:\n{self.log_text()[-3000:]}")
+            return text in self.log_text()[start_at:]
+
+        wait_for(seen, timeout, 0.1)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(timeout)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+
+def python_args(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+class ShopClient:
+    """The shop's HTTP API as a storefront uses it."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        self.session.trust_env = False
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def register_and_login(self, username: str, password: str = "s3cret-pass") -> "ShopClient":
+        response = self.session.post(
+            self.url("/users/"), json={"username": username, "password": password}, timeout=10
+        )
+        assert response.status_code == 201, response.text
+        response = self.session.post(
+            self.url("/authorizations/"), json={"username": username, "password": password},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        self.session.headers["Authorization"] = f"Token {response.json()['token']}"
+        return self
+
+    def order(self, items: list[dict[str, int]]) -> dict[str, Any]:
+        response = self.session.post(self.url("/orders/"), json={"items": items}, timeout=10)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def pay_link(self, order_id: str) -> requests.Response:
+        return self.session.get(self.url(f"/orders/{order_id}/payment/"), timeout=10)
+
+    def put_status(self, params: dict[str, str] | str) -> requests.Response:
+        query = params if isinstance(params, str) else urllib.parse.urlencode(params)
+        return requests.put(self.url(f"/payment/status/?{query}"), timeout=30)
