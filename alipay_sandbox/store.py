@@ -79,9 +79,7 @@ class Store:
             conn.executescript(SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
@@ -192,7 +190,7 @@ class Store:
     def refunds_on(self, day_prefix: str) -> list[dict[str, Any]]:
         with self.connection() as conn:
             rows = conn.execute(
-                "SELECT r.*, t.trade_no, t.subject, t.total_amount, t.gmt_create"
+                "SELECT r.*, t.trade_no, t.subject, t.total_amount, t.gmt_create, t.buyer_logon_id"
                 " FROM refunds r JOIN trades t ON t.out_trade_no = r.out_trade_no"
                 " WHERE r.gmt_refund LIKE ? ORDER BY r.gmt_refund",
                 (day_prefix + "%",),

@@ -1,0 +1,111 @@
+"""Wires the parts together and routes HTTP requests to them."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qsl, unquote
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from . import cashier
+from .bills import Bills
+from .config import Config
+from .control import Control, json_reply
+from .errors import ApiError
+from .faults import Faults
+from .gateway import PAGE_METHODS, Gateway, Reply
+from .notifier import Notifier
+from .store import Store
+from .trades import TradeService
+
+log = logging.getLogger("alipay_sandbox")
+HTML = "text/html;charset=utf-8"
+
+
+def html(status: int, text: str, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, text.encode("utf-8"), HTML, headers or {})
+
+
+class Sandbox:
+    def __init__(
+        self, config: Config, alipay_key: rsa.RSAPrivateKey, app_public_key: rsa.RSAPublicKey
+    ) -> None:
+        self.config = config
+        self.store = Store(config.store)
+        self.faults = Faults()
+        self.notifier = Notifier(self.store, self.faults, config.time_factor)
+        self.trades = TradeService(config, alipay_key, self.store, self.notifier)
+        self.bills = Bills(self.store, config.seller_id)
+        self.gateway = Gateway(
+            config, alipay_key, app_public_key, self.faults, self.trades, self.bills
+        )
+        self.control = Control(self) if config.control else None
+
+    def set_base_url(self, url: str) -> None:
+        self.gateway.base_url = url.rstrip("/")
+
+    def start(self) -> None:
+        self.notifier.start()
+
+    def stop(self) -> None:
+        self.notifier.stop()
+        self.store.close()
+
+    def route(self, method: str, path: str, query: str, body: bytes, content_type: str) -> Reply:
+        if path == "/gateway.do" and method in ("GET", "POST"):
+            params = dict(parse_qsl(query, keep_blank_values=True))
+            if method == "POST" and "x-www-form-urlencoded" in content_type:
+                form = body.decode("utf-8", "replace")
+                params.update(parse_qsl(form, keep_blank_values=True))
+            if params.get("method") in PAGE_METHODS:
+                return self.page_pay(params)
+            return self.gateway.handle(params)
+        if path.startswith("/cashier/"):
+            return self.cashier(method, path[len("/cashier/") :])
+        if path.startswith("/bills/") and path.endswith(".zip") and method == "GET":
+            found = self.bills.download(path[len("/bills/") : -len(".zip")])
+            if found is None:
+                return html(404, cashier.not_found_page())
+            name, data = found
+            headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+            return Reply(200, data, "application/zip", headers)
+        if path.startswith("/_sandbox/"):
+            if self.control is None:
+                return json_reply(404, {"error": "control API is off (start with --control)"})
+            return self.control.route(method, path, query, body)
+        if path in ("/", "/index.html") and method == "GET":
+            return html(200, cashier.index_page(self.control is not None))
+        return html(404, cashier.not_found_page())
+
+    def page_pay(self, params: dict[str, str]) -> Reply:
+        try:
+            trade = self.gateway.open_page_pay(params)
+        except ApiError as exc:
+            return html(400, cashier.error_page(exc))
+        return html(200, cashier.cashier_page(trade))
+
+    def cashier(self, method: str, rest: str) -> Reply:
+        parts = rest.split("/")
+        out_trade_no = unquote(parts[0])
+        action = parts[1] if len(parts) > 1 else ""
+        trade = self.store.get_trade(out_trade_no)
+        if trade is None or len(parts) > 2:
+            return html(404, cashier.not_found_page())
+        if method == "GET" and action == "":
+            if trade["gmt_payment"]:
+                return html(200, cashier.paid_page(trade))
+            if trade["status"] == "TRADE_CLOSED":
+                error = ApiError("40004", "ACQ.TRADE_HAS_CLOSE", "交易已经关闭")
+                return html(400, cashier.error_page(error))
+            return html(200, cashier.cashier_page(trade))
+        if method == "POST" and action == "pay":
+            try:
+                outcome = self.trades.pay(out_trade_no)
+            except ApiError as exc:
+                return html(400, cashier.error_page(exc))
+            if self.faults.snapshot().drop_return or not outcome.return_url:
+                return html(200, cashier.paid_page(outcome.trade))
+            return html(302, "", {"Location": outcome.return_url})
+        if method == "POST" and action == "cancel":
+            return html(200, cashier.cancelled_page(trade))
+        return html(405, cashier.not_found_page())

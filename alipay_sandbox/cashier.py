@@ -1,0 +1,89 @@
+"""HTML pages of the sandbox cashier (what the buyer's browser sees)."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+from .errors import ApiError
+
+STYLE = (
+    "body{font-family:sans-serif;max-width:36em;margin:3em auto;color:#222}"
+    "h1{color:#1677ff;font-size:1.4em}.amount{font-size:2em;font-weight:bold}"
+    "button{font-size:1.1em;padding:.5em 1.5em;margin-right:1em}"
+    "table td{padding:.2em .8em .2em 0}.code{font-family:monospace}"
+)
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html><html lang="zh-CN"><head><meta charset="utf-8">'
+        f"<title>{escape(title)} - Alipay sandbox</title><style>{STYLE}</style></head>"
+        f"<body><p><small>Alipay sandbox (local test gateway)</small></p>{body}</body></html>"
+    )
+
+
+def cashier_path(out_trade_no: str) -> str:
+    return "/cashier/" + quote(out_trade_no, safe="")
+
+
+def cashier_page(trade: dict[str, Any]) -> str:
+    path = cashier_path(trade["out_trade_no"])
+    body = (
+        f"<h1>{escape(trade['subject'])}</h1>"
+        f'<p class="amount" id="total-amount">¥ {escape(trade["total_amount"])}</p>'
+        "<table>"
+        f'<tr><td>Order</td><td class="code" id="out-trade-no">'
+        f"{escape(trade['out_trade_no'])}</td></tr>"
+        f'<tr><td>Status</td><td id="trade-status">{escape(trade["status"])}</td></tr>'
+        "</table>"
+        f'<form method="post" action="{escape(path)}/pay" style="display:inline">'
+        '<button type="submit" id="pay-button">Pay</button></form>'
+        f'<form method="post" action="{escape(path)}/cancel" style="display:inline">'
+        '<button type="submit" id="cancel-button">Cancel</button></form>'
+    )
+    return _page("Cashier", body)
+
+
+def error_page(error: ApiError) -> str:
+    body = (
+        "<h1>Payment request refused</h1>"
+        f'<p>code <span class="code" id="error-code">{escape(error.code)}</span> '
+        f"{escape(error.msg)}</p>"
+        f'<p>sub_code <span class="code" id="error-sub-code">{escape(error.sub_code)}</span></p>'
+        f'<p id="error-message">{escape(error.sub_msg)}</p>'
+    )
+    return _page("Error", body)
+
+
+def paid_page(trade: dict[str, Any]) -> str:
+    body = (
+        '<h1 id="payment-done">Payment done</h1>'
+        f"<p>{escape(trade['subject'])}: ¥ {escape(trade['total_amount'])} paid, "
+        f'trade <span class="code">{escape(trade["trade_no"] or "")}</span>.</p>'
+        "<p>You may close this page.</p>"
+    )
+    return _page("Payment done", body)
+
+
+def cancelled_page(trade: dict[str, Any]) -> str:
+    path = cashier_path(trade["out_trade_no"])
+    body = (
+        '<h1 id="payment-cancelled">Payment cancelled</h1>'
+        f'<p>Order <span class="code">{escape(trade["out_trade_no"])}</span> was not paid.</p>'
+        f'<p><a id="back-to-cashier" href="{escape(path)}">Back to the cashier</a></p>'
+    )
+    return _page("Payment cancelled", body)
+
+
+def index_page(control: bool) -> str:
+    body = (
+        '<h1>Alipay sandbox</h1><p>Gateway: <span class="code">/gateway.do</span></p>'
+        f"<p>Control API: {'on' if control else 'off'}</p>"
+    )
+    return _page("Alipay sandbox", body)
+
+
+def not_found_page() -> str:
+    return _page("Not found", "<h1>Not found</h1>")

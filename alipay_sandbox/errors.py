@@ -1,0 +1,50 @@
+"""Gateway error answers, shaped like Alipay's."""
+
+from __future__ import annotations
+
+MESSAGES = {
+    "20000": "Service Currently Unavailable",
+    "40001": "Missing Required Arguments",
+    "40002": "Invalid Arguments",
+    "40004": "Business Failed",
+    "40006": "Insufficient Permissions",
+}
+
+
+class ApiError(Exception):
+    """An error answer. Business failures (40004) are signed; protocol errors are not."""
+
+    def __init__(self, code: str, sub_code: str, sub_msg: str, signed: bool | None = None) -> None:
+        super().__init__(f"{code} {sub_code}: {sub_msg}")
+        self.code = code
+        self.sub_code = sub_code
+        self.sub_msg = sub_msg
+        self.signed = code == "40004" if signed is None else signed
+
+    @property
+    def msg(self) -> str:
+        return MESSAGES.get(self.code, "Unknown Error")
+
+    def node(self) -> dict[str, str]:
+        return {
+            "code": self.code,
+            "msg": self.msg,
+            "sub_code": self.sub_code,
+            "sub_msg": self.sub_msg,
+        }
+
+
+def business(sub_code: str, sub_msg: str) -> ApiError:
+    return ApiError("40004", sub_code, sub_msg)
+
+
+def missing(what: str, sub_msg: str) -> ApiError:
+    return ApiError("40001", f"isv.missing-{what}", sub_msg)
+
+
+def invalid(what: str, sub_msg: str) -> ApiError:
+    return ApiError("40002", f"isv.invalid-{what}", sub_msg)
+
+
+def trade_not_exist() -> ApiError:
+    return business("ACQ.TRADE_NOT_EXIST", "交易不存在")

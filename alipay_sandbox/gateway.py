@@ -1,0 +1,198 @@
+"""``/gateway.do``: request verification, server API dispatch and the signed envelope."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from . import signing
+from .bills import Bills
+from .config import Config
+from .errors import ApiError, invalid, missing
+from .faults import Faults
+from .trades import TIME_FORMAT, TradeService
+
+PAGE_METHODS = ("alipay.trade.page.pay", "alipay.trade.wap.pay")
+SERVER_METHODS = (
+    "alipay.trade.query",
+    "alipay.trade.close",
+    "alipay.trade.refund",
+    "alipay.trade.fastpay.refund.query",
+    "alipay.data.dataservice.bill.downloadurl.query",
+)
+REQUIRED = (
+    ("app_id", "app-id"),
+    ("sign_type", "signature-type"),
+    ("sign", "signature"),
+    ("timestamp", "timestamp"),
+    ("version", "version"),
+)
+JSON_TYPE = "application/json;charset=utf-8"
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = JSON_TYPE
+    headers: dict[str, str] = field(default_factory=dict)
+    hang_s: float | None = None  # sleep, then close the connection without answering
+
+
+@dataclass
+class Verified:
+    method: str
+    app_id: str
+    sign_type: str
+    params: dict[str, str]
+    biz: dict[str, Any]
+
+
+def response_key(method: str) -> str:
+    return method.replace(".", "_") + "_response" if method else "error_response"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        alipay_key: rsa.RSAPrivateKey,
+        app_public_key: rsa.RSAPublicKey,
+        faults: Faults,
+        trades: TradeService,
+        bills: Bills,
+    ) -> None:
+        self.config = config
+        self.alipay_key = alipay_key
+        self.app_public_key = app_public_key
+        self.faults = faults
+        self.trades = trades
+        self.bills = bills
+        self.base_url = config.base_url()
+        self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "alipay.trade.query": trades.query,
+            "alipay.trade.close": trades.close,
+            "alipay.trade.refund": trades.refund,
+            "alipay.trade.fastpay.refund.query": trades.refund_query,
+            "alipay.data.dataservice.bill.downloadurl.query": self._bill_url,
+        }
+
+    # -- verification ---------------------------------------------------------------------
+    def check_method(self, params: dict[str, str], allowed: tuple[str, ...]) -> str:
+        method = params.get("method", "")
+        if not method:
+            raise missing("method", "缺少方法名参数")
+        if method not in allowed:
+            raise invalid("method", f"不存在的方法名 {method}")
+        return method
+
+    def verify(self, params: dict[str, str], method: str) -> Verified:
+        for name, what in REQUIRED:
+            if not params.get(name):
+                raise missing(what, f"缺少 {name} 参数")
+        app_id = params["app_id"]
+        if app_id not in self.config.app_ids:
+            raise invalid("app-id", "无效的AppID参数")
+        sign_type = params["sign_type"]
+        if sign_type not in signing.SIGN_TYPES:
+            raise invalid("signature-type", f"签名类型 {sign_type} 不支持")
+        try:
+            datetime.strptime(params["timestamp"], TIME_FORMAT)
+        except ValueError:
+            raise invalid("timestamp", "非法的时间戳参数，格式应为 yyyy-MM-dd HH:mm:ss") from None
+        charset = params.get("charset", "utf-8")
+        if charset.lower() not in ("utf-8", "utf8"):
+            raise invalid("charset", f"字符集 {charset} 不支持，请使用 utf-8")
+        unsigned = signing.string_to_sign(params, exclude=("sign",))
+        if not signing.verify(self.app_public_key, unsigned, params["sign"], sign_type):
+            raise invalid(
+                "signature",
+                "验签出错，建议检查签名字符串或签名私钥与应用公钥是否匹配",
+            )
+        raw_biz = params.get("biz_content", "")
+        try:
+            biz = json.loads(raw_biz) if raw_biz else {}
+        except ValueError:
+            raise ApiError(
+                "40002", "isv.invalid-parameter", "biz_content 不是合法的 JSON"
+            ) from None
+        if not isinstance(biz, dict):
+            raise ApiError("40002", "isv.invalid-parameter", "biz_content 应为 JSON 对象")
+        return Verified(method, app_id, sign_type, params, biz)
+
+    # -- server APIs ----------------------------------------------------------------------
+    def handle(self, params: dict[str, str]) -> Reply:
+        method = params.get("method", "")
+        sign_type = params.get("sign_type", "RSA2")
+        if sign_type not in signing.SIGN_TYPES:
+            sign_type = "RSA2"
+        try:
+            method = self.check_method(params, SERVER_METHODS)
+            fault_reply = self._apply_faults(method)
+            if fault_reply is not None:
+                return fault_reply
+            request = self.verify(params, method)
+            node = self._handlers[method](request.biz)
+            return self.signed(method, node, request.sign_type)
+        except ApiError as exc:
+            if exc.signed:
+                return self.signed(method, exc.node(), sign_type)
+            return self.unsigned(method, exc.node())
+
+    def _apply_faults(self, method: str) -> Reply | None:
+        current = self.faults.applies_to(method)
+        if current is None:
+            return None
+        if current.latency_ms:
+            time.sleep(current.latency_ms / 1000.0)
+        if not self.faults.should_fail(current):
+            return None
+        if current.error_kind == "http500":
+            body = b"<html><body><h1>500 Internal Server Error</h1></body></html>"
+            return Reply(500, body, "text/html;charset=utf-8")
+        if current.error_kind == "timeout":
+            return Reply(504, b"", hang_s=current.timeout_s)
+        node = {
+            "code": "20000",
+            "msg": "Service Currently Unavailable",
+            "sub_code": "isp.unknow-error",
+            "sub_msg": "系统繁忙",
+        }
+        return self.unsigned(method, node)
+
+    def signed(self, method: str, node: dict[str, Any], sign_type: str) -> Reply:
+        text = _dumps(node)
+        signature = signing.sign(self.alipay_key, text, sign_type)
+        body = '{"' + response_key(method) + '":' + text + ',"sign":"' + signature + '"}'
+        return Reply(200, body.encode("utf-8"))
+
+    def unsigned(self, method: str, node: dict[str, Any]) -> Reply:
+        return Reply(200, _dumps({response_key(method): node}).encode("utf-8"))
+
+    def _bill_url(self, biz: dict[str, Any]) -> dict[str, Any]:
+        return self.bills.issue(biz, self.base_url)
+
+    # -- page pay -------------------------------------------------------------------------
+    def open_page_pay(self, params: dict[str, str], allow_paid: bool = False) -> dict[str, Any]:
+        """Verify a page / wap pay request and open (or reopen) its trade."""
+        method = self.check_method(params, PAGE_METHODS)
+        request = self.verify(params, method)
+        return self.trades.open_trade(
+            app_id=request.app_id,
+            method=method,
+            biz=request.biz,
+            return_url=params.get("return_url", ""),
+            notify_url=params.get("notify_url", ""),
+            sign_type=request.sign_type,
+            allow_paid=allow_paid,
+        )

@@ -1,0 +1,97 @@
+"""HTTP front end: a threading HTTP/1.1 server (keep-alive) in front of :class:`Sandbox`."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from .app import Sandbox
+from .gateway import Reply
+
+log = logging.getLogger("alipay_sandbox.http")
+MAX_BODY = 1 << 20
+
+
+class SandboxHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.address_family = family
+        super().__init__(address, Handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "AlipaySandbox/1.0"
+    server: SandboxHTTPServer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._dispatch("HEAD")
+
+    def _read_body(self) -> bytes | None:
+        length_header = self.headers.get("Content-Length")
+        if not length_header:
+            return b""
+        try:
+            length = int(length_header)
+        except ValueError:
+            return None
+        if length < 0 or length > MAX_BODY:
+            return None
+        return self.rfile.read(length)
+
+    def _dispatch(self, method: str) -> None:
+        body = self._read_body()
+        if body is None:
+            self._send(Reply(400, b"bad request body", "text/plain;charset=utf-8"), method)
+            self.close_connection = True
+            return
+        split = urlsplit(self.path)
+        content_type = self.headers.get("Content-Type", "")
+        route_method = "GET" if method == "HEAD" else method
+        try:
+            reply = self.server.sandbox.route(
+                route_method, split.path, split.query, body, content_type
+            )
+        except Exception:
+            log.exception("error handling %s %s", method, split.path)
+            reply = Reply(500, b"internal sandbox error", "text/plain;charset=utf-8")
+        if reply.hang_s is not None:
+            time.sleep(reply.hang_s)
+            self.close_connection = True
+            return
+        self._send(reply, method)
+
+    def _send(self, reply: Reply, method: str) -> None:
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(reply.body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        if log.isEnabledFor(logging.DEBUG):
+            # The request line would carry signed parameters: log the path only.
+            log.debug("%s %s -> %s", self.command, urlsplit(self.path).path, args[1:2])
+
+    def log_error(self, format: str, *args: object) -> None:  # noqa: A002
+        log.debug("http error: " + format, *args)
