@@ -67,3 +67,8 @@ def receiver() -> Iterator[NotifyReceiver]:
     server = NotifyReceiver()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing() -> None:
+    """Overrides the project-wide autouse fixture: these tests need no Django settings."""
