@@ -159,7 +159,8 @@ def test_bill_download(
     text = archive.read(detail).decode("gbk")
     rows = [row for row in csv.reader(io.StringIO(text)) if row and not row[0].startswith("#")]
     header, body = rows[0], rows[1:]
-    assert {"支付宝交易号", "商户订单号", "业务类型", "订单金额（元）", "商家实收（元）"} <= set(header)
+    wanted = {"支付宝交易号", "商户订单号", "业务类型", "订单金额（元）", "商家实收（元）"}
+    assert wanted <= set(header)
     records = [dict(zip(header, row, strict=True)) for row in body]
     sale = next(r for r in records if r["业务类型"] == "交易")
     assert sale["支付宝交易号"] == trade_no
