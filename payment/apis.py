@@ -3,6 +3,10 @@ import logging
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ParseError
@@ -107,3 +111,36 @@ class OrderPaymentStatusApi(APIView):
         if order is None:
             return Response({"message": "Order not found."}, status=status.HTTP_404_NOT_FOUND)
         return Response(selectors.order_payment_status(order=order))
+
+
+@csrf_exempt
+@require_POST
+def alipay_notify(request: HttpRequest) -> HttpResponse:
+    """Alipay's asynchronous notification: store it, then answer `success`.
+
+    `success` is answered only once the notification is durably stored (or was already);
+    Alipay delivers again after `fail`, so nothing is lost when the database is away.
+    """
+    remote_addr = request.META.get("REMOTE_ADDR") or None
+    try:
+        params = services.params_clean(dict(request.POST.lists()))
+        services.inbound_params_check(params)
+    except services.PaymentError as exc:
+        try:
+            services.event_record(
+                source=PaymentEvent.Source.NOTIFY, params=dict(request.POST.items()),
+                remote_addr=remote_addr, state=State.REJECTED, reason=str(exc),
+            )
+        except (DatabaseError, services.PaymentError):
+            pass
+        logger.warning("notification refused from %s: %s", remote_addr, exc)
+        return HttpResponse("fail", content_type="text/plain", status=400)
+    try:
+        services.event_record(
+            source=PaymentEvent.Source.NOTIFY, params=params, remote_addr=remote_addr
+        )
+    except DatabaseError as exc:
+        logger.error("notification not stored out_trade_no=%s error=%s",
+                     params.get("out_trade_no"), type(exc).__name__)
+        return HttpResponse("fail", content_type="text/plain", status=503)
+    return HttpResponse("success", content_type="text/plain")

@@ -40,6 +40,7 @@ class PaymentEvent(models.Model):
         RETURN = "return", "return redirect"
         NOTIFY = "notify", "notification"
         QUERY = "query", "trade query"
+        EXPIRY = "expiry", "order expiry"
         OPERATOR = "operator", "operator"
 
     class State(models.TextChoices):

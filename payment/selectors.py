@@ -10,7 +10,8 @@ def order_for_user(*, user: User, order_id: str) -> OrderInfo | None:
 def order_payment_status(*, order: OrderInfo) -> dict[str, object]:
     """The order's payment state as the storefront polls it."""
     payment = order.payments.filter(status=Payment.Status.APPLIED).first()
-    latest = PaymentEvent.objects.filter(order=order).order_by("-received_at", "-id").first()
+    events = list(PaymentEvent.objects.filter(order=order).order_by("-received_at", "-id")[:50])
+    latest = events[0] if events else None
     return {
         "order_id": order.order_id,
         "status": order.status_name,
@@ -20,4 +21,9 @@ def order_payment_status(*, order: OrderInfo) -> dict[str, object]:
             "state": latest.state,
             "received_at": latest.received_at,
         },
+        "history": [
+            {"source": e.source, "state": e.state, "reason": e.reason, "trade_no": e.trade_no,
+             "received_at": e.received_at, "deliveries": e.deliveries}
+            for e in events
+        ],
     }

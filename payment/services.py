@@ -112,12 +112,22 @@ def inbound_params_check(params: dict[str, str]) -> None:
         raise PaymentError("sign is not a base64 signature.")
 
 
+def _storable(params: dict[str, Any]) -> dict[str, str]:
+    """What arrived, fit for a JSON column: text only, no NUL, bounded size."""
+    def text(value: Any) -> str:
+        return str(value).replace("\x00", "\ufffd")[:MAX_VALUE_LENGTH]
+
+    return {text(k)[:64]: text(v) for k, v in list(params.items())[:MAX_PARAMS]}
+
+
 def _digest(params: dict[str, str]) -> str:
     canonical = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _dedupe_key(source: str, params: dict[str, str]) -> str:
+    if source == Source.QUERY:
+        return f"query:{params.get('trade_no', '')}:{params.get('trade_status', '')}"[:200]
     if source == Source.NOTIFY and params.get("notify_id"):
         notify_id = params["notify_id"]
         if len(notify_id) <= 128:
@@ -133,12 +143,14 @@ def event_record(
     remote_addr: str | None = None,
     state: str = State.RECEIVED,
     reason: str = "",
+    enqueue: bool = True,
 ) -> tuple[PaymentEvent, bool]:
     """Store what arrived, once. Returns the event and whether it is new.
 
     A new event in `received` is enqueued after commit; a repeat of one still waiting is
     enqueued again when the first may have been lost on the way to the broker.
     """
+    params = _storable(params)
     key = _dedupe_key(source, params)
     out_trade_no = params.get("out_trade_no", "")[:64]
     try:
@@ -157,7 +169,7 @@ def event_record(
     except IntegrityError:
         event = PaymentEvent.objects.get(dedupe_key=key)
         PaymentEvent.objects.filter(pk=event.pk).update(deliveries=F("deliveries") + 1)
-        if event.state == State.RECEIVED and event.received_at < timezone.now() - (
+        if enqueue and event.state == State.RECEIVED and event.received_at < timezone.now() - (
             settings.PAYMENT_REENQUEUE_AFTER
         ):
             event_enqueue(event_id=event.pk)
@@ -166,7 +178,7 @@ def event_record(
         "payment event stored id=%s source=%s out_trade_no=%s state=%s",
         event.pk, source, out_trade_no, state,
     )
-    if state == State.RECEIVED:
+    if enqueue and state == State.RECEIVED:
         event_enqueue(event_id=event.pk)
     return event, True
 
@@ -214,18 +226,14 @@ def _event_finish(event: PaymentEvent, state: str, reason: str = "", **fields: A
 
 
 def _event_check(event: PaymentEvent) -> CheckedEvent:
-    """Verify a return or notification: signature, app, order, amount, seller."""
+    """Verify a return or notification: signature, app, order, amount, seller.
+
+    A query event holds a trade query response whose signature the client verified when
+    it arrived: only its order and amount are checked.
+    """
     params: dict[str, str] = dict(event.raw_data)
-    if not alipay.signature_valid(params):
-        raise EventRejected("signature does not verify with Alipay's public key")
-    if params.get("app_id") != settings.ALIPAY_APPID:
-        raise EventRejected(f"app_id {params.get('app_id', '')[:32]!r} is not ours")
-    if settings.ALIPAY_SELLER_ID and params.get("seller_id") != settings.ALIPAY_SELLER_ID:
-        raise EventRejected(f"seller_id {params.get('seller_id', '')[:32]!r} is not ours")
-    if event.source == Source.RETURN and params.get("method") not in RETURN_METHODS:
-        raise EventRejected("not a return redirect")
-    if event.source == Source.NOTIFY and params.get("notify_type") != "trade_status_sync":
-        raise EventRejected("not a trade status notification")
+    if event.source != Source.QUERY:
+        _event_authenticate(event, params)
     order = OrderInfo.objects.filter(order_id=params.get("out_trade_no", "")).first()
     if order is None:
         raise EventRejected("out_trade_no is not one of our orders")
@@ -242,6 +250,20 @@ def _event_check(event: PaymentEvent) -> CheckedEvent:
         order=order, trade_no=trade_no, amount=amount,
         trade_status=params.get("trade_status", ""),
     )
+
+
+def _event_authenticate(event: PaymentEvent, params: dict[str, str]) -> None:
+    """It comes from Alipay, for us: signature, app_id, seller_id and its kind."""
+    if not alipay.signature_valid(params):
+        raise EventRejected("signature does not verify with Alipay's public key")
+    if params.get("app_id") != settings.ALIPAY_APPID:
+        raise EventRejected(f"app_id {params.get('app_id', '')[:32]!r} is not ours")
+    if settings.ALIPAY_SELLER_ID and params.get("seller_id") != settings.ALIPAY_SELLER_ID:
+        raise EventRejected(f"seller_id {params.get('seller_id', '')[:32]!r} is not ours")
+    if event.source == Source.RETURN and params.get("method") not in RETURN_METHODS:
+        raise EventRejected("not a return redirect")
+    if event.source == Source.NOTIFY and params.get("notify_type") != "trade_status_sync":
+        raise EventRejected("not a trade status notification")
 
 
 def _return_confirm(event: PaymentEvent, checked: CheckedEvent) -> None:
@@ -288,7 +310,9 @@ def event_process(*, event_id: int) -> PaymentEvent:
 
 def _event_run(event: PaymentEvent) -> None:
     checked = _event_check(event)
-    if event.source == Source.NOTIFY and checked.trade_status not in alipay.PAID_STATUSES:
+    if event.source in (Source.NOTIFY, Source.QUERY) and (
+        checked.trade_status not in alipay.PAID_STATUSES
+    ):
         _event_finish(
             event, State.RECORDED, f"trade_status {checked.trade_status[:32]}",
             order=checked.order, trade_no=checked.trade_no,

@@ -158,7 +158,28 @@ if CELERY_BROKER_URL.startswith("filesystem"):
     }
 else:
     # Above the longest retry countdown, so an ETA'd retry is not redelivered twice.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 3600}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": 2 * 3600,
+        "socket_connect_timeout": 3,
+        "socket_timeout": 10,
+    }
+# A request that enqueues must not hang on a broker that is away: the event is stored and
+# the sweeper sends it later.
+CELERY_BROKER_CONNECTION_TIMEOUT = 3
+CELERY_BEAT_SCHEDULE = {
+    "sweep-payment-events": {
+        "task": "workers.tasks.events_sweep_task",
+        "schedule": env.float("PAYMENT_SWEEP_INTERVAL", default=60.0),
+    },
+    "reconcile-payments": {
+        "task": "workers.tasks.reconcile_dispatch_task",
+        "schedule": RECONCILE_INTERVAL,
+    },
+    "expire-orders": {
+        "task": "workers.tasks.orders_expire_dispatch_task",
+        "schedule": env.float("ORDER_EXPIRE_INTERVAL", default=60.0),
+    },
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

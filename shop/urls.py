@@ -22,6 +22,7 @@ urlpatterns = [
         payment_apis.OrderPaymentStatusApi.as_view(),
         name="order-payment-status",
     ),
+    path("payment/alipay/notify/", payment_apis.alipay_notify, name="alipay-notify"),
     path("payment/status/", payment_apis.PaymentStatusApi.as_view(), name="payment-status"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
 ]

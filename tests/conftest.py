@@ -5,6 +5,7 @@ need workers use them for real.
 """
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,12 @@ from tests.support import (
     python_args,
     wait_for_port,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing() -> None:
+    # PBKDF2's deliberate cost only slows the many sign-ups the tests make.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(scope="session")
@@ -102,16 +109,34 @@ def broker_url() -> str:
     return str(url)
 
 
+FAST_SCHEDULE = {
+    "RECONCILE_AFTER": 2,
+    "RECONCILE_INTERVAL": 1,
+    "PAYMENT_SWEEP_AFTER": 3,
+    "PAYMENT_SWEEP_INTERVAL": 1,
+    "ORDER_EXPIRE_INTERVAL": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def fast_schedule() -> dict[str, int]:
+    """Beat's intervals in seconds, so that a test sees reconciliation and expiry at work."""
+    settings.RECONCILE_AFTER = timedelta(seconds=FAST_SCHEDULE["RECONCILE_AFTER"])
+    settings.PAYMENT_SWEEP_AFTER = timedelta(seconds=FAST_SCHEDULE["PAYMENT_SWEEP_AFTER"])
+    return FAST_SCHEDULE
+
+
 @pytest.fixture(scope="session")
 def worker_env(
-    django_db_setup: Any, django_db_blocker: Any, alipay_settings: dict[str, str]
-) -> dict[str, str]:
+    django_db_setup: Any, django_db_blocker: Any, alipay_settings: dict[str, str],
+    fast_schedule: dict[str, int],
+) -> Iterator[dict[str, str]]:
     """Environment for worker processes: the test database, the test broker, the sandbox."""
     from django.db import connection
 
     db = connection.settings_dict
     assert db["ENGINE"] == "django.db.backends.postgresql", "the worker tests need PostgreSQL"
-    return {
+    yield {
         **os.environ,
         **alipay_settings,
         "DATABASE_URL": (
@@ -121,7 +146,14 @@ def worker_env(
         "CELERY_BROKER_URL": broker_url(),
         "no_proxy": "127.0.0.1,localhost",
         "LOG_LEVEL": "INFO",
+        **{name: str(value) for name, value in fast_schedule.items()},
     }
+    # Child processes are gone by now; their sessions must not keep the test database alive.
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 def worker_process(env: dict[str, str], log_dir: Path, name: str = "worker",
@@ -145,6 +177,22 @@ def celery_workers(worker_env: dict[str, str], log_dir: Path) -> Iterator[Manage
     worker.wait_log("ready.", timeout=60)
     yield worker
     worker.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_beat(worker_env: dict[str, str], log_dir: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    """A real `celery beat` running the sweep, reconciliation and expiry schedules."""
+    schedule = tmp_path_factory.mktemp("beat") / "schedule"
+    beat = ManagedProcess(
+        "beat",
+        python_args("-m", "celery", "-A", "workers", "beat", "--schedule", str(schedule),
+                    "--loglevel", "INFO"),
+        worker_env, log_dir,
+    ).start()
+    beat.wait_log("beat: Starting", timeout=60)
+    yield beat
+    beat.stop()
 
 
 @pytest.fixture

@@ -2,9 +2,10 @@
 import logging
 
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from payment import services
+from payment import reconciliation, services
 from payment.alipay import GatewayUnavailable
 
 logger = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ RETRY_OPTIONS = {
     "retry_jitter": True,
     "max_retries": 8,
 }
+MAX_BATCHES_PER_RUN = 100
 
 
 @shared_task(**RETRY_OPTIONS)
@@ -29,3 +31,41 @@ def event_process_task(event_id: int) -> str:
 @shared_task(**RETRY_OPTIONS)
 def payment_refund_task(payment_id: int) -> str:
     return str(services.payment_refund(payment_id=payment_id).status)
+
+
+@shared_task
+def events_sweep_task() -> dict[str, int]:
+    return reconciliation.events_sweep()
+
+
+@shared_task
+def reconcile_dispatch_task() -> int:
+    """Claim every due check in batches and spread the batches over the workers."""
+    claimed = 0
+    for _ in range(MAX_BATCHES_PER_RUN):
+        order_ids = reconciliation.attempts_claim(limit=settings.RECONCILE_BATCH_SIZE)
+        if not order_ids:
+            break
+        reconcile_batch_task.delay(order_ids)
+        claimed += len(order_ids)
+    return claimed
+
+
+@shared_task(acks_late=True)
+def reconcile_batch_task(order_ids: list[str]) -> dict[str, int]:
+    return reconciliation.orders_reconcile(
+        order_ids=order_ids, concurrency=settings.RECONCILE_CONCURRENCY
+    )
+
+
+@shared_task
+def orders_expire_dispatch_task() -> int:
+    order_ids = reconciliation.orders_expired(limit=settings.RECONCILE_BATCH_SIZE)
+    for order_id in order_ids:
+        order_expire_task.delay(order_id)
+    return len(order_ids)
+
+
+@shared_task(**RETRY_OPTIONS)
+def order_expire_task(order_id: str) -> str:
+    return reconciliation.order_expire(order_id=order_id)

@@ -130,6 +130,7 @@ def test_return_signed_with_another_key_is_rejected(
 
 
 def test_tampered_signature_is_rejected(shop: ShopClient, sandbox: SandboxControl) -> None:
+    sandbox.set_faults(notify_drop=True)  # only the tampered return may reach the order
     order_id, params = _paid_order(shop, sandbox, "tamperer")
     params["sign"] = ("A" if params["sign"][0] != "A" else "B") + params["sign"][1:]
     response = shop.put_status(params)
@@ -159,6 +160,7 @@ def test_paid_with_another_trade_query_mismatch_is_rejected(
     shop: ShopClient, sandbox: SandboxControl, dev_keys: Path
 ) -> None:
     """Validly signed, right amount, but Alipay's trade query knows another trade_no."""
+    sandbox.set_faults(notify_drop=True)  # only the forged return may reach the order
     order_id, params = _paid_order(shop, sandbox, "mismatch")
     forged = _forged_return(
         order_id, dev_keys / "alipay_private_key.pem", total_amount=params["total_amount"],
@@ -190,7 +192,8 @@ def test_malformed_return_gets_400(web: str, query: str) -> None:
 
 def test_garbage_signature_is_rejected_not_500(shop: ShopClient) -> None:
     order_id = _unpaid_order(shop, "garbage")
-    response = shop.put_status({"out_trade_no": order_id, "sign": "bm90IGEgc2lnbmF0dXJlIGF0IGFsbA==",
+    not_a_signature = "bm90IGEgc2lnbmF0dXJlIGF0IGFsbA=="
+    response = shop.put_status({"out_trade_no": order_id, "sign": not_a_signature,
                                 "total_amount": "10.00", "app_id": "x"})
     assert response.status_code == 403
     assert OrderInfo.objects.get(order_id=order_id).status == OrderInfo.Status.UNPAID
@@ -210,6 +213,7 @@ def test_unreadable_json_body_gets_400(web: str) -> None:
 def test_gateway_error_during_confirming_query_is_retried(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
+    sandbox.set_faults(notify_drop=True)  # the return alone must pay, through the retries
     order_id, params = _paid_order(shop, sandbox, "patient")
     sandbox.set_faults(error_rate=1.0, error_kind="20000", methods=["alipay.trade.query"])
 

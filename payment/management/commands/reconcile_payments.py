@@ -1,0 +1,27 @@
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from payment import reconciliation
+
+
+class Command(BaseCommand):
+    help = (
+        "Ask Alipay about every UNPAID order whose pay link is older than RECONCILE_AFTER and "
+        "apply the payments it reports (the same work as the scheduled run, done here)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--concurrency", type=int, default=settings.RECONCILE_CONCURRENCY)
+        parser.add_argument("--batch-size", type=int, default=settings.RECONCILE_BATCH_SIZE)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        totals: dict[str, int] = {}
+        while order_ids := reconciliation.attempts_claim(limit=options["batch_size"]):
+            counts = reconciliation.orders_reconcile(
+                order_ids=order_ids, concurrency=options["concurrency"]
+            )
+            for outcome, count in counts.items():
+                totals[outcome] = totals.get(outcome, 0) + count
+        self.stdout.write(f"reconciled: {totals or 'nothing due'}")

@@ -1,0 +1,192 @@
+"""Services that find payments nobody told us about, and settle orders nobody paid.
+
+- the sweeper re-sends stored events that never reached a worker, and marks them dead after
+  too many attempts;
+- reconciliation asks `alipay.trade.query` about UNPAID orders whose pay link is older than
+  RECONCILE_AFTER, in claimed batches, concurrently;
+- expiry closes the Alipay trade of an order unpaid for ORDER_PAY_TIMEOUT, asks once more,
+  and cancels the order with its stock returned.
+"""
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from payment import alipay
+from payment.models import Payment, PaymentAttempt, PaymentEvent
+from payment.services import (
+    event_enqueue,
+    event_process,
+    event_record,
+    payment_refund_enqueue,
+)
+from shop.models import OrderInfo
+from shop.services import order_stock_return
+
+logger = logging.getLogger(__name__)
+
+Source = PaymentEvent.Source
+State = PaymentEvent.State
+CLAIM_LEASE = timedelta(minutes=5)
+MAX_CHECK_GAP = timedelta(minutes=10)
+
+
+def events_sweep(*, limit: int = 1000) -> dict[str, int]:
+    """Send again what is stuck in `received`; give up on it past the attempt limit."""
+    now = timezone.now()
+    stale = now - settings.PAYMENT_SWEEP_AFTER
+    dead = PaymentEvent.objects.filter(
+        state=State.RECEIVED, updated_at__lt=stale,
+        attempts__gte=settings.PAYMENT_EVENT_MAX_ATTEMPTS,
+    ).update(state=State.DEAD, processed_at=now, reason="gave up: too many attempts")
+    if dead:
+        logger.error("payment events marked dead count=%s", dead)
+    with transaction.atomic():
+        ids = list(
+            PaymentEvent.objects.select_for_update(skip_locked=True)
+            .filter(state=State.RECEIVED, updated_at__lt=stale)
+            .order_by("updated_at").values_list("pk", flat=True)[:limit]
+        )
+        # Touching updated_at keeps the next sweep from sending them again at once.
+        PaymentEvent.objects.filter(pk__in=ids).update(updated_at=now)
+        for event_id in ids:
+            event_enqueue(event_id=event_id)
+    refunds = list(
+        Payment.objects.filter(status=Payment.Status.REFUND_PENDING, created_at__lt=stale)
+        .values_list("pk", flat=True)[:limit]
+    )
+    for payment_id in refunds:
+        payment_refund_enqueue(payment_id=payment_id)
+    if ids or refunds:
+        logger.info("sweep re-sent events=%s refunds=%s", len(ids), len(refunds))
+    return {"resent": len(ids), "dead": dead, "refunds": len(refunds)}
+
+
+def attempts_claim(*, limit: int) -> list[str]:
+    """Claim due reconciliation checks. Overlapping runs never claim the same order."""
+    now = timezone.now()
+    with transaction.atomic():
+        order_ids = list(
+            PaymentAttempt.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(order__status=OrderInfo.Status.UNPAID, next_check_at__lte=now)
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .order_by("next_check_at").values_list("order_id", flat=True)[:limit]
+        )
+        PaymentAttempt.objects.filter(order_id__in=order_ids).update(
+            claimed_until=now + CLAIM_LEASE
+        )
+    return order_ids
+
+
+def order_reconcile(*, order_id: str) -> str:
+    """Ask Alipay about one claimed order and apply a payment it reports. Returns the outcome."""
+    attempt = PaymentAttempt.objects.select_related("order").get(order_id=order_id)
+    if attempt.order.status != OrderInfo.Status.UNPAID:
+        _check_done(order_id, "settled", next_check_at=None)
+        return "settled"
+    try:
+        trade = alipay.trade_query(out_trade_no=order_id)
+    except (alipay.GatewayUnavailable, alipay.GatewayRejected) as exc:
+        # Retried by a later run, sooner than an unpaid order would be.
+        _check_done(order_id, f"error: {exc}"[:100],
+                    next_check_at=timezone.now() + _check_gap(attempt.checks, base=0.5))
+        logger.warning("reconcile query failed order_id=%s error=%s", order_id, exc)
+        return "error"
+    if trade is not None and trade.is_paid:
+        outcome = trade_status_apply(order_id=order_id, trade=trade)
+        _check_done(order_id, outcome, next_check_at=None)
+        return outcome
+    status = trade.trade_status if trade else "TRADE_NOT_EXIST"
+    _check_done(order_id, status,
+                next_check_at=timezone.now() + _check_gap(attempt.checks, base=1.0))
+    return "unpaid"
+
+
+def trade_status_apply(*, order_id: str, trade: alipay.TradeStatus) -> str:
+    """Record a paid trade the query found, and apply it through the common path."""
+    params = {k: str(v) for k, v in trade.raw.items() if not isinstance(v, list | dict)}
+    params.setdefault("out_trade_no", order_id)
+    event, _ = event_record(source=Source.QUERY, params=params, enqueue=False)
+    try:
+        event = event_process(event_id=event.pk)
+    except Exception as exc:  # noqa: BLE001  (stored; the sweeper takes it up again)
+        logger.warning("query event id=%s left for the sweeper: %s", event.pk, exc)
+        return "stored"
+    return str(event.state)
+
+
+def _check_gap(checks: int, *, base: float) -> timedelta:
+    gap = timedelta(seconds=settings.RECONCILE_INTERVAL * base * (checks + 1))
+    return min(gap, MAX_CHECK_GAP)
+
+
+def _check_done(order_id: str, result: str, *, next_check_at: object) -> None:
+    PaymentAttempt.objects.filter(order_id=order_id).update(
+        checks=F("checks") + 1, last_checked_at=timezone.now(), last_check_result=result,
+        next_check_at=next_check_at, claimed_until=None,
+    )
+
+
+def orders_reconcile(*, order_ids: list[str], concurrency: int) -> dict[str, int]:
+    """Check a claimed batch with at most `concurrency` trade queries in flight."""
+    def one(order_id: str) -> str:
+        try:
+            return order_reconcile(order_id=order_id)
+        except Exception:
+            logger.exception("reconcile failed order_id=%s", order_id)
+            return "error"
+        finally:
+            close_old_connections()
+            if connection.connection is not None and not connection.in_atomic_block:
+                connection.close()
+
+    counts: dict[str, int] = {}
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        for outcome in pool.map(one, order_ids):
+            counts[outcome] = counts.get(outcome, 0) + 1
+    logger.info("reconciled batch size=%s outcomes=%s", len(order_ids), counts)
+    return counts
+
+
+def orders_expired(*, limit: int) -> list[str]:
+    cutoff = timezone.now() - settings.ORDER_PAY_TIMEOUT
+    return list(
+        OrderInfo.objects.filter(status=OrderInfo.Status.UNPAID, created_at__lt=cutoff)
+        .order_by("created_at").values_list("order_id", flat=True)[:limit]
+    )
+
+
+def order_expire(*, order_id: str) -> str:
+    """Close the trade, ask once more, then cancel and return the stock; never a paid order.
+
+    Raises alipay.GatewayUnavailable when Alipay cannot be asked: the order stays UNPAID.
+    """
+    order = OrderInfo.objects.get(order_id=order_id)
+    if order.status != OrderInfo.Status.UNPAID:
+        return "settled"
+    if PaymentAttempt.objects.filter(order_id=order_id).exists():
+        alipay.trade_close(out_trade_no=order_id)
+        trade = alipay.trade_query(out_trade_no=order_id)
+        if trade is not None and trade.is_paid:
+            return trade_status_apply(order_id=order_id, trade=trade)
+    with transaction.atomic():
+        order = OrderInfo.objects.select_for_update().get(order_id=order_id)
+        if order.status != OrderInfo.Status.UNPAID:
+            return "settled"
+        OrderInfo.objects.filter(order_id=order_id, status=OrderInfo.Status.UNPAID).update(
+            status=OrderInfo.Status.CANCELED, updated_at=timezone.now()
+        )
+        order_stock_return(order=order)
+        PaymentAttempt.objects.filter(order_id=order_id).update(next_check_at=None)
+        event_record(
+            source=Source.EXPIRY,
+            params={"out_trade_no": order_id, "canceled_at": timezone.now().isoformat()},
+            state=State.RECORDED, reason="unpaid past ORDER_PAY_TIMEOUT: canceled",
+            enqueue=False,
+        )
+    logger.info("order expired and canceled order_id=%s", order_id)
+    return "canceled"

@@ -1,0 +1,259 @@
+"""Alipay's notification, reconciliation and expiry, with real workers and beat."""
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+import requests
+from django.core.management import call_command
+from django.utils import timezone
+
+from alipay_sandbox.client import SandboxControl
+from payment.models import Payment, PaymentEvent
+from shop.models import SKU, OrderInfo
+from tests.factories import sku_create
+from tests.support import ShopClient, query_params, sign_params, wait_for
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("celery_workers", "celery_beat"),
+]
+
+
+def _order_with_link(shop: ShopClient, username: str, price: str = "66.60") -> tuple[str, str]:
+    sku = sku_create(price=price, stock=10)
+    shop.register_and_login(username)
+    order_id = shop.order([{"sku_id": sku.pk, "count": 1}])["order_id"]
+    link = shop.pay_link(order_id)
+    assert link.status_code == 200, link.text
+    return order_id, link.json()["alipay_url"]
+
+
+def _order_status(order_id: str) -> int:
+    return OrderInfo.objects.get(order_id=order_id).status
+
+
+def _paid(order_id: str) -> bool:
+    return _order_status(order_id) == OrderInfo.Status.UNSEND
+
+
+def test_notification_alone_pays_when_the_return_is_dropped(
+    shop: ShopClient, sandbox: SandboxControl
+) -> None:
+    sandbox.set_faults(drop_return=True)
+    order_id, url = _order_with_link(shop, "tabcloser")
+
+    paid = sandbox.pay(url)
+
+    assert paid["return_dropped"] is True
+    wait_for(lambda: _paid(order_id), 20)
+    payment = Payment.objects.get(order_id=order_id)
+    assert (payment.trade_id, payment.source) == (paid["trade_no"], "notify")
+    event = PaymentEvent.objects.get(order_id=order_id, source="notify")
+    assert event.state == PaymentEvent.State.APPLIED
+    notes = sandbox.notifications(out_trade_no=order_id)
+    assert notes[0]["state"] == "delivered"
+    assert notes[0]["attempts"][-1]["body"] == "success"
+
+
+def test_reconciliation_alone_pays_when_return_and_notification_are_lost(
+    shop: ShopClient, sandbox: SandboxControl, fast_schedule: dict
+) -> None:
+    sandbox.set_faults(drop_return=True, notify_drop=True)
+    order_id, url = _order_with_link(shop, "unlucky")
+    sandbox.pay(url)
+    started = timezone.now()
+
+    # One reconciliation interval after RECONCILE_AFTER, plus time to do the work.
+    limit = fast_schedule["RECONCILE_AFTER"] + fast_schedule["RECONCILE_INTERVAL"] + 8
+    wait_for(lambda: _paid(order_id), limit)
+
+    assert timezone.now() - started >= timedelta(seconds=fast_schedule["RECONCILE_AFTER"] - 1)
+    payment = Payment.objects.get(order_id=order_id)
+    assert payment.source == "query"
+    assert not PaymentEvent.objects.filter(order_id=order_id, source="notify").exists()
+
+
+def test_return_notification_and_reconciliation_together_pay_once(
+    shop: ShopClient, sandbox: SandboxControl
+) -> None:
+    sandbox.set_faults(notify_duplicate=12)
+    order_id, url = _order_with_link(shop, "stampede")
+    paid = sandbox.pay(url)
+    params = query_params(paid["return_url"])
+
+    with ThreadPoolExecutor(16) as pool:
+        puts = [pool.submit(shop.put_status, params) for _ in range(24)]
+        reconciles = [pool.submit(call_command, "reconcile_payments") for _ in range(3)]
+        for future in reconciles:
+            future.result()
+        codes = {future.result().status_code for future in puts}
+
+    assert codes <= {200, 202}
+    wait_for(lambda: _paid(order_id), 20)
+    wait_for(lambda: len(sandbox.notifications(out_trade_no=order_id)[0]["attempts"]) >= 13, 20)
+    assert Payment.objects.filter(order_id=order_id).count() == 1
+    assert Payment.objects.get(order_id=order_id).status == Payment.Status.APPLIED
+    notify = PaymentEvent.objects.get(order_id=order_id, source="notify")
+    assert notify.deliveries >= 13
+    assert not PaymentEvent.objects.filter(
+        order_id=order_id, state=PaymentEvent.State.REJECTED).exists()
+
+
+def test_notification_endpoint_answers_fail_for_non_notifications(web: str) -> None:
+    bad = requests.post(f"{web}/payment/alipay/notify/", data={"hello": "world"}, timeout=10)
+    not_form = requests.get(f"{web}/payment/alipay/notify/", timeout=10)
+    assert (bad.status_code, bad.text) == (400, "fail")
+    assert not_form.status_code == 405
+    stored = PaymentEvent.objects.get(source="notify")
+    assert stored.state == PaymentEvent.State.REJECTED
+    assert stored.raw_data == {"hello": "world"}
+
+
+def test_forged_notification_is_stored_acknowledged_and_rejected(
+    shop: ShopClient, sandbox: SandboxControl, dev_keys
+) -> None:
+    order_id, _ = _order_with_link(shop, "forgednote")
+    params = sign_params({
+        "notify_type": "trade_status_sync", "notify_id": "forged-1", "app_id": "2021000000000001",
+        "out_trade_no": order_id, "trade_no": "2026112522001400000000000077",
+        "trade_status": "TRADE_SUCCESS", "total_amount": "66.60",
+        "seller_id": "2088000000000001",
+    }, (dev_keys / "app_private_key.pem").read_bytes())  # not Alipay's key
+
+    response = requests.post(f"{shop.base_url}/payment/alipay/notify/", data=params, timeout=10)
+
+    assert (response.status_code, response.text) == (200, "success")
+    wait_for(lambda: PaymentEvent.objects.get(dedupe_key="notify:forged-1").state == "rejected",
+             15)
+    assert _order_status(order_id) == OrderInfo.Status.UNPAID
+
+
+def test_unpaid_status_notification_is_recorded_only(
+    shop: ShopClient, dev_keys
+) -> None:
+    order_id, _ = _order_with_link(shop, "waiting")
+    params = sign_params({
+        "notify_type": "trade_status_sync", "notify_id": "wait-1", "app_id": "2021000000000001",
+        "out_trade_no": order_id, "trade_no": "2026112522001400000000000078",
+        "trade_status": "WAIT_BUYER_PAY", "total_amount": "66.60",
+        "seller_id": "2088000000000001",
+    }, (dev_keys / "alipay_private_key.pem").read_bytes())
+
+    response = requests.post(f"{shop.base_url}/payment/alipay/notify/", data=params, timeout=10)
+
+    assert response.text == "success"
+    wait_for(lambda: PaymentEvent.objects.get(dedupe_key="notify:wait-1").state == "recorded",
+             15)
+    assert _order_status(order_id) == OrderInfo.Status.UNPAID
+    assert not Payment.objects.filter(order_id=order_id).exists()
+
+
+def _expire_now(order_id: str) -> None:
+    OrderInfo.objects.filter(order_id=order_id).update(
+        created_at=timezone.now() - timedelta(hours=1)
+    )
+
+
+def test_expired_order_is_closed_at_alipay_canceled_and_restocked(
+    shop: ShopClient, sandbox: SandboxControl
+) -> None:
+    order_id, url = _order_with_link(shop, "expiring")
+    sku_id = OrderInfo.objects.get(order_id=order_id).goods.get().sku_id
+    requests.get(url, timeout=10)  # the buyer opened the cashier: the trade exists, unpaid
+    assert SKU.objects.get(pk=sku_id).stock == 9
+
+    _expire_now(order_id)
+
+    wait_for(lambda: _order_status(order_id) == OrderInfo.Status.CANCELED, 20)
+    assert SKU.objects.get(pk=sku_id).stock == 10
+    assert sandbox.trade(order_id)["trade_status"] == "TRADE_CLOSED"
+    assert PaymentEvent.objects.filter(order_id=order_id, source="expiry").exists()
+
+
+def test_payment_for_a_canceled_order_is_refunded(
+    shop: ShopClient, sandbox: SandboxControl
+) -> None:
+    order_id, url = _order_with_link(shop, "toolate")
+    _expire_now(order_id)
+    wait_for(lambda: _order_status(order_id) == OrderInfo.Status.CANCELED, 20)
+
+    paid = sandbox.pay(url)  # the buyer pays in a tab left open
+
+    wait_for(lambda: Payment.objects.filter(
+        order_id=order_id, status=Payment.Status.REFUNDED).exists(), 30)
+    assert _order_status(order_id) == OrderInfo.Status.CANCELED
+    payment = Payment.objects.get(order_id=order_id)
+    assert payment.trade_id == paid["trade_no"]
+    trade = sandbox.trade(order_id)
+    assert trade["trade_status"] == "TRADE_CLOSED"
+    assert trade["refund_fee"] in ("66.60", 66.6)
+
+
+def test_expiry_racing_late_payments_never_keeps_the_money(
+    shop: ShopClient, sandbox: SandboxControl
+) -> None:
+    orders = [_order_with_link(shop, "racer")]
+    sku = sku_create(price="12.00", stock=50)
+    for _ in range(11):
+        order_id = shop.order([{"sku_id": sku.pk, "count": 1}])["order_id"]
+        orders.append((order_id, shop.pay_link(order_id).json()["alipay_url"]))
+
+    def pay(url: str) -> None:
+        try:
+            sandbox.pay(url)
+        except Exception:  # noqa: BLE001  (a closed trade refuses payment: that is a fine end)
+            pass
+
+    with ThreadPoolExecutor(12) as pool:
+        for index, (order_id, url) in enumerate(orders):
+            if index % 2:
+                _expire_now(order_id)
+                pool.submit(pay, url)
+            else:
+                pool.submit(pay, url)
+                _expire_now(order_id)
+
+    def settled() -> bool:
+        return all(
+            _order_status(o) != OrderInfo.Status.UNPAID
+            and not Payment.objects.filter(order_id=o, status="refund_pending").exists()
+            for o, _ in orders
+        )
+
+    wait_for(settled, 60, 0.3)
+    for order_id, _ in orders:
+        status = _order_status(order_id)
+        trade = sandbox.trade(order_id) if _trade_exists(sandbox, order_id) else None
+        money_kept = trade is not None and trade["trade_status"] in ("TRADE_SUCCESS",
+                                                                     "TRADE_FINISHED")
+        if status == OrderInfo.Status.CANCELED:
+            assert not money_kept, (order_id, trade)
+            assert not Payment.objects.filter(order_id=order_id, status="applied").exists()
+        else:
+            assert status == OrderInfo.Status.UNSEND
+            assert money_kept
+            assert Payment.objects.get(order_id=order_id, status="applied")
+
+
+def _trade_exists(sandbox: SandboxControl, order_id: str) -> bool:
+    try:
+        sandbox.trade(order_id)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def test_order_history_shows_every_event(shop: ShopClient, sandbox: SandboxControl) -> None:
+    order_id, url = _order_with_link(shop, "historian")
+    paid = sandbox.pay(url)
+    assert shop.put_status(query_params(paid["return_url"])).status_code == 200
+    wait_for(lambda: PaymentEvent.objects.filter(order_id=order_id, source="notify",
+                                                 state="applied").exists(), 20)
+
+    status = shop.session.get(shop.url(f"/orders/{order_id}/payment/status/")).json()
+
+    assert status["status"] == "UNSEND" and status["trade_id"] == paid["trade_no"]
+    sources = {e["source"] for e in status["history"]}
+    assert {"return", "notify"} <= sources
+    assert urllib.parse.quote(order_id) == order_id
