@@ -79,6 +79,7 @@ class Gateway:
         self.trades = trades
         self.bills = bills
         self.base_url = config.base_url()
+        self._signatures: dict[tuple[str, str], str] = {}
         self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "alipay.trade.query": trades.query,
             "alipay.trade.close": trades.close,
@@ -172,9 +173,21 @@ class Gateway:
 
     def signed(self, method: str, node: dict[str, Any], sign_type: str) -> Reply:
         text = _dumps(node)
-        signature = signing.sign(self.alipay_key, text, sign_type)
+        signature = self._sign_cached(text, sign_type)
         body = '{"' + response_key(method) + '":' + text + ',"sign":"' + signature + '"}'
         return Reply(200, body.encode("utf-8"))
+
+    def _sign_cached(self, text: str, sign_type: str) -> str:
+        # PKCS#1 v1.5 signatures are deterministic: a repeated answer (polling queries)
+        # can reuse its signature.
+        key = (text, sign_type)
+        signature = self._signatures.get(key)
+        if signature is None:
+            signature = signing.sign(self.alipay_key, text, sign_type)
+            if len(self._signatures) >= 4096:
+                self._signatures.clear()
+            self._signatures[key] = signature
+        return signature
 
     def unsigned(self, method: str, node: dict[str, Any]) -> Reply:
         return Reply(200, _dumps({response_key(method): node}).encode("utf-8"))

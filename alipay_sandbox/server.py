@@ -44,6 +44,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self._dispatch("HEAD")
 
+    def setup(self) -> None:
+        super().setup()
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
     def _read_body(self) -> bytes | None:
         length_header = self.headers.get("Content-Length")
         if not length_header:
@@ -84,9 +91,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(reply.body)))
         for name, value in reply.headers.items():
             self.send_header(name, value)
-        self.end_headers()
+        # Headers and body in one write: no small-segment delay on keep-alive connections.
+        self._headers_buffer.append(b"\r\n")
         if method != "HEAD":
-            self.wfile.write(reply.body)
+            self._headers_buffer.append(reply.body)
+        self.flush_headers()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         if log.isEnabledFor(logging.DEBUG):
