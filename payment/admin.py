@@ -1,24 +1,196 @@
-from django.contrib import admin
+"""The operators' view of payments: history per order, dead events, and the few safe actions."""
+import json
+from typing import Any
 
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from payment import operator
 from payment.models import Payment, PaymentAttempt, PaymentEvent
+from payment.services import payment_refund_enqueue
+
+State = PaymentEvent.State
+NEEDS_ATTENTION = (State.DEAD, State.REJECTED)
+
+
+def _pretty_json(data: Any) -> str:
+    return format_html(
+        '<pre class="raw-data">{}</pre>',
+        json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False),
+    )
+
+
+class AttentionFilter(admin.SimpleListFilter):
+    title = "attention"
+    parameter_name = "attention"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("dead", "Dead events"), ("needs", "Needs attention (dead or rejected)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "dead":
+            return queryset.filter(state=State.DEAD)
+        if self.value() == "needs":
+            return queryset.filter(state__in=NEEDS_ATTENTION)
+        return queryset
 
 
 @admin.register(PaymentEvent)
 class PaymentEventAdmin(admin.ModelAdmin):
-    list_display = ["id", "source", "out_trade_no", "trade_no", "state", "attempts", "received_at"]
-    list_filter = ["state", "source"]
+    list_display = ["id", "received_at", "source", "order_link", "out_trade_no", "trade_no",
+                    "state", "attempts", "deliveries", "short_reason", "short_error"]
+    list_filter = [AttentionFilter, "state", "source"]
     search_fields = ["out_trade_no", "trade_no", "order__order_id"]
-    readonly_fields = [f.name for f in PaymentEvent._meta.fields]
+    date_hierarchy = "received_at"
+    list_select_related = ["order"]
+    actions = ["reprocess_events"]
+    fieldsets = [
+        (None, {"fields": ["source", "state", "reason", "attempts", "deliveries", "last_error"]}),
+        ("Trade", {"fields": ["order", "out_trade_no", "trade_no", "dedupe_key", "remote_addr"]}),
+        ("As received", {"fields": ["raw_data_pretty"]}),
+        ("Times", {"fields": ["received_at", "updated_at", "processed_at"]}),
+    ]
+    readonly_fields = [
+        "source", "state", "reason", "attempts", "deliveries", "last_error", "order",
+        "out_trade_no", "trade_no", "dedupe_key", "remote_addr", "raw_data_pretty",
+        "received_at", "updated_at", "processed_at",
+    ]
+    change_list_template = "admin/payment/paymentevent/change_list.html"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # events only ever come from Alipay or the services
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the record of what arrived is never thrown away
+
+    @admin.display(description="raw data")
+    def raw_data_pretty(self, obj: PaymentEvent) -> str:
+        return _pretty_json(obj.raw_data)
+
+    @admin.display(description="order", ordering="order__order_id")
+    def order_link(self, obj: PaymentEvent) -> str:
+        if obj.order_id is None:
+            return "-"
+        url = reverse("admin:shop_orderinfo_change", args=[obj.order_id])
+        return format_html('<a href="{}">{}</a>', url, obj.order_id)
+
+    @admin.display(description="reason")
+    def short_reason(self, obj: PaymentEvent) -> str:
+        return obj.reason[:80]
+
+    @admin.display(description="last error")
+    def short_error(self, obj: PaymentEvent) -> str:
+        return obj.last_error[:80]
+
+    @admin.action(description="Re-process event (dead or received events)")
+    def reprocess_events(self, request: HttpRequest, queryset: QuerySet) -> None:
+        done, skipped = [], []
+        for event in queryset.only("pk", "state"):
+            (done if operator.event_reprocess(event_id=event.pk) else skipped).append(event.pk)
+        if done:
+            self.message_user(
+                request, f"Sent {len(done)} event(s) to the workers again: "
+                f"{', '.join(map(str, done))}.", messages.SUCCESS,
+            )
+        if skipped:
+            self.message_user(
+                request, f"Skipped {len(skipped)} event(s) that are neither dead nor received: "
+                f"{', '.join(map(str, skipped))}.", messages.WARNING,
+            )
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None
+                        ) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "dead_count": PaymentEvent.objects.filter(state=State.DEAD).count(),
+            "attention_count": PaymentEvent.objects.filter(state__in=NEEDS_ATTENTION).count(),
+        }
+        return super().changelist_view(request, extra_context)
+
+
+class PaymentEventInline(admin.TabularInline):
+    """The order's payment history."""
+
+    model = PaymentEvent
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ["-received_at", "-id"]
+    fields = ["received_at", "source", "state", "trade_no", "attempts", "deliveries", "reason",
+              "last_error"]
+    readonly_fields = fields
+    verbose_name_plural = "payment history"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class PaymentInline(admin.TabularInline):
+    model = Payment
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ["trade_id", "amount", "source", "status", "note", "created_at", "refunded_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Payment)
 class PaymentAdmin(admin.ModelAdmin):
-    list_display = ["trade_id", "order", "amount", "source", "status", "created_at"]
+    list_display = ["trade_id", "order", "amount", "source", "status", "created_at",
+                    "refunded_at"]
     list_filter = ["status", "source"]
-    search_fields = ["trade_id", "order__order_id"]
+    search_fields = ["trade_id", "order__order_id", "refund_request_no"]
+    list_select_related = ["order"]
+    readonly_fields = ["order", "trade_id", "amount", "source", "status", "event",
+                       "refund_request_no", "note", "created_at", "refunded_at"]
+    actions = ["refund_payments"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Refund (payments waiting for a refund)")
+    def refund_payments(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for payment in queryset:
+            if payment.status == Payment.Status.REFUND_PENDING:
+                payment_refund_enqueue(payment_id=payment.pk)
+                self.message_user(
+                    request, f"Refund of {payment.trade_id} sent to the workers.",
+                    messages.SUCCESS,
+                )
+            elif payment.status == Payment.Status.APPLIED:
+                self.message_user(
+                    request, f"{payment.trade_id} paid its order: refunding an applied payment "
+                    "is not done from here (it needs the order cancelled first).",
+                    messages.WARNING,
+                )
+            else:
+                self.message_user(request, f"{payment.trade_id} is already refunded.",
+                                  messages.INFO)
 
 
 @admin.register(PaymentAttempt)
 class PaymentAttemptAdmin(admin.ModelAdmin):
-    list_display = ["order", "amount", "started_at", "links_issued", "checks", "next_check_at"]
+    list_display = ["order", "amount", "started_at", "links_issued", "checks",
+                    "last_check_result", "next_check_at"]
     search_fields = ["order__order_id"]
+    readonly_fields = ["order", "amount", "started_at", "last_started_at", "links_issued",
+                       "next_check_at", "claimed_until", "checks", "last_checked_at",
+                       "last_check_result"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -1,6 +1,10 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
+from payment import operator
+from payment.admin import PaymentEventInline, PaymentInline
 from shop.models import SKU, OrderGoods, OrderInfo, User
 
 admin.site.register(User, UserAdmin)
@@ -15,12 +19,49 @@ class SKUAdmin(admin.ModelAdmin):
 class OrderGoodsInline(admin.TabularInline):
     model = OrderGoods
     extra = 0
+    can_delete = False
     readonly_fields = ["sku", "count", "price"]
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(OrderInfo)
 class OrderInfoAdmin(admin.ModelAdmin):
-    list_display = ["order_id", "user", "total_amount", "status", "created_at"]
+    list_display = ["order_id", "user", "total_amount", "status", "created_at", "updated_at"]
     list_filter = ["status"]
-    search_fields = ["order_id", "user__username"]
-    inlines = [OrderGoodsInline]
+    search_fields = ["order_id", "user__username", "payments__trade_id"]
+    list_select_related = ["user"]
+    # Only the payment services move an order away from UNPAID.
+    readonly_fields = ["order_id", "user", "total_amount", "status", "created_at", "updated_at"]
+    inlines = [OrderGoodsInline, PaymentInline, PaymentEventInline]
+    actions = ["query_alipay_now"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    @admin.action(description="Query Alipay now")
+    def query_alipay_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for order_id in queryset.values_list("order_id", flat=True):
+            try:
+                outcome = operator.order_query_now(order_id=order_id)
+            except Exception as exc:  # one failing order must not hide the others' outcomes
+                self.message_user(request, f"{order_id}: the query failed ({exc}).",
+                                  messages.ERROR)
+                continue
+            level = messages.SUCCESS if outcome in ("applied", "settled") else messages.INFO
+            self.message_user(request, f"{order_id}: {_OUTCOMES.get(outcome, outcome)}", level)
+
+
+_OUTCOMES = {
+    "settled": "not unpaid any more; nothing to ask.",
+    "applied": "Alipay reports it paid; the payment is applied.",
+    "unpaid": "Alipay does not report it paid (yet).",
+    "error": "Alipay could not be asked; reconciliation will try again soon.",
+    "stored": "Alipay reports it paid; the payment is stored and will be applied by a worker.",
+    "rejected": "Alipay reports a payment that does not match the order; see its history.",
+    "recorded": "Alipay reports a trade that needs no action.",
+}

@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from payment import apis as payment_apis
 from shop import apis as shop_apis
+from shop import health, pages
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -25,4 +26,10 @@ urlpatterns = [
     path("payment/alipay/notify/", payment_apis.alipay_notify, name="alipay-notify"),
     path("payment/status/", payment_apis.PaymentStatusApi.as_view(), name="payment-status"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("", pages.storefront, name="storefront"),
+    path("login/", pages.SignInView.as_view(), name="login"),
+    path("logout/", pages.SignOutView.as_view(), name="logout"),
+    path("my/orders/", pages.my_orders, name="my-orders"),
+    path("pay_success.html", pages.pay_success, name="pay-success"),
+    path("healthz", health.healthz, name="healthz"),
 ]

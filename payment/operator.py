@@ -1,0 +1,44 @@
+"""What an operator may do to payments from the admin: thin services over the common paths."""
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+
+from payment.models import PaymentAttempt, PaymentEvent
+from payment.reconciliation import order_reconcile
+from payment.services import event_enqueue
+from shop.models import OrderInfo
+
+logger = logging.getLogger(__name__)
+
+State = PaymentEvent.State
+
+
+def event_reprocess(*, event_id: int) -> bool:
+    """Give a dead or stuck event a fresh set of attempts. False when it is in another state."""
+    with transaction.atomic():
+        updated = PaymentEvent.objects.filter(
+            pk=event_id, state__in=(State.DEAD, State.RECEIVED)
+        ).update(state=State.RECEIVED, attempts=0, updated_at=timezone.now())
+        if updated:
+            event_enqueue(event_id=event_id)
+    if updated:
+        logger.info("payment event re-processed by operator id=%s", event_id)
+    return bool(updated)
+
+
+def order_query_now(*, order_id: str) -> str:
+    """Ask Alipay about an order at once; the outcome of `order_reconcile`, or `settled`."""
+    order = OrderInfo.objects.get(order_id=order_id)
+    if order.status != OrderInfo.Status.UNPAID:
+        return "settled"
+    now = timezone.now()
+    # Reconciliation works from the attempt row; an order whose link was never issued has none.
+    PaymentAttempt.objects.get_or_create(
+        order=order,
+        defaults={"amount": order.total_amount, "started_at": now, "last_started_at": now,
+                  "links_issued": 0},
+    )
+    outcome = order_reconcile(order_id=order_id)
+    logger.info("order queried by operator order_id=%s outcome=%s", order_id, outcome)
+    return outcome
