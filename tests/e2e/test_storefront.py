@@ -1,0 +1,140 @@
+"""A buyer in a real browser: sign in, order, pay on the sandbox cashier, come back."""
+import re
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, Route, expect
+
+from alipay_sandbox.client import SandboxControl
+from payment.models import Payment, PaymentEvent
+from shop.models import OrderInfo, User
+from tests.factories import sku_create
+from tests.support import query_params
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("celery_workers"),
+]
+
+PASSWORD = "s3cret-pass"
+
+
+def _sign_in(page: Page, web: str, username: str) -> User:
+    user = User.objects.create_user(username=username, password=PASSWORD)
+    page.goto(f"{web}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("#sign-in")
+    expect(page.locator("#signed-in-as")).to_have_text(username)
+    return user
+
+
+def _order_and_open_cashier(page: Page, web: str, user: User) -> OrderInfo:
+    """Order two of one product on the storefront, then press Pay with Alipay."""
+    sku = sku_create(name="Desk lamp", price="48.80", stock=5)
+    page.goto(f"{web}/")
+    page.fill(f"#qty-{sku.pk}", "2")
+    page.click("#place-order")
+    page.wait_for_url(re.compile(r".*/my/orders/.*"))
+    order = OrderInfo.objects.get(user=user)
+    assert str(order.total_amount) == "97.60"
+    row = page.locator(f"#order-{order.order_id}")
+    expect(row.locator(".status")).to_have_text("UNPAID")
+    row.get_by_role("button", name="Pay with Alipay").click()
+    expect(page.locator("#pay-button")).to_be_visible()  # the sandbox's cashier page
+    return order
+
+
+def _order_status(order: OrderInfo) -> str:
+    return OrderInfo.objects.get(pk=order.pk).status_name
+
+
+def test_buyer_pays_and_sees_the_trade_number_on_return(
+    page: Page, web: str, sandbox: SandboxControl, screenshots: Path
+) -> None:
+    user = _sign_in(page, web, "lampbuyer")
+    order = _order_and_open_cashier(page, web, user)
+
+    page.click("#pay-button")
+
+    page.wait_for_url(re.compile(r".*/pay_success\.html\?.*"))
+    outcome = page.locator("#outcome")
+    expect(outcome).to_have_attribute("data-state", "paid")
+    payment = Payment.objects.get(order=order)
+    expect(page.locator("#trade-no")).to_have_text(payment.trade_id)
+    assert payment.trade_id == sandbox.trade(order.order_id)["trade_no"]
+    assert _order_status(order) == "UNSEND"
+    page.screenshot(path=screenshots / "a_pay_success_paid.png", full_page=True)
+
+    page.click("#to-my-orders")
+    expect(page.locator(f"#order-{order.order_id} .status")).to_have_text("UNSEND")
+    expect(page.locator(f"#order-{order.order_id}").get_by_role("button")).to_have_count(0)
+    page.screenshot(path=screenshots / "a_my_orders_paid.png", full_page=True)
+
+
+def test_order_list_turns_paid_by_itself_when_the_return_is_lost(
+    page: Page, web: str, sandbox: SandboxControl, screenshots: Path
+) -> None:
+    # No redirect back, and the notification late enough to arrive while the list is open.
+    sandbox.set_faults(drop_return=True, notify_delay_s=4)
+    user = _sign_in(page, web, "tabcloser")
+    order = _order_and_open_cashier(page, web, user)
+
+    page.click("#pay-button")
+    expect(page.locator("#payment-done")).to_be_visible()  # the sandbox's own "done" page
+
+    page.goto(f"{web}/my/orders/")
+    status = page.locator(f"#order-{order.order_id} .status")
+    expect(status).to_have_text("UNPAID")
+    page.evaluate("window.notReloaded = true")
+
+    expect(status).to_have_text("UNSEND", timeout=20_000)
+    assert page.evaluate("window.notReloaded") is True
+    assert Payment.objects.get(order=order).source == "notify"
+    page.screenshot(path=screenshots / "b_my_orders_paid_by_notification.png", full_page=True)
+
+
+def _tamper_sign(url: str) -> str:
+    """The same return address with one character of its signature changed."""
+    parts = urllib.parse.urlsplit(url)
+    params = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    tampered = []
+    for key, value in params:
+        if key == "sign":
+            value = value[:10] + ("A" if value[10] != "A" else "B") + value[11:]
+        tampered.append((key, value))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(tampered)))
+
+
+def test_tampered_return_is_rejected_and_leaves_the_order_unpaid(
+    page: Page, web: str, sandbox: SandboxControl, screenshots: Path
+) -> None:
+    sandbox.set_faults(notify_drop=True)  # only the tampered return reaches the shop
+    user = _sign_in(page, web, "tamperer")
+    order = _order_and_open_cashier(page, web, user)
+    genuine: list[str] = []
+
+    def tamper(route: Route) -> Any:
+        # The cashier answers Pay with a redirect to the return address: change it in flight.
+        response = route.fetch(max_redirects=0)
+        location = response.headers.get("location", "")
+        assert "/pay_success.html?" in location, response.status
+        genuine.append(location)
+        return route.fulfill(status=302, headers={"Location": _tamper_sign(location)})
+
+    page.route(re.compile(r".*/cashier/.*/pay$"), tamper)
+    page.click("#pay-button")
+
+    expect(page.locator("#outcome")).to_have_attribute("data-state", "rejected")
+    expect(page.locator("#rejected-message")).to_contain_text(
+        "We could not confirm this payment with Alipay")
+    assert genuine and page.url != genuine[0]
+    assert query_params(page.url)["sign"] != query_params(genuine[0])["sign"]
+    event = PaymentEvent.objects.get(order=order, source="return")
+    assert event.state == PaymentEvent.State.REJECTED
+    assert "signature" in event.reason
+    assert _order_status(order) == "UNPAID"
+    assert not Payment.objects.filter(order=order).exists()
+    page.screenshot(path=screenshots / "c_pay_success_rejected.png", full_page=True)
