@@ -1,8 +1,10 @@
 """Services of the payment domain: record what arrived, verify it, apply it exactly once."""
+import functools
 import hashlib
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -184,20 +186,33 @@ def event_record(
 
 
 def event_enqueue(*, event_id: int) -> None:
-    """Send the event to a worker once the current transaction commits.
+    """Send the event to a worker once the current transaction commits."""
+    transaction.on_commit(lambda: _publish("workers.tasks.event_process_task", event_id))
 
-    A broker that is down does not fail the caller: the event is stored and the sweeper
-    sends it again.
+
+def _publish(task_name: str, arg: int) -> None:
+    """Publish without making the caller wait for the broker.
+
+    The row is already committed: a broker that is away (redis-py spends seconds on its
+    own retries) must not hold up the answer to Alipay or the buyer. A message that never
+    leaves is sent again by the sweeper.
     """
-    def publish() -> None:
-        from workers.tasks import event_process_task
+    _publisher().submit(_publish_now, task_name, arg)
 
-        try:
-            event_process_task.apply_async(args=[event_id], retry=False)
-        except Exception as exc:  # the broker's errors vary by transport
-            logger.warning("enqueue failed event_id=%s error=%s", event_id, type(exc).__name__)
 
-    transaction.on_commit(publish)
+@functools.cache
+def _publisher() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="publish")
+
+
+def _publish_now(task_name: str, arg: int) -> None:
+    from workers.celery import app
+
+    try:
+        app.send_task(task_name, args=[arg], retry=False)
+    except Exception as exc:  # the broker's errors vary by transport
+        logger.warning("enqueue failed task=%s id=%s error=%s", task_name, arg,
+                       type(exc).__name__)
 
 
 def event_wait(*, event_id: int, timeout: float) -> PaymentEvent:
@@ -367,15 +382,7 @@ def payment_apply(*, event: PaymentEvent, order_id: str, trade_no: str, amount: 
 
 
 def payment_refund_enqueue(*, payment_id: int) -> None:
-    def publish() -> None:
-        from workers.tasks import payment_refund_task
-
-        try:
-            payment_refund_task.apply_async(args=[payment_id], retry=False)
-        except Exception as exc:  # the sweeper finds pending refunds again
-            logger.warning("enqueue failed payment_id=%s error=%s", payment_id, type(exc).__name__)
-
-    transaction.on_commit(publish)
+    transaction.on_commit(lambda: _publish("workers.tasks.payment_refund_task", payment_id))
 
 
 def payment_refund(*, payment_id: int) -> Payment:

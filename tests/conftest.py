@@ -179,6 +179,28 @@ def celery_workers(worker_env: dict[str, str], log_dir: Path) -> Iterator[Manage
     worker.stop()
 
 
+@pytest.fixture
+def exclusive_workers(
+    celery_workers: ManagedProcess, worker_env: dict[str, str], log_dir: Path
+) -> Iterator[Any]:
+    """Stop the session's worker; the test starts (and may kill) its own."""
+    celery_workers.stop()
+    started: list[ManagedProcess] = []
+
+    def start(name: str, concurrency: int = 4, **env: str) -> ManagedProcess:
+        process = worker_process({**worker_env, **env}, log_dir, name, concurrency).start()
+        process.wait_log("ready.", timeout=60)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+    offset = len(celery_workers.log_text())
+    celery_workers.start()
+    celery_workers.wait_log("ready.", timeout=60, start_at=offset)
+
+
 @pytest.fixture(scope="session")
 def celery_beat(worker_env: dict[str, str], log_dir: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:

@@ -148,3 +148,70 @@ class ShopClient:
     def put_status(self, params: dict[str, str] | str) -> requests.Response:
         query = params if isinstance(params, str) else urllib.parse.urlencode(params)
         return requests.put(self.url(f"/payment/status/?{query}"), timeout=30)
+
+
+class TcpProxy:
+    """A TCP relay to a real server that a test can cut: every connection drops, new ones fail."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import threading
+
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.available = threading.Event()
+        self.available.set()
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if not self.available.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets.update((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def down(self) -> None:
+        self.available.clear()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._sockets.clear()
+
+    def up(self) -> None:
+        self.available.set()
+
+    def close(self) -> None:
+        self.down()
+        self._listener.close()

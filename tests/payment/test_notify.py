@@ -167,7 +167,7 @@ def test_expired_order_is_closed_at_alipay_canceled_and_restocked(
 
     wait_for(lambda: _order_status(order_id) == OrderInfo.Status.CANCELED, 20)
     assert SKU.objects.get(pk=sku_id).stock == 10
-    assert sandbox.trade(order_id)["trade_status"] == "TRADE_CLOSED"
+    assert sandbox.trade(order_id)["status"] == "TRADE_CLOSED"
     assert PaymentEvent.objects.filter(order_id=order_id, source="expiry").exists()
 
 
@@ -186,7 +186,7 @@ def test_payment_for_a_canceled_order_is_refunded(
     payment = Payment.objects.get(order_id=order_id)
     assert payment.trade_id == paid["trade_no"]
     trade = sandbox.trade(order_id)
-    assert trade["trade_status"] == "TRADE_CLOSED"
+    assert trade["status"] == "TRADE_CLOSED"
     assert trade["refund_fee"] in ("66.60", 66.6)
 
 
@@ -225,7 +225,7 @@ def test_expiry_racing_late_payments_never_keeps_the_money(
     for order_id, _ in orders:
         status = _order_status(order_id)
         trade = sandbox.trade(order_id) if _trade_exists(sandbox, order_id) else None
-        money_kept = trade is not None and trade["trade_status"] in ("TRADE_SUCCESS",
+        money_kept = trade is not None and trade["status"] in ("TRADE_SUCCESS",
                                                                      "TRADE_FINISHED")
         if status == OrderInfo.Status.CANCELED:
             assert not money_kept, (order_id, trade)

@@ -1,0 +1,193 @@
+"""Nothing paid is lost or applied twice: killed workers, a broker away, a database away,
+and a failing gateway. Real PostgreSQL, Redis, `celery worker`/`beat` and the sandbox."""
+import shutil
+import subprocess
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db.models import Count
+
+from alipay_sandbox.client import SandboxControl
+from payment import services
+from payment.models import Payment, PaymentAttempt, PaymentEvent
+from shop.models import SKU, OrderInfo, User
+from tests.conftest import worker_process
+from tests.support import ManagedProcess, TcpProxy, free_port, python_args, wait_for, wait_for_port
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("celery_beat"),
+]
+
+
+def _orders_with_links(count: int, price: str = "18.88") -> list[tuple[str, str]]:
+    user = User.objects.create_user(username=f"bulk{time.time_ns()}", password="x" * 12)
+    sku = SKU.objects.create(name="bulk", price=Decimal(price), stock=0)
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    orders = OrderInfo.objects.bulk_create(
+        OrderInfo(order_id=f"{stamp}{i:06d}{user.pk:09d}", user=user, total_amount=sku.price)
+        for i in range(count)
+    )
+    return [(o.order_id, services.payment_link_create(user=user, order_id=o.order_id))
+            for o in orders]
+
+
+def _pay_all(sandbox: SandboxControl, links: list[tuple[str, str]]) -> list[dict[str, str]]:
+    with ThreadPoolExecutor(8) as pool:
+        paid = list(pool.map(lambda link: sandbox.pay(link[1]), links))
+    return [dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(p["return_url"]).query))
+            for p in paid]
+
+
+def _assert_each_paid_once(order_ids: list[str]) -> None:
+    assert OrderInfo.objects.filter(order_id__in=order_ids).exclude(
+        status=OrderInfo.Status.UNSEND).count() == 0
+    per_order = Payment.objects.filter(order_id__in=order_ids).values("order_id").annotate(
+        n=Count("id"))
+    assert {row["n"] for row in per_order} == {1}
+    assert len(per_order) == len(order_ids)
+    assert not PaymentEvent.objects.filter(
+        out_trade_no__in=order_ids, state__in=["rejected", "dead"]).exists()
+
+
+def _paid_count(order_ids: list[str]) -> int:
+    return OrderInfo.objects.filter(
+        order_id__in=order_ids, status=OrderInfo.Status.UNSEND).count()
+
+
+def test_worker_killed_mid_500_payments_pays_all_once(
+    sandbox: SandboxControl, exclusive_workers: Any
+) -> None:
+    sandbox.set_faults(notify_drop=True)
+    links = _orders_with_links(500)
+    order_ids = [order_id for order_id, _ in links]
+    for params in _pay_all(sandbox, links):
+        services.event_record(source=PaymentEvent.Source.RETURN, params=params)
+
+    first = exclusive_workers("doomed", concurrency=4)
+    wait_for(lambda: _paid_count(order_ids) >= 100, 120, 0.02)
+    first.kill()  # SIGKILL to the whole process group: parent and pool children
+    killed_at = _paid_count(order_ids)
+    assert killed_at < 500
+
+    exclusive_workers("survivor", concurrency=4)
+    wait_for(lambda: _paid_count(order_ids) == 500, 180, 0.5)
+
+    _assert_each_paid_once(order_ids)
+    assert Payment.objects.filter(order_id__in=order_ids).count() == 500
+
+
+def test_redis_down_while_notifications_arrive_loses_nothing(
+    sandbox: SandboxControl, exclusive_workers: Any, worker_env: dict[str, str], log_dir: Path,
+    tmp_path: Path, settings: Any,
+) -> None:
+    redis_server = shutil.which("redis-server")
+    assert redis_server, "redis-server is needed for this test"
+    redis_port = free_port()
+    redis_args = [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
+                  "--save", "", "--appendonly", "yes", "--dir", str(tmp_path)]
+    redis_proc = ManagedProcess("private-redis", redis_args, {}, log_dir).start()
+    wait_for_port(redis_port)
+    env = {**worker_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0"}
+    web_port = free_port()
+    web = ManagedProcess("private-web", python_args(
+        "-m", "gunicorn", "shop.wsgi", "--bind", f"127.0.0.1:{web_port}", "--worker-class",
+        "gthread", "--threads", "8"), env, log_dir).start()
+    extra: list[ManagedProcess] = [web]
+    try:
+        wait_for_port(web_port)
+        settings.ALIPAY_NOTIFY_URL = f"http://127.0.0.1:{web_port}/payment/alipay/notify/"
+        sandbox.set_faults(drop_return=True)
+        links = _orders_with_links(20)
+        order_ids = [order_id for order_id, _ in links]
+
+        subprocess.run(["redis-cli", "-p", str(redis_port), "shutdown", "nosave"], check=False)
+        redis_proc.proc.wait(10)  # type: ignore[union-attr]
+        _pay_all(sandbox, links)
+
+        def all_acknowledged() -> bool:
+            notes = [n for n in sandbox.notifications() if n["out_trade_no"] in order_ids]
+            return len(notes) == 20 and all(n["state"] == "delivered" for n in notes)
+
+        wait_for(all_acknowledged, 60, 0.3)
+        for note in sandbox.notifications():
+            if note["out_trade_no"] in order_ids:
+                assert note["attempts"][0]["body"] == "success"  # the first answer
+        assert PaymentEvent.objects.filter(
+            out_trade_no__in=order_ids, source="notify", state="received").count() == 20
+        assert _paid_count(order_ids) == 0
+
+        redis_proc = ManagedProcess("private-redis", redis_args, {}, log_dir).start()
+        wait_for_port(redis_port)
+        extra.append(worker_process(env, log_dir, "private-worker").start())
+        extra.append(ManagedProcess("private-beat", python_args(
+            "-m", "celery", "-A", "workers", "beat", "--schedule", str(tmp_path / "beat")),
+            env, log_dir).start())
+
+        wait_for(lambda: _paid_count(order_ids) == 20, 60, 0.3)
+        _assert_each_paid_once(order_ids)
+        assert set(Payment.objects.filter(order_id__in=order_ids).values_list(
+            "source", flat=True)) <= {"notify", "query"}
+    finally:
+        for process in extra:
+            process.stop()
+        redis_proc.kill()
+
+
+def test_database_away_from_workers_then_back_applies_all(
+    sandbox: SandboxControl, exclusive_workers: Any, worker_env: dict[str, str]
+) -> None:
+    proxy = TcpProxy(5432)
+    try:
+        database_url = worker_env["DATABASE_URL"].replace(":5432/", f":{proxy.port}/")
+        worker = exclusive_workers("cut-off", DATABASE_URL=database_url)
+        sandbox.set_faults(notify_drop=True)
+        links = _orders_with_links(30)
+        order_ids = [order_id for order_id, _ in links]
+        returns = _pay_all(sandbox, links)
+
+        proxy.down()
+        for params in returns:
+            services.event_record(source=PaymentEvent.Source.RETURN, params=params)
+        time.sleep(4)
+        assert _paid_count(order_ids) == 0  # the workers cannot reach the database
+        proxy.up()
+
+        wait_for(lambda: _paid_count(order_ids) == 30, 90, 0.3)
+        _assert_each_paid_once(order_ids)
+        # The attempts counter lives in the database the workers could not reach: the
+        # worker's own log shows the retries.
+        assert "OperationalError" in worker.log_text()
+        assert "Retry in" in worker.log_text()
+    finally:
+        proxy.close()
+
+
+def test_gateway_errors_during_reconciliation_are_retried_later(
+    sandbox: SandboxControl, celery_workers: ManagedProcess, fast_schedule: dict
+) -> None:
+    sandbox.set_faults(drop_return=True, notify_drop=True)
+    links = _orders_with_links(10)
+    order_ids = [order_id for order_id, _ in links]
+    _pay_all(sandbox, links)
+
+    for kind, seconds in (("20000", 3), ("http500", 3), ("timeout", 7)):
+        sandbox.set_faults(drop_return=True, notify_drop=True, error_rate=1.0, error_kind=kind,
+                           timeout_s=6, methods=["alipay.trade.query"])
+        time.sleep(seconds)
+        assert _paid_count(order_ids) == 0
+    assert PaymentAttempt.objects.filter(
+        order_id__in=order_ids, last_check_result__startswith="error").exists()
+    assert OrderInfo.objects.filter(order_id__in=order_ids,
+                                    status=OrderInfo.Status.CANCELED).count() == 0
+
+    sandbox.clear_faults()
+    wait_for(lambda: _paid_count(order_ids) == 10, 40, 0.3)
+    _assert_each_paid_once(order_ids)
+    assert set(Payment.objects.filter(order_id__in=order_ids).values_list(
+        "source", flat=True)) == {"query"}
