@@ -88,8 +88,8 @@ class PaymentEventAdmin(admin.ModelAdmin):
     @admin.action(description="Re-process event (dead or received events)")
     def reprocess_events(self, request: HttpRequest, queryset: QuerySet) -> None:
         done, skipped = [], []
-        for event in queryset.only("pk", "state"):
-            (done if operator.event_reprocess(event_id=event.pk) else skipped).append(event.pk)
+        for event_id in queryset.values_list("pk", flat=True):
+            (done if operator.event_reprocess(event_id=event_id) else skipped).append(event_id)
         if done:
             self.message_user(
                 request, f"Sent {len(done)} event(s) to the workers again: "
