@@ -1,0 +1,48 @@
+"""Overlapping reconciliation runs never claim the same order (PostgreSQL row locks)."""
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from payment import reconciliation
+from payment.models import PaymentAttempt
+from shop.models import OrderInfo, User
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_overlapping_claims_are_disjoint_and_cover_everything() -> None:
+    user = User.objects.create_user(username="claims", password="x" * 12)
+    past = timezone.now() - timedelta(minutes=10)
+    orders = OrderInfo.objects.bulk_create(
+        OrderInfo(order_id=f"2026112500000{i:06d}", user=user, total_amount=Decimal("1.00"))
+        for i in range(600)
+    )
+    PaymentAttempt.objects.bulk_create(
+        PaymentAttempt(order=o, amount=o.total_amount, started_at=past, last_started_at=past,
+                       next_check_at=past) for o in orders
+    )
+    claimed: list[list[str]] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            while batch := reconciliation.attempts_claim(limit=50):
+                with lock:
+                    claimed.append(batch)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    flat = [order_id for batch in claimed for order_id in batch]
+    assert len(flat) == len(set(flat)) == 600
+    assert not reconciliation.attempts_claim(limit=50)
+    assert PaymentAttempt.objects.filter(claimed_until__isnull=True).count() == 0
