@@ -138,3 +138,50 @@ def test_tampered_return_is_rejected_and_leaves_the_order_unpaid(
     assert _order_status(order) == "UNPAID"
     assert not Payment.objects.filter(order=order).exists()
     page.screenshot(path=screenshots / "c_pay_success_rejected.png", full_page=True)
+
+
+def test_slow_confirmation_shows_a_spinner_then_the_payment(
+    page: Page, web: str, sandbox: SandboxControl, settings: Any, screenshots: Path
+) -> None:
+    settings.PAYMENT_STATUS_WAIT = 0  # the shop answers "processing" at once
+    user = _sign_in(page, web, "patientbuyer")
+    order = _order_and_open_cashier(page, web, user)
+
+    page.click("#pay-button")
+
+    outcome = page.locator("#outcome")
+    expect(outcome).to_have_attribute("data-state", "processing")
+    expect(page.locator("#spinner")).to_be_visible()
+    page.screenshot(path=screenshots / "d_pay_success_processing.png", full_page=True)
+    expect(outcome).to_have_attribute("data-state", "paid")
+    expect(page.locator("#trade-no")).to_have_text(Payment.objects.get(order=order).trade_id)
+
+
+def test_buyer_is_told_politely_when_alipay_stays_silent(
+    page: Page, web: str, sandbox: SandboxControl, settings: Any, screenshots: Path
+) -> None:
+    settings.PAYMENT_STATUS_WAIT = 0
+    user = _sign_in(page, web, "waitingbuyer")
+    order = _order_and_open_cashier(page, web, user)
+    # Alipay's query API is down and the notification lost: nothing can confirm the payment.
+    sandbox.set_faults(notify_drop=True, error_rate=1.0, error_kind="http500",
+                       methods=["alipay.trade.query"])
+    # Two minutes of patience in real life; a few seconds here.
+    page.route(re.compile(r".*/pay_success\.js$"), _shorter_patience)
+
+    page.click("#pay-button")
+
+    outcome = page.locator("#outcome")
+    expect(outcome).to_have_attribute("data-state", "processing")
+    expect(outcome).to_have_attribute("data-state", "gave-up", timeout=20_000)
+    expect(page.locator("#gave-up-message")).to_contain_text("we'll update your order")
+    assert _order_status(order) == "UNPAID"
+    page.screenshot(path=screenshots / "e_pay_success_gave_up.png", full_page=True)
+
+
+def _shorter_patience(route: Route) -> None:
+    response = route.fetch()
+    script = response.text()
+    assert "outcome.dataset.giveUpSeconds || 120" in script
+    route.fulfill(response=response,
+                  body=script.replace("outcome.dataset.giveUpSeconds || 120", "5"))

@@ -4,7 +4,7 @@
 (function () {
   var outcome = document.getElementById("outcome");
   var POLL_MS = 2000;
-  var GIVE_UP_MS = 120000;
+  var GIVE_UP_MS = Number(outcome.dataset.giveUpSeconds || 120) * 1000;
   var query = window.location.search;  // kept verbatim: the signature covers these values
   var params = new URLSearchParams(query);
 
