@@ -37,12 +37,13 @@ run: prepare
 	@echo
 	$(BIN)/honcho start -f Procfile
 
-test: install
+test: install lint
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy shop payment workers alipay_sandbox bench
 
 bench: install
 	@echo "see bench/README.md"

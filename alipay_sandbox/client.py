@@ -61,7 +61,9 @@ class SandboxControl:
 
     def pay(self, pay_url: str | None = None, *, out_trade_no: str | None = None) -> dict:
         """Pay like a buyer pressing Pay; give the full signed page-pay URL or an out_trade_no."""
-        body = {"pay_url": pay_url} if pay_url else {"out_trade_no": out_trade_no}
+        body: dict[str, str | None] = (
+            {"pay_url": pay_url} if pay_url else {"out_trade_no": out_trade_no}
+        )
         return self._call("POST", "/_sandbox/pay", body)
 
     def set_faults(self, **faults: Any) -> dict:

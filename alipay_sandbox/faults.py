@@ -42,10 +42,10 @@ def _coerce(name: str, value: Any) -> Any:
                 raise FaultError("error_rate must be between 0 and 1")
             return rate
         if name in ("timeout_s", "notify_delay_s", "notify_reorder_window_s"):
-            number = float(value)
-            if number < 0:
+            seconds = float(value)
+            if seconds < 0:
                 raise FaultError(f"{name} must not be negative")
-            return number
+            return seconds
         if name in ("drop_return", "notify_drop", "notify_reorder"):
             if not isinstance(value, bool):
                 raise FaultError(f"{name} must be true or false")

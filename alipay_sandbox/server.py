@@ -92,9 +92,10 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in reply.headers.items():
             self.send_header(name, value)
         # Headers and body in one write: no small-segment delay on keep-alive connections.
-        self._headers_buffer.append(b"\r\n")
+        # _headers_buffer is BaseHTTPRequestHandler's own buffer (undeclared in typeshed).
+        self._headers_buffer.append(b"\r\n")  # type: ignore[attr-defined]
         if method != "HEAD":
-            self._headers_buffer.append(reply.body)
+            self._headers_buffer.append(reply.body)  # type: ignore[attr-defined]
         self.flush_headers()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002

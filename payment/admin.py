@@ -87,7 +87,8 @@ class PaymentEventAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-process event (dead or received events)")
     def reprocess_events(self, request: HttpRequest, queryset: QuerySet) -> None:
-        done, skipped = [], []
+        done: list[int] = []
+        skipped: list[int] = []
         for event_id in queryset.values_list("pk", flat=True):
             (done if operator.event_reprocess(event_id=event_id) else skipped).append(event_id)
         if done:
@@ -119,8 +120,8 @@ class PaymentEventInline(admin.TabularInline):
     can_delete = False
     show_change_link = True
     ordering = ["-received_at", "-id"]
-    fields = ["received_at", "source", "state", "trade_no", "attempts", "deliveries", "reason",
-              "last_error"]
+    fields = ("received_at", "source", "state", "trade_no", "attempts", "deliveries", "reason",
+              "last_error")
     readonly_fields = fields
     verbose_name_plural = "payment history"
 
@@ -136,7 +137,7 @@ class PaymentInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ["trade_id", "amount", "source", "status", "note", "created_at", "refunded_at"]
+    fields = ("trade_id", "amount", "source", "status", "note", "created_at", "refunded_at")
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from payment import selectors, services
 from payment.models import PaymentEvent
+from shop.apis import authenticated_user
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class PaymentLinkApi(APIView):
     @extend_schema(responses={200: dict, 400: OpenApiResponse(description="{message}")})
     def get(self, request: Request, order_id: str) -> Response:
         try:
-            url = services.payment_link_create(user=request.user, order_id=order_id)
+            url = services.payment_link_create(user=authenticated_user(request), order_id=order_id)
         except services.PaymentError as exc:
             return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         return Response({"alipay_url": url})
@@ -107,7 +108,7 @@ class PaymentStatusApi(APIView):
 class OrderPaymentStatusApi(APIView):
     @extend_schema(responses={200: dict})
     def get(self, request: Request, order_id: str) -> Response:
-        order = selectors.order_for_user(user=request.user, order_id=order_id)
+        order = selectors.order_for_user(user=authenticated_user(request), order_id=order_id)
         if order is None:
             return Response({"message": "Order not found."}, status=status.HTTP_404_NOT_FOUND)
         return Response(selectors.order_payment_status(order=order))
@@ -128,7 +129,8 @@ def alipay_notify(request: HttpRequest) -> HttpResponse:
     except services.PaymentError as exc:
         try:
             services.event_record(
-                source=PaymentEvent.Source.NOTIFY, params=dict(request.POST.items()),
+                source=PaymentEvent.Source.NOTIFY,
+                params={key: str(value) for key, value in request.POST.items()},
                 remote_addr=remote_addr, state=State.REJECTED, reason=str(exc),
             )
         except (DatabaseError, services.PaymentError):

@@ -9,7 +9,7 @@
 """
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
@@ -68,7 +68,13 @@ def events_sweep(*, limit: int = 1000) -> dict[str, int]:
 
 def attempts_claim(*, limit: int) -> list[str]:
     """Claim due reconciliation checks. Overlapping runs never claim the same order."""
+    return attempts_claim_with_token(limit=limit)[0]
+
+
+def attempts_claim_with_token(*, limit: int) -> tuple[list[str], datetime]:
+    """Claim due checks; the token (the lease's end) lets the batch prove it still holds them."""
     now = timezone.now()
+    token = now + CLAIM_LEASE
     with transaction.atomic():
         order_ids = list(
             PaymentAttempt.objects.select_for_update(skip_locked=True, of=("self",))
@@ -76,10 +82,26 @@ def attempts_claim(*, limit: int) -> list[str]:
             .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
             .order_by("next_check_at").values_list("order_id", flat=True)[:limit]
         )
-        PaymentAttempt.objects.filter(order_id__in=order_ids).update(
-            claimed_until=now + CLAIM_LEASE
+        PaymentAttempt.objects.filter(order_id__in=order_ids).update(claimed_until=token)
+    return order_ids, token
+
+
+def attempts_hold(*, order_ids: list[str], token: datetime) -> list[str]:
+    """The claimed orders this batch still holds, with their lease renewed.
+
+    A batch that waited in the queue past its lease may have been claimed again by a later
+    run; it then leaves those orders to that run instead of checking them twice.
+    """
+    with transaction.atomic():
+        held = list(
+            PaymentAttempt.objects.select_for_update(skip_locked=True)
+            .filter(order_id__in=order_ids, claimed_until=token)
+            .values_list("order_id", flat=True)
         )
-    return order_ids
+        PaymentAttempt.objects.filter(order_id__in=held).update(
+            claimed_until=timezone.now() + CLAIM_LEASE
+        )
+    return held
 
 
 def order_reconcile(*, order_id: str) -> str:

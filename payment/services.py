@@ -304,7 +304,11 @@ def event_process(*, event_id: int) -> PaymentEvent:
     event = PaymentEvent.objects.get(pk=event_id)
     if event.is_final:
         return event
-    PaymentEvent.objects.filter(pk=event.pk).update(attempts=F("attempts") + 1)
+    # updated_at marks the latest attempt: the sweeper leaves an event alone while its
+    # retries are still under way.
+    PaymentEvent.objects.filter(pk=event.pk).update(
+        attempts=F("attempts") + 1, updated_at=timezone.now()
+    )
     event.attempts += 1
     if event.attempts > settings.PAYMENT_EVENT_MAX_ATTEMPTS:
         _event_finish(event, State.DEAD, f"gave up after {event.attempts - 1} attempts")

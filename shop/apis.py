@@ -1,10 +1,10 @@
 """The shop's HTTP API: thin views that validate, call one service or selector, serialize."""
 import logging
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth import authenticate
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, HttpRequest
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from shop import selectors, services
+from shop.models import User
 from shop.serializers import (
     CredentialsSerializer,
     OrderDetailSerializer,
@@ -24,6 +25,11 @@ from shop.serializers import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def authenticated_user(request: Request | HttpRequest) -> User:
+    """The signed-in user of a view that requires authentication."""
+    return cast(User, request.user)
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -82,7 +88,7 @@ class SKUListApi(APIView):
 class OrderListCreateApi(APIView):
     @extend_schema(responses={200: OrderSerializer(many=True)})
     def get(self, request: Request) -> Response:
-        orders = selectors.order_list(user=request.user)[:100]
+        orders = selectors.order_list(user=authenticated_user(request))[:100]
         return Response(OrderSerializer(orders, many=True).data)
 
     @extend_schema(request=OrderInputSerializer, responses={201: OrderSerializer})
@@ -91,7 +97,7 @@ class OrderListCreateApi(APIView):
         data.is_valid(raise_exception=True)
         items = [(item["sku_id"], item["count"]) for item in data.validated_data["items"]]
         try:
-            order = services.order_create(user=request.user, items=items)
+            order = services.order_create(user=authenticated_user(request), items=items)
         except services.OrderError as exc:
             return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         logger.info("order created order_id=%s user_id=%s", order.order_id, request.user.pk)
@@ -101,7 +107,7 @@ class OrderListCreateApi(APIView):
 class OrderDetailApi(APIView):
     @extend_schema(responses={200: OrderDetailSerializer})
     def get(self, request: Request, order_id: str) -> Response:
-        order = selectors.order_get(user=request.user, order_id=order_id)
+        order = selectors.order_get(user=authenticated_user(request), order_id=order_id)
         if order is None:
             raise Http404("No such order.")
         return Response(OrderDetailSerializer(order).data)

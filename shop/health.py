@@ -8,7 +8,7 @@ from django.views.decorators.http import require_GET
 
 logger = logging.getLogger(__name__)
 
-BROKER_TIMEOUT = 2.0
+BROKER_TIMEOUT = 2
 
 
 def _database() -> str:

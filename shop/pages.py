@@ -6,6 +6,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from shop import selectors
+from shop.apis import authenticated_user
 
 
 class SignInView(LoginView):
@@ -26,7 +27,7 @@ def storefront(request: HttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 def my_orders(request: HttpRequest) -> HttpResponse:
-    orders = selectors.order_list(user=request.user)[:100]
+    orders = selectors.order_list(user=authenticated_user(request))[:100]
     return render(request, "shop/my_orders.html", {"orders": orders})
 
 

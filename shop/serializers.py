@@ -25,7 +25,9 @@ class OrderItemInputSerializer(serializers.Serializer):
 
 
 class OrderInputSerializer(serializers.Serializer):
-    items = OrderItemInputSerializer(many=True, allow_empty=False, max_length=100)
+    items = serializers.ListField(
+        child=OrderItemInputSerializer(), allow_empty=False, max_length=100
+    )
 
 
 class OrderGoodsSerializer(serializers.ModelSerializer):

@@ -121,11 +121,13 @@ ALIPAY_SUBJECT_PREFIX = env.str("ALIPAY_SUBJECT_PREFIX", default="Shop order ")
 
 # Payment processing
 PAYMENT_STATUS_WAIT = env.float("PAYMENT_STATUS_WAIT", default=3.0)
-PAYMENT_EVENT_MAX_ATTEMPTS = env.int("PAYMENT_EVENT_MAX_ATTEMPTS", default=10)
+PAYMENT_EVENT_MAX_ATTEMPTS = env.int("PAYMENT_EVENT_MAX_ATTEMPTS", default=12)
 PAYMENT_TASK_MAX_RETRIES = env.int("PAYMENT_TASK_MAX_RETRIES", default=6)
 PAYMENT_RETRY_BACKOFF_MAX = env.int("PAYMENT_RETRY_BACKOFF_MAX", default=300)
 PAYMENT_REENQUEUE_AFTER = timedelta(seconds=env.int("PAYMENT_REENQUEUE_AFTER", default=5))
-PAYMENT_SWEEP_AFTER = timedelta(seconds=env.int("PAYMENT_SWEEP_AFTER", default=60))
+# Above the longest retry countdown (300 s), so that the sweeper does not start a second
+# retry chain beside one that is still waiting.
+PAYMENT_SWEEP_AFTER = timedelta(seconds=env.int("PAYMENT_SWEEP_AFTER", default=330))
 RECONCILE_AFTER = timedelta(seconds=env.int("RECONCILE_AFTER", default=120))
 RECONCILE_INTERVAL = env.float("RECONCILE_INTERVAL", default=60.0)
 RECONCILE_BATCH_SIZE = env.int("RECONCILE_BATCH_SIZE", default=200)

@@ -1,5 +1,7 @@
 """Thin tasks: take ids, call one service. Every task is idempotent (acks_late is safe)."""
 import logging
+from datetime import datetime
+from typing import Any
 
 from celery import shared_task
 from django.conf import settings
@@ -13,7 +15,7 @@ logger = logging.getLogger(__name__)
 # Worth another try: Alipay unreachable or busy, a trade not yet confirmed, the database away.
 TRANSIENT_ERRORS = (GatewayUnavailable, services.PaymentNotConfirmed, OperationalError,
                     InterfaceError)
-RETRY_OPTIONS = {
+RETRY_OPTIONS: dict[str, Any] = {
     "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": 1,
     "retry_backoff_max": 300,
@@ -43,18 +45,23 @@ def reconcile_dispatch_task() -> int:
     """Claim every due check in batches and spread the batches over the workers."""
     claimed = 0
     for _ in range(MAX_BATCHES_PER_RUN):
-        order_ids = reconciliation.attempts_claim(limit=settings.RECONCILE_BATCH_SIZE)
+        order_ids, token = reconciliation.attempts_claim_with_token(
+            limit=settings.RECONCILE_BATCH_SIZE
+        )
         if not order_ids:
             break
-        reconcile_batch_task.delay(order_ids)
+        reconcile_batch_task.delay(order_ids, token.isoformat())
         claimed += len(order_ids)
     return claimed
 
 
-@shared_task(acks_late=True)
-def reconcile_batch_task(order_ids: list[str]) -> dict[str, int]:
+@shared_task
+def reconcile_batch_task(order_ids: list[str], token: str) -> dict[str, int]:
+    held = reconciliation.attempts_hold(
+        order_ids=order_ids, token=datetime.fromisoformat(token)
+    )
     return reconciliation.orders_reconcile(
-        order_ids=order_ids, concurrency=settings.RECONCILE_CONCURRENCY
+        order_ids=held, concurrency=settings.RECONCILE_CONCURRENCY
     )
 
 

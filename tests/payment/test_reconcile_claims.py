@@ -46,3 +46,24 @@ def test_overlapping_claims_are_disjoint_and_cover_everything() -> None:
     assert len(flat) == len(set(flat)) == 600
     assert not reconciliation.attempts_claim(limit=50)
     assert PaymentAttempt.objects.filter(claimed_until__isnull=True).count() == 0
+
+
+def test_a_batch_that_outlived_its_lease_leaves_the_orders_to_the_new_claim() -> None:
+    user = User.objects.create_user(username="lease", password="x" * 12)
+    past = timezone.now() - timedelta(minutes=10)
+    orders = OrderInfo.objects.bulk_create(
+        OrderInfo(order_id=f"2026112500001{i:06d}", user=user, total_amount=Decimal("1.00"))
+        for i in range(10)
+    )
+    PaymentAttempt.objects.bulk_create(
+        PaymentAttempt(order=o, amount=o.total_amount, started_at=past, last_started_at=past,
+                       next_check_at=past) for o in orders
+    )
+    stale_ids, stale_token = reconciliation.attempts_claim_with_token(limit=10)
+    PaymentAttempt.objects.update(claimed_until=past)  # the first batch sat in the queue
+    fresh_ids, fresh_token = reconciliation.attempts_claim_with_token(limit=10)
+
+    assert sorted(stale_ids) == sorted(fresh_ids)
+    assert reconciliation.attempts_hold(order_ids=stale_ids, token=stale_token) == []
+    assert sorted(reconciliation.attempts_hold(order_ids=fresh_ids, token=fresh_token)) == sorted(
+        fresh_ids)
