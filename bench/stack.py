@@ -3,7 +3,9 @@
 Every process is real and runs from this checkout; the database `bench_payments` is made
 afresh each run. Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379.
 """
+import atexit
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,6 +58,8 @@ class Stack:
             **env_overrides,
         }
         os.environ.update(self.env)
+        # Children run in their own sessions; a SIGTERM (timeout, Ctrl-C) must still stop them.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def prepare(self) -> None:
         from alipay_sandbox.keys import write_dev_keys
@@ -118,6 +122,7 @@ class Stack:
             process.stop()
 
     def __enter__(self) -> "Stack":
+        atexit.register(self.stop)
         return self
 
     def __exit__(self, *exc: object) -> None:

