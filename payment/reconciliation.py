@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -105,27 +105,53 @@ def attempts_hold(*, order_ids: list[str], token: datetime) -> list[str]:
 
 
 def order_reconcile(*, order_id: str) -> str:
-    """Ask Alipay about one claimed order and apply a payment it reports. Returns the outcome."""
-    attempt = PaymentAttempt.objects.select_related("order").get(order_id=order_id)
-    if attempt.order.status != OrderInfo.Status.UNPAID:
-        _check_done(order_id, "settled", next_check_at=None)
-        return "settled"
+    """Ask Alipay about one order and apply a payment it reports. Returns the outcome."""
+    counts = orders_reconcile(order_ids=[order_id], concurrency=1)
+    return next(iter(counts), "no pay link issued")
+
+
+def orders_reconcile(*, order_ids: list[str], concurrency: int) -> dict[str, int]:
+    """Check a claimed batch with at most `concurrency` trade queries in flight.
+
+    Only the queries run on the pool's threads; every database step stays on this thread,
+    so a batch holds one database connection however many queries are in flight.
+    """
+    attempts = list(PaymentAttempt.objects.select_related("order").filter(order_id__in=order_ids))
+    counts: dict[str, int] = {}
+    unpaid = [a for a in attempts if a.order.status == OrderInfo.Status.UNPAID]
+    settled = [a.order_id for a in attempts if a.order.status != OrderInfo.Status.UNPAID]
+    if settled:
+        _checks_done({order_id: ("settled", None) for order_id in settled})
+        counts["settled"] = len(settled)
+    with ThreadPoolExecutor(max(1, min(concurrency, len(unpaid) or 1))) as pool:
+        answers = list(pool.map(_trade_ask, [a.order_id for a in unpaid]))
+    now = timezone.now()
+    done: dict[str, tuple[str, datetime | None]] = {}
+    for attempt, answer in zip(unpaid, answers, strict=True):
+        if isinstance(answer, Exception):
+            # Retried by a later run, sooner than an unpaid order would be.
+            outcome = "error"
+            done[attempt.order_id] = (f"error: {answer}"[:100],
+                                      now + _check_gap(attempt.checks, base=0.5))
+        elif answer is not None and answer.is_paid:
+            outcome = trade_status_apply(order_id=attempt.order_id, trade=answer)
+            done[attempt.order_id] = (outcome, None)
+        else:
+            outcome = "unpaid"
+            status = answer.trade_status if answer else "TRADE_NOT_EXIST"
+            done[attempt.order_id] = (status, now + _check_gap(attempt.checks, base=1.0))
+        counts[outcome] = counts.get(outcome, 0) + 1
+    _checks_done(done)
+    logger.info("reconciled batch size=%s outcomes=%s", len(order_ids), counts)
+    return counts
+
+
+def _trade_ask(order_id: str) -> alipay.TradeStatus | None | Exception:
     try:
-        trade = alipay.trade_query(out_trade_no=order_id)
+        return alipay.trade_query(out_trade_no=order_id)
     except (alipay.GatewayUnavailable, alipay.GatewayRejected) as exc:
-        # Retried by a later run, sooner than an unpaid order would be.
-        _check_done(order_id, f"error: {exc}"[:100],
-                    next_check_at=timezone.now() + _check_gap(attempt.checks, base=0.5))
         logger.warning("reconcile query failed order_id=%s error=%s", order_id, exc)
-        return "error"
-    if trade is not None and trade.is_paid:
-        outcome = trade_status_apply(order_id=order_id, trade=trade)
-        _check_done(order_id, outcome, next_check_at=None)
-        return outcome
-    status = trade.trade_status if trade else "TRADE_NOT_EXIST"
-    _check_done(order_id, status,
-                next_check_at=timezone.now() + _check_gap(attempt.checks, base=1.0))
-    return "unpaid"
+        return exc
 
 
 def trade_status_apply(*, order_id: str, trade: alipay.TradeStatus) -> str:
@@ -146,32 +172,15 @@ def _check_gap(checks: int, *, base: float) -> timedelta:
     return min(gap, MAX_CHECK_GAP)
 
 
-def _check_done(order_id: str, result: str, *, next_check_at: object) -> None:
-    PaymentAttempt.objects.filter(order_id=order_id).update(
-        checks=F("checks") + 1, last_checked_at=timezone.now(), last_check_result=result,
-        next_check_at=next_check_at, claimed_until=None,
-    )
-
-
-def orders_reconcile(*, order_ids: list[str], concurrency: int) -> dict[str, int]:
-    """Check a claimed batch with at most `concurrency` trade queries in flight."""
-    def one(order_id: str) -> str:
-        try:
-            return order_reconcile(order_id=order_id)
-        except Exception:
-            logger.exception("reconcile failed order_id=%s", order_id)
-            return "error"
-        finally:
-            close_old_connections()
-            if connection.connection is not None and not connection.in_atomic_block:
-                connection.close()
-
-    counts: dict[str, int] = {}
-    with ThreadPoolExecutor(max(1, concurrency)) as pool:
-        for outcome in pool.map(one, order_ids):
-            counts[outcome] = counts.get(outcome, 0) + 1
-    logger.info("reconciled batch size=%s outcomes=%s", len(order_ids), counts)
-    return counts
+def _checks_done(results: dict[str, tuple[str, datetime | None]]) -> None:
+    """Record each check's result and next time, and release the claims, in one commit."""
+    now = timezone.now()
+    with transaction.atomic():
+        for order_id, (result, next_check_at) in results.items():
+            PaymentAttempt.objects.filter(order_id=order_id).update(
+                checks=F("checks") + 1, last_checked_at=now, last_check_result=result[:100],
+                next_check_at=next_check_at, claimed_until=None,
+            )
 
 
 def orders_expired(*, limit: int) -> list[str]:
