@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from payment import selectors, services
-from payment.models import PaymentEvent
+from payment.models import Payment, PaymentEvent
 from shop.apis import authenticated_user
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class PaymentStatusApi(APIView):
             202: OpenApiResponse(description="{status: processing, order_id}"),
             400: OpenApiResponse(description="{message}: not Alipay's return parameters"),
             403: OpenApiResponse(description="{message}: rejected"),
+            409: OpenApiResponse(description="{message, order_id, refund}: paid after the "
+                                             "order was canceled; being refunded"),
         }
     )
     def put(self, request: Request) -> Response:
@@ -90,6 +92,14 @@ class PaymentStatusApi(APIView):
         )
         event = services.event_wait(event_id=event.pk, timeout=settings.PAYMENT_STATUS_WAIT)
         if event.state == State.APPLIED:
+            payment = selectors.payment_for_trade(trade_no=event.trade_no)
+            if payment is not None and payment.status != Payment.Status.APPLIED:
+                return Response(
+                    {"message": "The order was closed before this payment arrived; the "
+                                "payment is being refunded.",
+                     "order_id": event.out_trade_no, "refund": payment.status},
+                    status=status.HTTP_409_CONFLICT,
+                )
             return Response({"trade_id": event.trade_no})
         if event.state in (State.REJECTED, State.DEAD, State.RECORDED):
             return Response(

@@ -188,6 +188,11 @@ def test_payment_for_a_canceled_order_is_refunded(
     trade = sandbox.trade(order_id)
     assert trade["status"] == "TRADE_CLOSED"
     assert trade["refund_fee"] in ("66.60", 66.6)
+    # The buyer's return page learns the order was closed and the money is on its way back.
+    late_return = shop.put_status(query_params(paid["return_url"]))
+    assert late_return.status_code == 409, late_return.text
+    assert late_return.json()["refund"] == "refunded"
+    assert Payment.objects.filter(order_id=order_id).count() == 1
 
 
 def test_expiry_racing_late_payments_never_keeps_the_money(

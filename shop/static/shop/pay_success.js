@@ -52,6 +52,8 @@
       paid(orderId, body.trade_id);
     } else if (result.status === 202) {
       poll(body.order_id || orderId);
+    } else if (result.status === 409) {
+      setState("refunding");
     } else if (result.status === 400 || result.status === 403) {
       setState("rejected");
     } else if (orderId) {
