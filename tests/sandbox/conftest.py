@@ -72,3 +72,8 @@ def receiver() -> Iterator[NotifyReceiver]:
 @pytest.fixture(scope="session", autouse=True)
 def fast_password_hashing() -> None:
     """Overrides the project-wide autouse fixture: these tests need no Django settings."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def static_root() -> None:
+    """Overrides the project-wide autouse fixture: these tests need no Django settings."""
