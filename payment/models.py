@@ -104,6 +104,7 @@ class Payment(models.Model):
         PaymentEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="payments"
     )
     refund_request_no = models.CharField(max_length=64, blank=True)
+    refund_tried_at = models.DateTimeField(null=True, blank=True)
     note = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     refunded_at = models.DateTimeField(null=True, blank=True)

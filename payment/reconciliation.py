@@ -56,7 +56,9 @@ def events_sweep(*, limit: int = 1000) -> dict[str, int]:
         for event_id in ids:
             event_enqueue(event_id=event_id)
     refunds = list(
-        Payment.objects.filter(status=Payment.Status.REFUND_PENDING, created_at__lt=stale)
+        Payment.objects.filter(status=Payment.Status.REFUND_PENDING)
+        .filter(Q(refund_tried_at__lt=stale)
+                | Q(refund_tried_at__isnull=True, created_at__lt=stale))
         .values_list("pk", flat=True)[:limit]
     )
     for payment_id in refunds:
@@ -184,11 +186,30 @@ def _checks_done(results: dict[str, tuple[str, datetime | None]]) -> None:
 
 
 def orders_expired(*, limit: int) -> list[str]:
-    cutoff = timezone.now() - settings.ORDER_PAY_TIMEOUT
-    return list(
-        OrderInfo.objects.filter(status=OrderInfo.Status.UNPAID, created_at__lt=cutoff)
+    """UNPAID orders past ORDER_PAY_TIMEOUT, claimed like reconciliation's checks.
+
+    An order with a pay link is leased through its attempt, so that overlapping runs (and
+    reconciliation) never work on it at once; one without a link has no trade to close and
+    is canceled by one conditional update, which is safe to repeat.
+    """
+    now = timezone.now()
+    cutoff = now - settings.ORDER_PAY_TIMEOUT
+    with transaction.atomic():
+        claimed = list(
+            PaymentAttempt.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(order__status=OrderInfo.Status.UNPAID, order__created_at__lt=cutoff)
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .order_by("order__created_at").values_list("order_id", flat=True)[:limit]
+        )
+        PaymentAttempt.objects.filter(order_id__in=claimed).update(
+            claimed_until=now + CLAIM_LEASE
+        )
+    never_linked = list(
+        OrderInfo.objects.filter(status=OrderInfo.Status.UNPAID, created_at__lt=cutoff,
+                                 payment_attempt__isnull=True)
         .order_by("created_at").values_list("order_id", flat=True)[:limit]
     )
+    return claimed + never_linked
 
 
 def order_expire(*, order_id: str) -> str:
@@ -196,6 +217,14 @@ def order_expire(*, order_id: str) -> str:
 
     Raises alipay.GatewayUnavailable when Alipay cannot be asked: the order stays UNPAID.
     """
+    outcome = _order_expire(order_id)
+    # Done: the claim ends. On an error it stays until its lease runs out, which keeps the
+    # next run away while this task's own retries are under way.
+    PaymentAttempt.objects.filter(order_id=order_id).update(claimed_until=None)
+    return outcome
+
+
+def _order_expire(order_id: str) -> str:
     order = OrderInfo.objects.get(order_id=order_id)
     if order.status != OrderInfo.Status.UNPAID:
         return "settled"

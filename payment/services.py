@@ -397,10 +397,10 @@ def payment_refund(*, payment_id: int) -> Payment:
     if payment.status != Payment.Status.REFUND_PENDING:
         return payment
     request_no = payment.refund_request_no or f"refund-{payment.trade_id}"
-    if not payment.refund_request_no:
-        Payment.objects.filter(pk=payment.pk, refund_request_no="").update(
-            refund_request_no=request_no
-        )
+    # The request number is kept before Alipay is asked: every retry reuses it.
+    Payment.objects.filter(pk=payment.pk).update(
+        refund_request_no=request_no, refund_tried_at=timezone.now()
+    )
     result = alipay.trade_refund(
         out_trade_no=payment.order.order_id,
         refund_amount=payment.amount,

@@ -4,6 +4,7 @@
 need workers use them for real.
 """
 import os
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -221,6 +222,17 @@ def celery_beat(worker_env: dict[str, str], log_dir: Path,
     beat.wait_log("beat: Starting", timeout=60)
     yield beat
     beat.stop()
+
+
+@pytest.fixture
+def beat_paused(celery_beat: ManagedProcess) -> Iterator[None]:
+    """No scheduled sweep, reconciliation or expiry while the test drives those services itself."""
+    celery_beat.stop()
+    time.sleep(1.5)  # a run beat sent just before is finished by the worker
+    yield
+    offset = len(celery_beat.log_text())
+    celery_beat.start()
+    celery_beat.wait_log("beat: Starting", timeout=60, start_at=offset)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from payment import reconciliation
 from payment.models import PaymentAttempt
 from shop.models import OrderInfo, User
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("beat_paused")]
 
 
 def test_overlapping_claims_are_disjoint_and_cover_everything() -> None:
@@ -67,3 +67,25 @@ def test_a_batch_that_outlived_its_lease_leaves_the_orders_to_the_new_claim() ->
     assert reconciliation.attempts_hold(order_ids=stale_ids, token=stale_token) == []
     assert sorted(reconciliation.attempts_hold(order_ids=fresh_ids, token=fresh_token)) == sorted(
         fresh_ids)
+
+
+def test_overlapping_expiry_runs_never_take_the_same_order() -> None:
+    user = User.objects.create_user(username="expiry", password="x" * 12)
+    past = timezone.now() - timedelta(hours=2)
+    orders = OrderInfo.objects.bulk_create(
+        OrderInfo(order_id=f"2026112500002{i:06d}", user=user, total_amount=Decimal("1.00"))
+        for i in range(30)
+    )
+    OrderInfo.objects.update(created_at=past)
+    PaymentAttempt.objects.bulk_create(
+        PaymentAttempt(order=o, amount=o.total_amount, started_at=past, last_started_at=past)
+        for o in orders[:20]
+    )
+
+    first = reconciliation.orders_expired(limit=100)
+    second = reconciliation.orders_expired(limit=100)
+
+    linked = {o.order_id for o in orders[:20]}
+    assert linked <= set(first)
+    assert not linked & set(second)  # leased by the first run
+    assert set(first) - linked == set(second) == {o.order_id for o in orders[20:]}

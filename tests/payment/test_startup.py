@@ -33,3 +33,13 @@ def test_missing_key_file_stops_startup_with_one_clear_line(
     lines = [line for line in result.stderr.splitlines() if str(missing) in line]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_models_and_migrations_agree(tmp_path: Path) -> None:
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "makemigrations", "--check", "--dry-run",
+         "--skip-checks"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
