@@ -76,13 +76,20 @@ def attempts_claim(*, limit: int) -> list[str]:
 def attempts_claim_with_token(*, limit: int) -> tuple[list[str], datetime]:
     """Claim due checks; the token (the lease's end) lets the batch prove it still holds them."""
     now = timezone.now()
+    return _attempts_lease(Q(next_check_at__lte=now), "next_check_at", limit=limit, now=now)
+
+
+def _attempts_lease(
+    due: Q, order_by: str, *, limit: int, now: datetime
+) -> tuple[list[str], datetime]:
+    """Lease the UNPAID orders' attempts that match `due` and no one holds (row locks skipped)."""
     token = now + CLAIM_LEASE
     with transaction.atomic():
         order_ids = list(
             PaymentAttempt.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(order__status=OrderInfo.Status.UNPAID, next_check_at__lte=now)
+            .filter(due, order__status=OrderInfo.Status.UNPAID)
             .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
-            .order_by("next_check_at").values_list("order_id", flat=True)[:limit]
+            .order_by(order_by).values_list("order_id", flat=True)[:limit]
         )
         PaymentAttempt.objects.filter(order_id__in=order_ids).update(claimed_until=token)
     return order_ids, token
@@ -194,16 +201,9 @@ def orders_expired(*, limit: int) -> list[str]:
     """
     now = timezone.now()
     cutoff = now - settings.ORDER_PAY_TIMEOUT
-    with transaction.atomic():
-        claimed = list(
-            PaymentAttempt.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(order__status=OrderInfo.Status.UNPAID, order__created_at__lt=cutoff)
-            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
-            .order_by("order__created_at").values_list("order_id", flat=True)[:limit]
-        )
-        PaymentAttempt.objects.filter(order_id__in=claimed).update(
-            claimed_until=now + CLAIM_LEASE
-        )
+    claimed, _ = _attempts_lease(
+        Q(order__created_at__lt=cutoff), "order__created_at", limit=limit, now=now
+    )
     never_linked = list(
         OrderInfo.objects.filter(status=OrderInfo.Status.UNPAID, created_at__lt=cutoff,
                                  payment_attempt__isnull=True)

@@ -2,6 +2,7 @@
 import threading
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -14,17 +15,27 @@ from shop.models import OrderInfo, User
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("beat_paused")]
 
 
-def test_overlapping_claims_are_disjoint_and_cover_everything() -> None:
-    user = User.objects.create_user(username="claims", password="x" * 12)
-    past = timezone.now() - timedelta(minutes=10)
+PAST = timedelta(minutes=10)
+
+
+def _orders_with_attempts(name: str, count: int, linked: int | None = None) -> list[OrderInfo]:
+    """UNPAID orders made PAST ago; the first `linked` (default all) have a due pay link."""
+    user = User.objects.create_user(username=name, password="x" * 12)
+    past = timezone.now() - PAST
     orders = OrderInfo.objects.bulk_create(
-        OrderInfo(order_id=f"2026112500000{i:06d}", user=user, total_amount=Decimal("1.00"))
-        for i in range(600)
+        OrderInfo(order_id=f"{user.pk:09d}{i:06d}", user=user, total_amount=Decimal("1.00"))
+        for i in range(count)
     )
+    OrderInfo.objects.filter(user=user).update(created_at=past)
     PaymentAttempt.objects.bulk_create(
         PaymentAttempt(order=o, amount=o.total_amount, started_at=past, last_started_at=past,
-                       next_check_at=past) for o in orders
+                       next_check_at=past) for o in orders[:linked]
     )
+    return orders
+
+
+def test_overlapping_claims_are_disjoint_and_cover_everything() -> None:
+    _orders_with_attempts("claims", 600)
     claimed: list[list[str]] = []
     lock = threading.Lock()
 
@@ -49,16 +60,8 @@ def test_overlapping_claims_are_disjoint_and_cover_everything() -> None:
 
 
 def test_a_batch_that_outlived_its_lease_leaves_the_orders_to_the_new_claim() -> None:
-    user = User.objects.create_user(username="lease", password="x" * 12)
-    past = timezone.now() - timedelta(minutes=10)
-    orders = OrderInfo.objects.bulk_create(
-        OrderInfo(order_id=f"2026112500001{i:06d}", user=user, total_amount=Decimal("1.00"))
-        for i in range(10)
-    )
-    PaymentAttempt.objects.bulk_create(
-        PaymentAttempt(order=o, amount=o.total_amount, started_at=past, last_started_at=past,
-                       next_check_at=past) for o in orders
-    )
+    _orders_with_attempts("lease", 10)
+    past = timezone.now() - PAST
     stale_ids, stale_token = reconciliation.attempts_claim_with_token(limit=10)
     PaymentAttempt.objects.update(claimed_until=past)  # the first batch sat in the queue
     fresh_ids, fresh_token = reconciliation.attempts_claim_with_token(limit=10)
@@ -69,18 +72,9 @@ def test_a_batch_that_outlived_its_lease_leaves_the_orders_to_the_new_claim() ->
         fresh_ids)
 
 
-def test_overlapping_expiry_runs_never_take_the_same_order() -> None:
-    user = User.objects.create_user(username="expiry", password="x" * 12)
-    past = timezone.now() - timedelta(hours=2)
-    orders = OrderInfo.objects.bulk_create(
-        OrderInfo(order_id=f"2026112500002{i:06d}", user=user, total_amount=Decimal("1.00"))
-        for i in range(30)
-    )
-    OrderInfo.objects.update(created_at=past)
-    PaymentAttempt.objects.bulk_create(
-        PaymentAttempt(order=o, amount=o.total_amount, started_at=past, last_started_at=past)
-        for o in orders[:20]
-    )
+def test_overlapping_expiry_runs_never_take_the_same_order(settings: Any) -> None:
+    settings.ORDER_PAY_TIMEOUT = PAST / 2
+    orders = _orders_with_attempts("expiry", 30, linked=20)
 
     first = reconciliation.orders_expired(limit=100)
     second = reconciliation.orders_expired(limit=100)
