@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from django.db.models import Count
 
 from alipay_sandbox.client import SandboxControl
@@ -17,7 +18,16 @@ from payment import services
 from payment.models import Payment, PaymentAttempt, PaymentEvent
 from shop.models import SKU, OrderInfo, User
 from tests.conftest import worker_process
-from tests.support import ManagedProcess, TcpProxy, free_port, python_args, wait_for, wait_for_port
+from tests.support import (
+    SELLER_ID,
+    ManagedProcess,
+    TcpProxy,
+    free_port,
+    python_args,
+    sign_params,
+    wait_for,
+    wait_for_port,
+)
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -191,3 +201,41 @@ def test_gateway_errors_during_reconciliation_are_retried_later(
     _assert_each_paid_once(order_ids)
     assert set(Payment.objects.filter(order_id__in=order_ids).values_list(
         "source", flat=True)) == {"query"}
+
+
+def test_notification_answers_fail_while_the_database_is_away(
+    worker_env: dict[str, str], log_dir: Path, dev_keys: Path
+) -> None:
+    """`success` means stored: with no database the web answers `fail`, so Alipay retries."""
+    proxy = TcpProxy(5432)
+    port = free_port()
+    env = {**worker_env,
+           "DATABASE_URL": worker_env["DATABASE_URL"].replace(":5432/", f":{proxy.port}/"),
+           "DATABASE_CONN_MAX_AGE": "0"}
+    web = ManagedProcess("db-away-web", python_args(
+        "-m", "gunicorn", "shop.wsgi", "--bind", f"127.0.0.1:{port}", "--worker-class",
+        "gthread", "--threads", "2"), env, log_dir).start()
+    try:
+        wait_for_port(port)
+        params = sign_params({
+            "notify_type": "trade_status_sync", "notify_id": "db-away-1",
+            "app_id": worker_env["ALIPAY_APPID"], "out_trade_no": "20261125000000000000000000001",
+            "trade_no": "2026112522001400000000000099", "trade_status": "TRADE_SUCCESS",
+            "total_amount": "1.00", "seller_id": SELLER_ID,
+        }, (dev_keys / "alipay_private_key.pem").read_bytes())
+        url = f"http://127.0.0.1:{port}/payment/alipay/notify/"
+
+        proxy.down()
+        away = requests.post(url, data=params, timeout=30)
+        proxy.up()
+        back = requests.post(url, data=params, timeout=30)
+        again = requests.post(url, data=params, timeout=30)
+    finally:
+        web.stop()
+        proxy.close()
+
+    assert (away.status_code, away.text) == (503, "fail")
+    assert (back.status_code, back.text) == (200, "success")
+    assert (again.status_code, again.text) == (200, "success")
+    stored = PaymentEvent.objects.get(dedupe_key="notify:db-away-1")
+    assert stored.deliveries == 2
