@@ -18,13 +18,17 @@ class KeyFileError(Exception):
     """A key file is missing or unreadable; the message names the path."""
 
 
-def load_private_key(path: Path) -> rsa.RSAPrivateKey:
+def _read_key_file(path: Path, kind: str) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
-        raise KeyFileError(f"private key file not found: {path}") from None
+        raise KeyFileError(f"{kind} key file not found: {path}") from None
     except OSError as exc:
-        raise KeyFileError(f"cannot read private key file {path}: {exc.strerror}") from None
+        raise KeyFileError(f"cannot read {kind} key file {path}: {exc.strerror}") from None
+
+
+def load_private_key(path: Path) -> rsa.RSAPrivateKey:
+    data = _read_key_file(path, "private")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -35,12 +39,7 @@ def load_private_key(path: Path) -> rsa.RSAPrivateKey:
 
 
 def load_public_key(path: Path) -> rsa.RSAPublicKey:
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(f"public key file not found: {path}") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot read public key file {path}: {exc.strerror}") from None
+    data = _read_key_file(path, "public")
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):

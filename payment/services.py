@@ -216,11 +216,15 @@ def _publish_now(task_name: str, arg: int) -> None:
 
 
 def event_wait(*, event_id: int, timeout: float) -> PaymentEvent:
-    """Poll the event until it reaches a final state or the time is up."""
+    """Poll the event until it reaches a final state or the time is up.
+
+    Only the outcome's fields are read: the raw payload is not fetched on every poll.
+    """
     deadline = time.monotonic() + timeout
     delay = 0.02
+    polled = PaymentEvent.objects.only("state", "trade_no", "out_trade_no")
     while True:
-        event = PaymentEvent.objects.get(pk=event_id)
+        event = polled.get(pk=event_id)
         remaining = deadline - time.monotonic()
         if event.is_final or remaining <= 0:
             return event

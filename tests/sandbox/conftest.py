@@ -10,7 +10,6 @@ from alipay import AliPay
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from alipay_sandbox.client import SandboxControl
-from alipay_sandbox.keys import write_dev_keys
 from alipay_sandbox.testing import (
     SandboxProcess,
     clear_proxy_env,
@@ -23,10 +22,9 @@ clear_proxy_env()
 
 
 @pytest.fixture(scope="session")
-def sbx_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("sbx-keys")
-    write_dev_keys(directory)
-    return directory
+def sbx_keys(dev_keys: Path) -> Path:
+    """The project-wide throwaway keys (tests/conftest.py), under the sandbox tests' name."""
+    return dev_keys
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,6 +17,9 @@ from alipay.utils import AliPayConfig
 
 from alipay_sandbox.config import DEFAULT_APP_ID
 from alipay_sandbox.testing import SandboxProcess
+from tests.support import wait_for
+
+__all__ = ["wait_for"]  # the sandbox tests take it from here with the other helpers
 
 APP_ID = DEFAULT_APP_ID
 SELLER_ID = "2088000000000001"
@@ -80,17 +82,6 @@ def browser_pay(
     if response.status_code == 302:
         params = dict(parse_qsl(urlsplit(response.headers["Location"]).query))
     return response, params
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
-        time.sleep(interval)
 
 
 class NotifyReceiver:
