@@ -36,9 +36,10 @@ def main() -> None:
         control = stack.sandbox_control()
         control.set_faults(notify_drop=True, drop_return=True)
 
+        from django.conf import settings
         from django.utils import timezone
 
-        from payment import alipay, reconciliation
+        from payment import alipay, reconciliation, verification
         from payment.models import PaymentAttempt
         from shop.models import OrderInfo, User
 
@@ -71,7 +72,9 @@ def main() -> None:
             while batch := reconciliation.attempts_claim(limit=500):
                 claimed += batch
             start = time.perf_counter()
-            counts = reconciliation.orders_reconcile(order_ids=claimed, concurrency=level)
+            settings.RECONCILE_CONCURRENCY = level
+            verification._query_pool.cache_clear()
+            counts = reconciliation.orders_reconcile(order_ids=claimed).counts
             wall = time.perf_counter() - start
             print(f"in-process, concurrency {level:>3}: {len(claimed)} checks in {wall:.2f} s "
                   f"= {len(claimed) / wall:.0f} checks/s ({counts})")
@@ -81,7 +84,7 @@ def main() -> None:
         remaining = PaymentAttempt.objects.filter(order__status=OrderInfo.Status.UNPAID).count()
         stack.start_workers(concurrency=2, queues="reconcile", name="w1")
         stack.start_workers(concurrency=2, queues="reconcile,payments", name="w2")
-        from workers.tasks import reconcile_dispatch_task
+        from payment.tasks import reconcile_dispatch_task
 
         started_at = timezone.now()
         start = time.perf_counter()

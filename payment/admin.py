@@ -10,7 +10,6 @@ from django.utils.html import format_html
 
 from payment import operator
 from payment.models import Payment, PaymentAttempt, PaymentEvent
-from payment.services import payment_refund_enqueue
 
 State = PaymentEvent.State
 NEEDS_ATTENTION = (State.DEAD, State.REJECTED)
@@ -168,7 +167,7 @@ class PaymentAdmin(admin.ModelAdmin):
     def refund_payments(self, request: HttpRequest, queryset: QuerySet) -> None:
         for payment in queryset:
             if payment.status == Payment.Status.REFUND_PENDING:
-                payment_refund_enqueue(payment_id=payment.pk)
+                operator.payment_refund_retry(payment=payment)
                 self.message_user(
                     request, f"Refund of {payment.trade_id} sent to the workers.",
                     messages.SUCCESS,

@@ -1,46 +1,58 @@
-"""The payment API: thin views that record what arrived and hand it to the workers."""
+"""The payment API. The two endpoints Alipay and the buyer's browser hit after a payment are
+lean Django views (no DRF, no session or CSRF machinery): they are authenticated by Alipay's
+signature, record what arrived and hand it to the workers."""
+import json
 import logging
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import ParseError
-from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from payment import selectors, services
-from payment.models import Payment, PaymentEvent
+from payment import intake, selectors, wakeups
+from payment.errors import PaymentError, SignatureInvalid
+from payment.links import payment_link_create
 from shop.apis import authenticated_user
 
 logger = logging.getLogger(__name__)
 
-State = PaymentEvent.State
+FORM = "application/x-www-form-urlencoded"
 
 
-def _remote_addr(request: Request) -> str | None:
+def _remote_addr(request: HttpRequest) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
-def _request_params(request: Request) -> dict[str, Any]:
-    """Query string and body (form or JSON) merged; the body wins."""
-    params: dict[str, Any] = dict(request.query_params.lists())
-    try:
-        body = request.data
-    except ParseError:
-        raise services.PaymentError("The request body cannot be read.") from None
-    if hasattr(body, "lists"):
-        params.update(dict(body.lists()))
-    elif isinstance(body, dict):
-        params.update(body)
-    elif body:
-        raise services.PaymentError("The request body must be a form or a JSON object.")
+def _request_params(request: HttpRequest) -> dict[str, Any]:
+    """Query string and body (form or JSON object) merged; the body wins."""
+    params: dict[str, Any] = dict(request.GET.lists())
+    body = request.body
+    if not body:
+        return params
+    content_type = request.content_type or ""
+    if content_type == "application/json":
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            raise PaymentError("The request body is not valid JSON.") from None
+        if not isinstance(data, dict):
+            raise PaymentError("The request body must be a form or a JSON object.")
+        params.update(data)
+    elif content_type in (FORM, "") or content_type.startswith("text/"):
+        try:
+            params.update(QueryDict(body, encoding=request.encoding).lists())
+        except (ValueError, UnicodeDecodeError):
+            raise PaymentError("The request body cannot be read.") from None
+    else:
+        raise PaymentError("The request body must be a form or a JSON object.")
     return params
 
 
@@ -48,71 +60,41 @@ class PaymentLinkApi(APIView):
     @extend_schema(responses={200: dict, 400: OpenApiResponse(description="{message}")})
     def get(self, request: Request, order_id: str) -> Response:
         try:
-            url = services.payment_link_create(user=authenticated_user(request), order_id=order_id)
-        except services.PaymentError as exc:
+            url = payment_link_create(user=authenticated_user(request), order_id=order_id)
+        except PaymentError as exc:
             return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         return Response({"alipay_url": url})
 
 
-class PaymentStatusApi(APIView):
+@csrf_exempt
+@require_http_methods(["PUT", "POST"])
+async def payment_status(request: HttpRequest) -> HttpResponse:
     """Alipay's return parameters, as the pay_success page hands them over.
 
-    Authenticated by Alipay's signature, not by the buyer's session.
+    200 `{trade_id}` once applied (also on reload, answered from the payment without a
+    write), 202 `{status: processing, order_id}` when not settled within
+    PAYMENT_STATUS_WAIT, 403 when rejected, 409 when paid after the order was canceled, 400
+    for what is not Alipay's signed return. The wait holds no thread: it blocks on Redis
+    from the event loop.
     """
-
-    permission_classes = [AllowAny]
-    authentication_classes: list[type] = []
-
-    @extend_schema(
-        responses={
-            200: OpenApiResponse(description="{trade_id}: the payment is applied"),
-            202: OpenApiResponse(description="{status: processing, order_id}"),
-            400: OpenApiResponse(description="{message}: not Alipay's return parameters"),
-            403: OpenApiResponse(description="{message}: rejected"),
-            409: OpenApiResponse(description="{message, order_id, refund}: paid after the "
-                                             "order was canceled; being refunded"),
-        }
-    )
-    def put(self, request: Request) -> Response:
-        try:
-            params = services.params_clean(_request_params(request))
-        except services.PaymentError as exc:
-            return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        try:
-            services.inbound_params_check(params)
-        except services.PaymentError as exc:
-            # Kept for the record, never processed.
-            services.event_record(
-                source=PaymentEvent.Source.RETURN, params=params,
-                remote_addr=_remote_addr(request), state=State.REJECTED, reason=str(exc),
-            )
-            return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        event, _ = services.event_record(
-            source=PaymentEvent.Source.RETURN, params=params, remote_addr=_remote_addr(request)
+    try:
+        params = intake.params_clean(_request_params(request))
+        receipt = await sync_to_async(intake.return_receive)(
+            params=params, remote_addr=_remote_addr(request))
+    except SignatureInvalid:
+        return JsonResponse({"message": "The payment could not be verified with Alipay."},
+                            status=403)
+    except PaymentError as exc:
+        return JsonResponse({"message": str(exc)}, status=400)
+    answer = receipt.answer
+    if not answer.is_final and receipt.event_id is not None:
+        event_id = receipt.event_id
+        await wakeups.event_settled_wait(
+            event_id=event_id, timeout=settings.PAYMENT_STATUS_WAIT,
+            is_settled=lambda: sync_to_async(intake.event_is_settled)(event_id=event_id),
         )
-        event = services.event_wait(event_id=event.pk, timeout=settings.PAYMENT_STATUS_WAIT)
-        if event.state == State.APPLIED:
-            payment = selectors.payment_for_trade(trade_no=event.trade_no)
-            if payment is not None and payment.status != Payment.Status.APPLIED:
-                return Response(
-                    {"message": "The order was closed before this payment arrived; the "
-                                "payment is being refunded.",
-                     "order_id": event.out_trade_no, "refund": payment.status},
-                    status=status.HTTP_409_CONFLICT,
-                )
-            return Response({"trade_id": event.trade_no})
-        if event.state in (State.REJECTED, State.DEAD, State.RECORDED):
-            return Response(
-                {"message": "The payment could not be verified with Alipay.",
-                 "order_id": event.out_trade_no},
-                status=status.HTTP_403_FORBIDDEN,
-            )
-        return Response(
-            {"status": "processing", "order_id": event.out_trade_no},
-            status=status.HTTP_202_ACCEPTED,
-        )
-
-    post = put
+        answer = await sync_to_async(intake.event_answer)(event_id=event_id)
+    return JsonResponse(answer.body, status=answer.status)
 
 
 class OrderPaymentStatusApi(APIView):
@@ -132,25 +114,15 @@ def alipay_notify(request: HttpRequest) -> HttpResponse:
     `success` is answered only once the notification is durably stored (or was already);
     Alipay delivers again after `fail`, so nothing is lost when the database is away.
     """
-    remote_addr = request.META.get("REMOTE_ADDR") or None
+    remote_addr = _remote_addr(request)
+    params: dict[str, str] = {}
     try:
-        params = services.params_clean(dict(request.POST.lists()))
-        services.inbound_params_check(params)
-    except services.PaymentError as exc:
-        try:
-            services.event_record(
-                source=PaymentEvent.Source.NOTIFY,
-                params={key: str(value) for key, value in request.POST.items()},
-                remote_addr=remote_addr, state=State.REJECTED, reason=str(exc),
-            )
-        except (DatabaseError, services.PaymentError):
-            pass
-        logger.warning("notification refused from %s: %s", remote_addr, exc)
+        params = intake.params_clean(dict(request.POST.lists()))
+        intake.notification_receive(params=params, remote_addr=remote_addr)
+    except PaymentError as exc:
+        if not params:  # not even text: nothing was recorded
+            logger.warning("notification refused from %s: %s", remote_addr, exc)
         return HttpResponse("fail", content_type="text/plain", status=400)
-    try:
-        services.event_record(
-            source=PaymentEvent.Source.NOTIFY, params=params, remote_addr=remote_addr
-        )
     except DatabaseError as exc:
         logger.error("notification not stored out_trade_no=%s error=%s",
                      params.get("out_trade_no"), type(exc).__name__)

@@ -68,6 +68,8 @@ class PaymentEvent(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     deliveries = models.PositiveIntegerField(default=1)
     last_error = models.TextField(blank=True)
+    # When a worker may next claim it: the retry schedule and the claim lease in one field.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     processed_at = models.DateTimeField(null=True, blank=True)
@@ -75,7 +77,11 @@ class PaymentEvent(models.Model):
     class Meta:
         verbose_name = "payment event"
         ordering = ["-received_at", "-id"]
-        indexes = [models.Index(fields=["state", "received_at"], name="paymentevent_state_recv")]
+        indexes = [
+            models.Index(fields=["state", "received_at"], name="paymentevent_state_recv"),
+            models.Index(fields=["next_attempt_at", "id"], name="paymentevent_due",
+                         condition=models.Q(state="received")),
+        ]
 
     def __str__(self) -> str:
         return f"{self.source} event {self.pk} for {self.out_trade_no}"

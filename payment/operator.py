@@ -4,9 +4,9 @@ import logging
 from django.db import transaction
 from django.utils import timezone
 
-from payment.models import PaymentAttempt, PaymentEvent
+from payment.models import Payment, PaymentAttempt, PaymentEvent
 from payment.reconciliation import order_reconcile
-from payment.services import event_enqueue
+from payment.tasks import events_process_task, payment_refund_task
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
@@ -19,16 +19,22 @@ def event_reprocess(*, event_id: int) -> bool:
     with transaction.atomic():
         updated = PaymentEvent.objects.filter(
             pk=event_id, state__in=(State.DEAD, State.RECEIVED)
-        ).update(state=State.RECEIVED, attempts=0, updated_at=timezone.now())
+        ).update(state=State.RECEIVED, attempts=0, next_attempt_at=timezone.now(),
+                 updated_at=timezone.now())
         if updated:
-            event_enqueue(event_id=event_id)
+            transaction.on_commit(lambda: events_process_task.delay([event_id]))
     if updated:
         logger.info("payment event re-processed by operator id=%s", event_id)
     return bool(updated)
 
 
+def payment_refund_retry(*, payment: Payment) -> None:
+    """Send a pending refund to the workers again."""
+    transaction.on_commit(lambda: payment_refund_task.delay(payment.pk))
+
+
 def order_query_now(*, order_id: str) -> str:
-    """Ask Alipay about an order at once; the outcome of `order_reconcile`, or `settled`."""
+    """Ask Alipay about an order at once: the outcome of `order_reconcile`, or `settled`."""
     order = OrderInfo.objects.get(order_id=order_id)
     if order.status != OrderInfo.Status.UNPAID:
         return "settled"
@@ -39,6 +45,9 @@ def order_query_now(*, order_id: str) -> str:
         defaults={"amount": order.total_amount, "started_at": now, "last_started_at": now,
                   "links_issued": 0},
     )
-    outcome = order_reconcile(order_id=order_id)
+    result = order_reconcile(order_id=order_id)
+    for payment_id in result.refunds:
+        payment_refund_task.delay(payment_id)
+    outcome = next(iter(result.counts), "no pay link issued")
     logger.info("order queried by operator order_id=%s outcome=%s", order_id, outcome)
     return outcome

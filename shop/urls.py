@@ -24,7 +24,7 @@ urlpatterns = [
         name="order-payment-status",
     ),
     path("payment/alipay/notify/", payment_apis.alipay_notify, name="alipay-notify"),
-    path("payment/status/", payment_apis.PaymentStatusApi.as_view(), name="payment-status"),
+    path("payment/status/", payment_apis.payment_status, name="payment-status"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("", pages.storefront, name="storefront"),
     path("login/", pages.SignInView.as_view(), name="login"),

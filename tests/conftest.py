@@ -119,7 +119,7 @@ def broker_url() -> str:
 FAST_SCHEDULE = {
     "RECONCILE_AFTER": 2,
     "RECONCILE_INTERVAL": 1,
-    "PAYMENT_SWEEP_AFTER": 3,
+    "PAYMENT_CLAIM_LEASE": 3,
     "PAYMENT_SWEEP_INTERVAL": 1,
     "ORDER_EXPIRE_INTERVAL": 1,
 }
@@ -129,7 +129,7 @@ FAST_SCHEDULE = {
 def fast_schedule() -> dict[str, int]:
     """Beat's intervals in seconds, so that a test sees reconciliation and expiry at work."""
     settings.RECONCILE_AFTER = timedelta(seconds=FAST_SCHEDULE["RECONCILE_AFTER"])
-    settings.PAYMENT_SWEEP_AFTER = timedelta(seconds=FAST_SCHEDULE["PAYMENT_SWEEP_AFTER"])
+    settings.PAYMENT_CLAIM_LEASE = float(FAST_SCHEDULE["PAYMENT_CLAIM_LEASE"])
     return FAST_SCHEDULE
 
 

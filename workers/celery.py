@@ -17,9 +17,9 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = (Queue("payments"), Queue("reconcile"))
 app.conf.task_default_queue = "payments"
 app.conf.task_routes = {
-    "workers.tasks.event_process_task": {"queue": "payments"},
-    "workers.tasks.payment_refund_task": {"queue": "payments"},
-    "workers.tasks.*": {"queue": "reconcile"},
+    "payment.tasks.events_process_task": {"queue": "payments"},
+    "payment.tasks.payment_refund_task": {"queue": "payments"},
+    "payment.tasks.*": {"queue": "reconcile"},
 }
 app.conf.worker_hijack_root_logger = False
 app.autodiscover_tasks()

@@ -8,8 +8,9 @@ from django.test import Client
 from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl
+from payment.events import event_store
+from payment.links import payment_link_create
 from payment.models import Payment, PaymentEvent
-from payment.services import event_record, payment_link_create
 from shop.models import OrderInfo, User
 from shop.services import order_create
 from tests.factories import sku_create
@@ -60,8 +61,9 @@ def test_operator_finds_a_dead_event_and_reprocessing_pays_the_order(
     operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
     order, paid = _paid_at_alipay(sandbox, "gaveup")
-    event, _ = event_record(source=PaymentEvent.Source.RETURN,
-                            params=query_params(paid["return_url"]), enqueue=False)
+    stored = event_store(source=PaymentEvent.Source.RETURN,
+                         params=query_params(paid["return_url"]), state=PaymentEvent.State.DEAD)
+    event = PaymentEvent.objects.get(pk=stored.id)
     PaymentEvent.objects.filter(pk=event.pk).update(
         state=PaymentEvent.State.DEAD, attempts=10, reason="gave up: too many attempts",
         processed_at=timezone.now(),
@@ -93,9 +95,10 @@ def test_operator_finds_a_dead_event_and_reprocessing_pays_the_order(
 def test_reprocess_leaves_final_events_alone(
     operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
-    event, _ = event_record(source=PaymentEvent.Source.RETURN,
-                            params={"out_trade_no": "nosuchorder", "sign": "x" * 20},
-                            state=PaymentEvent.State.REJECTED, reason="not ours")
+    stored = event_store(source=PaymentEvent.Source.RETURN,
+                         params={"out_trade_no": "nosuchorder", "sign": "x" * 20},
+                         state=PaymentEvent.State.REJECTED, reason="not ours")
+    event = PaymentEvent.objects.get(pk=stored.id)
 
     response = operator_client.post(
         EVENTS_URL, {"action": "reprocess_events", "_selected_action": [event.pk]}, follow=True

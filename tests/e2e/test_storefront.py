@@ -132,7 +132,7 @@ def test_tampered_return_is_rejected_and_leaves_the_order_unpaid(
         "We could not confirm this payment with Alipay")
     assert genuine and page.url != genuine[0]
     assert query_params(page.url)["sign"] != query_params(genuine[0])["sign"]
-    event = PaymentEvent.objects.get(order=order, source="return")
+    event = PaymentEvent.objects.get(out_trade_no=order.order_id, source="return")
     assert event.state == PaymentEvent.State.REJECTED
     assert "signature" in event.reason
     assert _order_status(order) == "UNPAID"

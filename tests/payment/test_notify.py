@@ -109,6 +109,7 @@ def test_notification_endpoint_answers_fail_for_non_notifications(web: str) -> N
     stored = PaymentEvent.objects.get(source="notify")
     assert stored.state == PaymentEvent.State.REJECTED
     assert stored.raw_data == {"hello": "world"}
+    assert stored.dedupe_key.startswith("refused:")
 
 
 def _post_notification(shop: ShopClient, order_id: str, notify_id: str, trade_status: str,
@@ -122,17 +123,25 @@ def _post_notification(shop: ShopClient, order_id: str, notify_id: str, trade_st
     return requests.post(f"{shop.base_url}/payment/alipay/notify/", data=params, timeout=10)
 
 
-def test_forged_notification_is_stored_acknowledged_and_rejected(
+def test_forged_notification_is_refused_and_cannot_squat_the_real_one(
     shop: ShopClient, sandbox: SandboxControl, dev_keys
 ) -> None:
     order_id, _ = _order_with_link(shop, "forgednote")
-    response = _post_notification(shop, order_id, "forged-1", "TRADE_SUCCESS",
-                                  dev_keys / "app_private_key.pem")  # not Alipay's key
+    forged = _post_notification(shop, order_id, "squat-1", "TRADE_SUCCESS",
+                                dev_keys / "app_private_key.pem")  # not Alipay's key
 
-    assert (response.status_code, response.text) == (200, "success")
-    wait_for(lambda: PaymentEvent.objects.get(dedupe_key="notify:forged-1").state == "rejected",
-             15)
+    assert (forged.status_code, forged.text) == (400, "fail")
+    refused = PaymentEvent.objects.get(source="notify", out_trade_no=order_id)
+    assert refused.state == PaymentEvent.State.REJECTED and "signature" in refused.reason
+    assert refused.order_id is None  # not part of the order's history
     assert _order_status(order_id) == OrderInfo.Status.UNPAID
+
+    # The genuine notification with the same notify_id is stored and pays the order.
+    genuine = _post_notification(shop, order_id, "squat-1", "TRADE_SUCCESS",
+                                 dev_keys / "alipay_private_key.pem")
+    assert (genuine.status_code, genuine.text) == (200, "success")
+    wait_for(lambda: _paid(order_id), 15)
+    assert PaymentEvent.objects.get(dedupe_key="notify:squat-1").state == "applied"
 
 
 def test_unpaid_status_notification_is_recorded_only(

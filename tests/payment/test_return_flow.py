@@ -69,7 +69,9 @@ def test_same_return_put_20_times_concurrently_pays_once(
     assert Payment.objects.filter(order_id=order_id).count() == 1
     assert OrderInfo.objects.get(order_id=order_id).status == OrderInfo.Status.UNSEND
     event = PaymentEvent.objects.get(order_id=order_id, source=PaymentEvent.Source.RETURN)
-    assert event.deliveries == 20
+    # Deliveries that raced the first one are counted on the event; later ones were answered
+    # from the payment without a write.
+    assert 1 <= event.deliveries <= 20
 
 
 def _unpaid_order(shop: ShopClient, username: str, price: str = "10.00") -> str:

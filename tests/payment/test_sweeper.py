@@ -1,4 +1,4 @@
-"""The sweeper: stuck events are sent again, and past the attempt limit they are marked dead."""
+"""The sweeper: due events with nobody on them are noticed; past the attempt limit, dead."""
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -7,43 +7,39 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from payment import reconciliation
+from payment import sweeper
 from payment.models import PaymentEvent
 from shop.models import OrderInfo, User
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("beat_paused")]
 
 
-def _stuck_event(key: str, attempts: int, age: timedelta) -> PaymentEvent:
+def _stuck_event(key: str, attempts: int, due_in: timedelta) -> PaymentEvent:
     user = User.objects.create_user(username=f"u-{key}", password="x" * 12)
     order = OrderInfo.objects.create(order_id=f"2026112500009{len(key):06d}{user.pk:03d}",
                                      user=user, total_amount=Decimal("3.00"))
-    event = PaymentEvent.objects.create(
+    return PaymentEvent.objects.create(
         source="return", dedupe_key=key, out_trade_no=order.order_id, order=order,
         raw_data={"out_trade_no": order.order_id}, attempts=attempts,
+        next_attempt_at=timezone.now() + due_in,
     )
-    PaymentEvent.objects.filter(pk=event.pk).update(updated_at=timezone.now() - age)
-    return event
 
 
-def test_sweeper_resends_stuck_events_and_marks_exhausted_ones_dead() -> None:
-    stuck = _stuck_event("stuck", attempts=1, age=timedelta(hours=1))
-    exhausted = _stuck_event("exhausted", attempts=50, age=timedelta(hours=1))
-    fresh = _stuck_event("fresh-one", attempts=1, age=timedelta(seconds=0))
+def test_sweeper_finds_due_events_and_gives_up_on_exhausted_ones() -> None:
+    stuck = _stuck_event("stuck", attempts=1, due_in=-timedelta(hours=1))
+    exhausted = _stuck_event("exhausted", attempts=50, due_in=-timedelta(hours=1))
+    leased = _stuck_event("leased-one", attempts=1, due_in=timedelta(minutes=1))
 
-    counts = reconciliation.events_sweep()
+    swept = sweeper.events_sweep()
 
-    assert counts["dead"] == 1 and counts["resent"] == 1
+    assert (swept.due, swept.dead) == (1, 1)
     exhausted.refresh_from_db()
     assert exhausted.state == PaymentEvent.State.DEAD
-    assert "too many attempts" in exhausted.reason
-    stuck.refresh_from_db()
-    # Sent to the workers again (a worker may already have rejected its made-up payload).
-    assert stuck.state in (PaymentEvent.State.RECEIVED, PaymentEvent.State.REJECTED)
-    assert stuck.updated_at > timezone.now() - timedelta(minutes=1)  # not re-sent at once
-    fresh.refresh_from_db()
-    assert fresh.state == PaymentEvent.State.RECEIVED
-    assert reconciliation.events_sweep()["resent"] == 0
+    assert "gave up after" in exhausted.reason
+    for event in (stuck, leased):
+        event.refresh_from_db()
+        assert event.state == PaymentEvent.State.RECEIVED
+    assert sweeper.events_sweep().dead == 0
 
 
 def test_alipay_keys_command_keeps_existing_keys(tmp_path: Path) -> None:

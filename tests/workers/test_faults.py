@@ -14,7 +14,8 @@ import requests
 from django.db.models import Count
 
 from alipay_sandbox.client import SandboxControl
-from payment import services
+from payment import intake
+from payment.links import payment_link_create
 from payment.models import Payment, PaymentAttempt, PaymentEvent
 from shop.models import SKU, OrderInfo, User
 from tests.conftest import worker_process
@@ -43,7 +44,7 @@ def _orders_with_links(count: int, price: str = "18.88") -> list[tuple[str, str]
         OrderInfo(order_id=f"{stamp}{i:06d}{user.pk:09d}", user=user, total_amount=sku.price)
         for i in range(count)
     )
-    return [(o.order_id, services.payment_link_create(user=user, order_id=o.order_id))
+    return [(o.order_id, payment_link_create(user=user, order_id=o.order_id))
             for o in orders]
 
 
@@ -77,7 +78,7 @@ def test_worker_killed_mid_500_payments_pays_all_once(
     links = _orders_with_links(500)
     order_ids = [order_id for order_id, _ in links]
     for params in _pay_all(sandbox, links):
-        services.event_record(source=PaymentEvent.Source.RETURN, params=params)
+        intake.event_record(source=PaymentEvent.Source.RETURN, params=params)
 
     first = exclusive_workers("doomed", concurrency=4)
     wait_for(lambda: _paid_count(order_ids) >= 100, 120, 0.02)
@@ -163,7 +164,7 @@ def test_database_away_from_workers_then_back_applies_all(
 
         proxy.down()
         for params in returns:
-            services.event_record(source=PaymentEvent.Source.RETURN, params=params)
+            intake.event_record(source=PaymentEvent.Source.RETURN, params=params)
         time.sleep(4)
         assert _paid_count(order_ids) == 0  # the workers cannot reach the database
         proxy.up()

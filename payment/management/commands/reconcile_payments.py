@@ -4,6 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from payment import reconciliation
+from payment.tasks import payment_refund_task
 
 
 class Command(BaseCommand):
@@ -13,15 +14,14 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--concurrency", type=int, default=settings.RECONCILE_CONCURRENCY)
         parser.add_argument("--batch-size", type=int, default=settings.RECONCILE_BATCH_SIZE)
 
     def handle(self, *args: Any, **options: Any) -> None:
         totals: dict[str, int] = {}
         while order_ids := reconciliation.attempts_claim(limit=options["batch_size"]):
-            counts = reconciliation.orders_reconcile(
-                order_ids=order_ids, concurrency=options["concurrency"]
-            )
-            for outcome, count in counts.items():
+            result = reconciliation.orders_reconcile(order_ids=order_ids)
+            for payment_id in result.refunds:
+                payment_refund_task.delay(payment_id)
+            for outcome, count in result.counts.items():
                 totals[outcome] = totals.get(outcome, 0) + count
         self.stdout.write(f"reconciled: {totals or 'nothing due'}")

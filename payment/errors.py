@@ -1,0 +1,17 @@
+"""Exceptions of the payment domain."""
+
+
+class PaymentError(Exception):
+    """A request about a payment cannot be served; the message is fit for the buyer."""
+
+
+class PaymentNotConfirmed(Exception):
+    """Alipay does not report the trade as paid yet; ask again later."""
+
+
+class EventRejected(Exception):
+    """The event must never pay anything; the message is the reason kept on the event."""
+
+
+class SignatureInvalid(PaymentError):
+    """Well-formed parameters whose signature does not verify with Alipay's public key."""

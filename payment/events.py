@@ -1,0 +1,100 @@
+"""Storing what arrived: one statement per event, deduplicated, counted on every delivery."""
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+from django.utils import timezone
+
+from payment.models import PaymentEvent
+from shop.models import OrderInfo
+
+logger = logging.getLogger(__name__)
+
+Source = PaymentEvent.Source
+State = PaymentEvent.State
+
+MAX_PARAMS = 64
+MAX_VALUE_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: int
+    state: str
+    is_new: bool
+
+
+def storable(params: dict[str, Any]) -> dict[str, str]:
+    """What arrived, fit for a JSON column: valid UTF-8 text, no NUL, bounded size."""
+    def text(value: Any) -> str:
+        valid = str(value).encode("utf-8", "replace").decode("utf-8")  # lone surrogates
+        return valid.replace("\x00", "\ufffd")[:MAX_VALUE_LENGTH]
+
+    return {text(k)[:64]: text(v) for k, v in list(params.items())[:MAX_PARAMS]}
+
+
+def _digest(params: dict[str, str]) -> str:
+    canonical = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def dedupe_key(source: str, params: dict[str, str]) -> str:
+    if source == Source.QUERY:
+        return f"query:{params.get('trade_no', '')}:{params.get('trade_status', '')}"[:200]
+    if source == Source.NOTIFY and params.get("notify_id"):
+        notify_id = params["notify_id"]
+        if len(notify_id) <= 128:
+            return f"notify:{notify_id}"
+        return f"notify:sha256:{hashlib.sha256(notify_id.encode()).hexdigest()}"
+    return f"{source}:sha256:{_digest(params)}"
+
+
+def _insert_sql() -> str:
+    event = PaymentEvent._meta.db_table
+    order = OrderInfo._meta.db_table
+    # One statement whether new or repeated: no failed insert, no rollback, no second query.
+    return (
+        f"INSERT INTO {event} (source, dedupe_key, out_trade_no, trade_no, order_id, raw_data,"
+        " remote_addr, state, reason, attempts, deliveries, last_error, next_attempt_at,"
+        " received_at, updated_at)"
+        f" VALUES (%s, %s, %s, %s, (SELECT order_id FROM {order} WHERE order_id = %s), %s,"
+        " %s, %s, %s, 0, 1, '', %s, %s, %s)"
+        f" ON CONFLICT (dedupe_key) DO UPDATE SET deliveries = {event}.deliveries + 1"
+        " RETURNING id, state, deliveries"
+    )
+
+
+def event_store(
+    *,
+    source: str,
+    params: dict[str, Any],
+    remote_addr: str | None = None,
+    state: str = State.RECEIVED,
+    reason: str = "",
+    refused: bool = False,
+) -> StoredEvent:
+    """Store what arrived, once; a repeat only counts another delivery.
+
+    A `refused` request (not Alipay's, by shape or signature) is kept apart: off its order's
+    history and under its own key, so that it can never stand for a genuine delivery.
+    """
+    params = storable(params)
+    key = f"refused:{source}:sha256:{_digest(params)}" if refused else dedupe_key(source, params)
+    out_trade_no = params.get("out_trade_no", "")[:64]
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql(), [
+            source, key, out_trade_no, params.get("trade_no", "")[:64],
+            None if refused else out_trade_no,
+            json.dumps(params, ensure_ascii=False),
+            remote_addr, state, reason[:1000], now if state == State.RECEIVED else None, now, now,
+        ])
+        event_id, stored_state, deliveries = cursor.fetchone()
+    is_new = deliveries == 1
+    if is_new:
+        logger.info("payment event stored id=%s source=%s out_trade_no=%s state=%s",
+                    event_id, source, out_trade_no, stored_state)
+    return StoredEvent(id=event_id, state=stored_state, is_new=is_new)

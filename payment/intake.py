@@ -1,0 +1,192 @@
+"""Intake: what the web does with a return redirect or a notification, and nothing more.
+
+Shape check, Alipay's signature (microseconds with `cryptography`) before anything is stored
+or deduplicated, a reload of an applied return answered from its `Payment` without a write,
+a new event stored with one statement, and a wake-up for the workers published off the
+request path. Verification against the order and Alipay happens on the workers.
+"""
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+
+from payment import alipay, events
+from payment.errors import PaymentError, SignatureInvalid
+from payment.models import Payment, PaymentEvent
+from payment.tasks import events_process_task
+
+logger = logging.getLogger(__name__)
+
+Source = PaymentEvent.Source
+State = PaymentEvent.State
+
+OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_]{1,64}")
+BASE64 = re.compile(r"[A-Za-z0-9+/=]{16,1024}")
+
+
+def params_clean(raw: dict[str, Any]) -> dict[str, str]:
+    """Alipay's parameters as a plain dict of str, or PaymentError when they are not."""
+    if len(raw) > events.MAX_PARAMS:
+        raise PaymentError("Too many parameters.")
+    params: dict[str, str] = {}
+    for key, value in raw.items():
+        if isinstance(value, list):
+            value = value[-1] if value else ""
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise PaymentError("Parameters must be text.")
+        if len(key) > 64 or len(value) > events.MAX_VALUE_LENGTH:
+            raise PaymentError("A parameter is too long.")
+        params[key] = value
+    return params
+
+
+def params_authenticate(params: dict[str, str]) -> None:
+    """The shape every return or notification must have, and Alipay's signature over it."""
+    if not params.get("sign") or not params.get("out_trade_no"):
+        raise PaymentError(
+            "These are not Alipay's parameters: sign and out_trade_no are required."
+        )
+    if not OUT_TRADE_NO.fullmatch(params["out_trade_no"]):
+        raise PaymentError("out_trade_no must be 1 to 64 letters, digits or underscores.")
+    if not BASE64.fullmatch(params["sign"]):
+        raise PaymentError("sign is not a base64 signature.")
+    if not alipay.signature_valid(params):
+        raise SignatureInvalid("signature does not verify with Alipay's public key")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the return endpoint tells the browser: the seed's contract and its additions."""
+
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def is_final(self) -> bool:
+        return self.status != 202
+
+
+def payment_answer(*, trade_no: str, order_id: str) -> Answer | None:
+    """The answer for a trade that already paid (or was refused by) this order, or None."""
+    payment = (Payment.objects.filter(trade_id=trade_no, order_id=order_id)
+               .values_list("status", flat=True).first())
+    if payment is None:
+        return None
+    if payment != Payment.Status.APPLIED:
+        return Answer(409, {
+            "message": "The order was closed before this payment arrived; the payment is "
+                       "being refunded.",
+            "order_id": order_id, "refund": payment,
+        })
+    return Answer(200, {"trade_id": trade_no})
+
+
+def event_answer(*, event_id: int) -> Answer:
+    """The answer for a stored return event, in whatever state it is now."""
+    state, order_id, trade_no = PaymentEvent.objects.values_list(
+        "state", "out_trade_no", "trade_no").get(pk=event_id)
+    if state == State.APPLIED:
+        answer = payment_answer(trade_no=trade_no, order_id=order_id)
+        if answer is not None:
+            return answer
+    if state in (State.REJECTED, State.DEAD, State.RECORDED):
+        return Answer(403, {"message": "The payment could not be verified with Alipay.",
+                            "order_id": order_id})
+    return Answer(202, {"status": "processing", "order_id": order_id})
+
+
+def event_is_settled(*, event_id: int) -> bool:
+    return PaymentEvent.objects.filter(pk=event_id).exclude(state=State.RECEIVED).exists()
+
+
+@dataclass(frozen=True)
+class ReturnReceipt:
+    event_id: int | None
+    answer: Answer
+
+
+def return_receive(*, params: dict[str, str], remote_addr: str | None) -> ReturnReceipt:
+    """A return redirect: answered from its payment on a reload, else stored and queued.
+
+    Raises PaymentError for what is not Alipay's signed return (recorded apart, refused).
+    """
+    _authenticate_or_record(Source.RETURN, params, remote_addr)
+    answer = payment_answer(trade_no=params.get("trade_no", ""),
+                            order_id=params["out_trade_no"])
+    if answer is not None:
+        return ReturnReceipt(event_id=None, answer=answer)
+    stored = event_record(source=Source.RETURN, params=params, remote_addr=remote_addr)
+    if stored.state != State.RECEIVED:
+        return ReturnReceipt(event_id=stored.id, answer=event_answer(event_id=stored.id))
+    return ReturnReceipt(event_id=stored.id, answer=Answer(
+        202, {"status": "processing", "order_id": params["out_trade_no"]}))
+
+
+def notification_receive(*, params: dict[str, str], remote_addr: str | None) -> None:
+    """Alipay's notification, stored once (a repeat counts a delivery); PaymentError if not
+    Alipay's."""
+    _authenticate_or_record(Source.NOTIFY, params, remote_addr)
+    event_record(source=Source.NOTIFY, params=params, remote_addr=remote_addr)
+
+
+def _authenticate_or_record(source: str, params: dict[str, str], remote_addr: str | None) -> None:
+    try:
+        params_authenticate(params)
+    except PaymentError as exc:
+        events.event_store(source=source, params=params, remote_addr=remote_addr,
+                           state=State.REJECTED, reason=str(exc), refused=True)
+        logger.warning("%s refused from %s out_trade_no=%s: %s", source, remote_addr,
+                       params.get("out_trade_no", "")[:64], exc)
+        raise
+
+
+def event_record(
+    *, source: str, params: dict[str, Any], remote_addr: str | None = None
+) -> events.StoredEvent:
+    """Store an event and wake the workers when it waits for them."""
+    stored = events.event_store(source=source, params=params, remote_addr=remote_addr)
+    if stored.state == State.RECEIVED:
+        transaction.on_commit(workers_wake)
+    return stored
+
+
+class _Waker:
+    """Publishes wake-ups from one background thread; a burst of events becomes few messages.
+
+    A request only sets a flag. The row is already committed: a broker that is away (redis-py
+    spends seconds on its own retries) must not hold up the answer to Alipay or the buyer,
+    and a wake-up that never leaves is made up by the sweeper.
+    """
+
+    def __init__(self) -> None:
+        self._pending = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        self._pending.set()
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="wake-workers",
+                                                    daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._pending.wait()
+            self._pending.clear()
+            try:
+                events_process_task.delay()
+            except Exception as exc:  # noqa: BLE001  (the broker's errors vary by transport)
+                logger.warning("could not wake the workers: %s", type(exc).__name__)
+
+
+_waker = _Waker()
+
+
+def workers_wake() -> None:
+    _waker.wake()

@@ -1,0 +1,236 @@
+"""Processing stored events in batches: claim -> verify -> confirm -> apply.
+
+A queue message is a wake-up, not a unit of work: `events_process` claims up to a batch of
+due events (`FOR UPDATE SKIP LOCKED`, so concurrent workers never share one), verifies them,
+confirms returns with Alipay on a shared pool of gateway threads, and applies the lot in one
+transaction. The claim itself is committed first (attempts + 1, leased until
+`claim_lease`), so a worker killed mid-batch leaves its events due again once the lease
+ends, and an event that keeps failing is counted towards giving up. Safe to run any number
+of times, concurrently too.
+"""
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from payment import wakeups
+from payment.applying import payments_apply
+from payment.errors import EventRejected
+from payment.models import Payment, PaymentEvent
+from payment.retry import RetryPolicy, retry_policy
+from payment.verification import (
+    Verified,
+    event_verify,
+    paid_by_notifications,
+    returns_confirm,
+)
+from shop.models import OrderInfo
+
+logger = logging.getLogger(__name__)
+
+Source = PaymentEvent.Source
+State = PaymentEvent.State
+
+
+@dataclass
+class Claimed:
+    id: int
+    source: str
+    params: dict[str, str]
+    attempts: int  # including this one
+
+
+@dataclass
+class BatchResult:
+    claimed: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    refunds: list[int] = field(default_factory=list)
+    retry_at: datetime | None = None  # the earliest deferred event's next attempt
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
+
+
+@dataclass
+class _Finish:
+    state: str
+    reason: str = ""
+    order_id: str | None = None
+    trade_no: str = ""
+
+
+def events_claim(
+    *, limit: int, policy: RetryPolicy, event_ids: list[int] | None = None
+) -> tuple[list[Claimed], list[int]]:
+    """Claim due events for this worker; returns them and the ids just given up on (dead)."""
+    now = timezone.now()
+    due = PaymentEvent.objects.filter(state=State.RECEIVED).filter(
+        Q(next_attempt_at__lte=now) | Q(next_attempt_at__isnull=True)
+    )
+    if event_ids is not None:
+        due = due.filter(pk__in=event_ids)
+    with transaction.atomic():
+        rows = list(
+            due.select_for_update(skip_locked=True).order_by("next_attempt_at", "id")
+            .values_list("id", "source", "raw_data", "attempts")[:limit]
+        )
+        exhausted = [row[0] for row in rows if policy.exhausted(row[3])]
+        claimed = [Claimed(id=row[0], source=row[1], params=dict(row[2]), attempts=row[3] + 1)
+                   for row in rows if not policy.exhausted(row[3])]
+        if exhausted:
+            PaymentEvent.objects.filter(pk__in=exhausted).update(
+                state=State.DEAD, processed_at=now, updated_at=now,
+                reason=f"gave up after {policy.max_attempts} attempts",
+            )
+            logger.warning("payment events given up (dead) ids=%s", exhausted)
+        if claimed:
+            PaymentEvent.objects.filter(pk__in=[c.id for c in claimed]).update(
+                attempts=F("attempts") + 1, next_attempt_at=policy.lease_until(now),
+                updated_at=now,
+            )
+    return claimed, exhausted
+
+
+def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchResult:
+    """Claim, verify and apply one batch of due events (or of the given ids, if due)."""
+    policy = retry_policy()
+    claimed, dead = events_claim(limit=limit, policy=policy, event_ids=event_ids)
+    result = BatchResult(claimed=len(claimed))
+    if dead:
+        result.count(State.DEAD, len(dead))
+        wakeups.events_settled(event_ids=dead)
+    if not claimed:
+        return result
+
+    finishes: dict[int, _Finish] = {}
+    deferred: dict[int, str] = {}
+    to_apply = _verify(claimed, finishes, deferred, policy)
+    with transaction.atomic():
+        applied = payments_apply(items=to_apply)
+        for item in to_apply:
+            if item.event_id in applied.rejected:
+                finishes[item.event_id] = _Finish(State.REJECTED, applied.rejected[item.event_id])
+            else:
+                finishes[item.event_id] = _Finish(State.APPLIED, applied.reasons[item.event_id],
+                                                  item.order_id, item.trade_no)
+        _events_finish(finishes)
+        result.retry_at = _events_defer(deferred, claimed, policy)
+    result.refunds = applied.refunds
+    for finish in finishes.values():
+        result.count(finish.state)
+    if deferred:
+        result.count("deferred", len(deferred))
+    wakeups.events_settled(event_ids=list(finishes))
+    logger.info("payment batch claimed=%s outcomes=%s", len(claimed), result.outcomes)
+    return result
+
+
+def _verify(
+    claimed: list[Claimed], finishes: dict[int, _Finish], deferred: dict[int, str],
+    policy: RetryPolicy,
+) -> list[Verified]:
+    """Check every claimed event; fills `finishes`/`deferred`, returns the paid ones to apply."""
+    order_ids = {c.params.get("out_trade_no", "") for c in claimed}
+    amounts: dict[str, Decimal] = dict(
+        OrderInfo.objects.filter(order_id__in=order_ids).values_list("order_id", "total_amount")
+    )
+    verified: list[tuple[Verified, Claimed]] = []
+    for event in claimed:
+        try:
+            verified.append((event_verify(event_id=event.id, source=event.source,
+                                          params=event.params, order_amounts=amounts), event))
+        except EventRejected as exc:
+            finishes[event.id] = _Finish(State.REJECTED, str(exc))
+    to_apply: list[Verified] = []
+    returns: list[tuple[Verified, Claimed]] = []
+    for item, event in verified:
+        if item.source == Source.RETURN:
+            returns.append((item, event))
+        elif item.is_paid:
+            to_apply.append(item)
+        else:
+            finishes[item.event_id] = _Finish(
+                State.RECORDED, f"trade_status {item.trade_status[:32]}", item.order_id,
+                item.trade_no)
+    if returns:
+        proven = _trades_proven_paid([r for r, _ in returns], to_apply, amounts)
+        unproven = [(r, e.attempts) for r, e in returns if r.trade_no not in proven]
+        errors = returns_confirm(returns=unproven, confirm_attempts=policy.confirm_attempts)
+        for item, _event in returns:
+            error = errors.get(item.event_id)
+            if error is None:
+                to_apply.append(item)
+            elif isinstance(error, EventRejected):
+                finishes[item.event_id] = _Finish(State.REJECTED, str(error))
+            else:
+                deferred[item.event_id] = f"{type(error).__name__}: {error}"
+    return to_apply
+
+
+def _trades_proven_paid(
+    returns: list[Verified], paid_in_batch: list[Verified], amounts: dict[str, Decimal]
+) -> set[str]:
+    """Returned trades that need no trade query: already a payment of the same order, or a
+    verified TRADE_SUCCESS notification for the same trade (in this batch or stored)."""
+    trade_nos = {r.trade_no for r in returns}
+    proven = {p.trade_no for p in paid_in_batch if p.trade_no in trade_nos}
+    proven |= {
+        trade_no for trade_no, order_id in Payment.objects.filter(trade_id__in=trade_nos)
+        .values_list("trade_id", "order_id")
+        if any(r.trade_no == trade_no and r.order_id == order_id for r in returns)
+    }
+    stored = PaymentEvent.objects.filter(
+        source=Source.NOTIFY, trade_no__in=trade_nos - proven,
+        state__in=(State.RECEIVED, State.APPLIED),
+    ).values_list("raw_data", flat=True)
+    proven |= paid_by_notifications(stored=stored, order_amounts=amounts)
+    return proven
+
+
+def _events_finish(finishes: dict[int, _Finish]) -> None:
+    """Move events out of `received`, once: ones another worker finished are left alone."""
+    if not finishes:
+        return
+    now = timezone.now()
+    ours = PaymentEvent.objects.select_for_update().filter(
+        pk__in=list(finishes), state=State.RECEIVED
+    ).order_by("pk").only("pk")
+    events = []
+    for event in ours:
+        finish = finishes[event.pk]
+        event.state, event.reason = finish.state, finish.reason[:1000]
+        event.processed_at = event.updated_at = now
+        event.next_attempt_at = None
+        if finish.order_id:
+            event.order_id, event.trade_no = finish.order_id, finish.trade_no[:64]
+        events.append(event)
+        logger.info("payment event id=%s -> %s %s", event.pk, finish.state, finish.reason)
+    PaymentEvent.objects.bulk_update(
+        events, ["state", "reason", "processed_at", "updated_at", "next_attempt_at", "order",
+                 "trade_no"],
+    )
+
+
+def _events_defer(
+    deferred: dict[int, str], claimed: list[Claimed], policy: RetryPolicy
+) -> datetime | None:
+    """Schedule the next attempt of events that could not finish yet; the earliest one."""
+    if not deferred:
+        return None
+    now = timezone.now()
+    events = []
+    for event in claimed:
+        if event.id in deferred:
+            events.append(PaymentEvent(
+                pk=event.id, next_attempt_at=policy.next_attempt_at(event.attempts, now),
+                last_error=deferred[event.id][:1000], updated_at=now,
+            ))
+            logger.warning("payment event id=%s deferred (attempt %s): %s",
+                           event.id, event.attempts, deferred[event.id][:200])
+    PaymentEvent.objects.bulk_update(events, ["next_attempt_at", "last_error", "updated_at"])
+    return min(e.next_attempt_at for e in events if e.next_attempt_at is not None)
+

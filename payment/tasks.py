@@ -1,0 +1,108 @@
+"""Celery tasks: thin wrappers that take ids, call one service and queue what it asks for.
+
+Every task is idempotent (late acks are safe). A payments message is a wake-up: the task
+claims whatever is due, so lost or repeated messages change nothing.
+"""
+import logging
+from datetime import datetime
+from typing import Any
+
+from celery import Task, shared_task
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from django.utils import timezone
+
+from payment import expiry, reconciliation, refunds, sweeper
+from payment.alipay import GatewayUnavailable
+from payment.processing import events_process
+from payment.retry import retry_policy
+
+logger = logging.getLogger(__name__)
+
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+MAX_BATCHES_PER_RUN = 100
+
+
+class LoggedGiveUp(Task):  # type: ignore[misc]
+    """Where a task gives up: what it worked on is still in the database, so a warning."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        logger.warning("task %s gave up (%s: %s); the sweeper or the next run takes it up",
+                       self.name, type(exc).__name__, exc)
+
+
+# The policy is read when the worker loads its tasks, after settings are configured.
+_RETRY = retry_policy().task_options()
+
+
+@shared_task(base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
+def events_process_task(event_ids: list[int] | None = None) -> dict[str, int]:
+    """Claim and settle one batch of due payment events."""
+    batch = events_process(limit=settings.PAYMENT_BATCH_SIZE, event_ids=event_ids)
+    if batch.claimed >= settings.PAYMENT_BATCH_SIZE:
+        events_process_task.delay()  # more are waiting: keep draining
+    if batch.retry_at is not None:
+        countdown = max(0.0, (batch.retry_at - timezone.now()).total_seconds())
+        events_process_task.apply_async(countdown=countdown)
+    _refunds_send(batch.refunds)
+    return batch.outcomes
+
+
+@shared_task(base=LoggedGiveUp, autoretry_for=(GatewayUnavailable, *DATABASE_ERRORS), **_RETRY)
+def payment_refund_task(payment_id: int) -> str:
+    return str(refunds.payment_refund(payment_id=payment_id).status)
+
+
+@shared_task
+def events_sweep_task() -> dict[str, int]:
+    swept = sweeper.events_sweep()
+    if swept.due:
+        events_process_task.delay()
+    _refunds_send(swept.refunds)
+    return {"due": swept.due, "dead": swept.dead, "refunds": len(swept.refunds)}
+
+
+@shared_task
+def reconcile_dispatch_task() -> int:
+    """Claim every due check in batches and spread the batches over the workers."""
+    claimed = 0
+    for _ in range(MAX_BATCHES_PER_RUN):
+        order_ids, token = reconciliation.attempts_claim_with_token(
+            limit=settings.RECONCILE_BATCH_SIZE
+        )
+        if not order_ids:
+            break
+        reconcile_batch_task.delay(order_ids, token.isoformat())
+        claimed += len(order_ids)
+    return claimed
+
+
+@shared_task
+def reconcile_batch_task(order_ids: list[str], token: str) -> dict[str, int]:
+    held = reconciliation.attempts_hold(
+        order_ids=order_ids, token=datetime.fromisoformat(token)
+    )
+    result = reconciliation.orders_reconcile(order_ids=held)
+    _refunds_send(result.refunds)
+    return result.counts
+
+
+@shared_task
+def orders_expire_dispatch_task() -> int:
+    order_ids = expiry.orders_expired(limit=settings.RECONCILE_BATCH_SIZE)
+    for order_id in order_ids:
+        order_expire_task.delay(order_id)
+    return len(order_ids)
+
+
+@shared_task(base=LoggedGiveUp, autoretry_for=(GatewayUnavailable, *DATABASE_ERRORS), **_RETRY)
+def order_expire_task(order_id: str) -> dict[str, str]:
+    result = expiry.order_expire(order_id=order_id)
+    _refunds_send(result.refunds)
+    return result.counts_by_order
+
+
+def _refunds_send(payment_ids: list[int]) -> None:
+    for payment_id in payment_ids:
+        payment_refund_task.delay(payment_id)

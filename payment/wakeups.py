@@ -1,0 +1,126 @@
+"""Waking the requests that wait for an event's outcome, without a thread or a poll.
+
+A worker that settles events pushes one item per event onto a short-lived Redis list
+(`payment:settled:<id>`), after its transaction commits. A waiting request blocks on that
+list with `BLPOP` from the event loop (no thread held), and puts the item back for any other
+request waiting on the same event. The list outlives the push for a minute, so a request that
+starts waiting just after the worker finished returns at once. Without Redis (the embedded
+defaults) the request polls the database from the event loop instead.
+"""
+import asyncio
+import functools
+import logging
+import os
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import redis
+import redis.asyncio
+from django.conf import settings
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+KEY_TTL = 60
+_server_loops: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
+_loop_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _key(event_id: int) -> str:
+    return f"payment:settled:{event_id}"
+
+
+def events_settled(*, event_ids: list[int]) -> None:
+    """Wake whoever waits for these events, once the current transaction commits."""
+    if event_ids and settings.PAYMENT_WAKEUP_REDIS_URL:
+        transaction.on_commit(lambda: _push(event_ids))
+
+
+@functools.cache
+def _sync_client(pid: int) -> redis.Redis:
+    return redis.Redis.from_url(settings.PAYMENT_WAKEUP_REDIS_URL, socket_timeout=2,
+                                socket_connect_timeout=2)
+
+
+def _push(event_ids: list[int]) -> None:
+    try:
+        pipe = _sync_client(os.getpid()).pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.rpush(_key(event_id), 1)
+            pipe.expire(_key(event_id), KEY_TTL)
+        pipe.execute()
+    except redis.RedisError as exc:
+        # Only a waiting request loses: it answers "processing" and the buyer's page polls.
+        logger.warning("could not wake waiting requests count=%s error=%s",
+                       len(event_ids), type(exc).__name__)
+
+
+def server_loop_started(loop: asyncio.AbstractEventLoop) -> None:
+    """The ASGI server's long-lived loop: its Redis client and connections are kept."""
+    _server_loops.add(loop)
+
+
+async def server_loop_stopping(loop: asyncio.AbstractEventLoop) -> None:
+    client = _loop_clients.pop(loop, None)
+    if client is not None:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def _async_client() -> AsyncIterator[redis.asyncio.Redis]:
+    loop = asyncio.get_running_loop()
+    if loop in _server_loops:
+        client = _loop_clients.get(loop)
+        if client is None:
+            client = _loop_clients[loop] = redis.asyncio.Redis.from_url(
+                settings.PAYMENT_WAKEUP_REDIS_URL, socket_connect_timeout=2,
+                max_connections=1000, lib_name=None, lib_version=None,
+            )
+        yield client
+        return
+    # A loop made for one request (an async view under a WSGI server): nothing is kept.
+    client = redis.asyncio.Redis.from_url(settings.PAYMENT_WAKEUP_REDIS_URL,
+                                          socket_connect_timeout=2)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def event_settled_wait(
+    *, event_id: int, timeout: float, is_settled: Callable[[], Awaitable[bool]]
+) -> None:
+    """Return when the event is settled or `timeout` seconds have passed."""
+    if timeout <= 0:
+        return
+    if not settings.PAYMENT_WAKEUP_REDIS_URL:
+        await _poll(timeout, is_settled)
+        return
+    try:
+        async with _async_client() as client:
+            item = await client.blpop([_key(event_id)], timeout=timeout)
+            if item is not None:
+                # Passed on to the next request waiting for the same event.
+                pipe = client.pipeline(transaction=False)
+                pipe.rpush(_key(event_id), 1)
+                pipe.expire(_key(event_id), KEY_TTL)
+                await pipe.execute()
+    except redis.RedisError as exc:
+        logger.warning("waiting through Redis failed event_id=%s error=%s; polling",
+                       event_id, type(exc).__name__)
+        await _poll(timeout, is_settled)
+
+
+async def _poll(timeout: float, is_settled: Callable[[], Awaitable[bool]]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.02
+    while not await is_settled():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 1.5, 0.25)

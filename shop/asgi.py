@@ -1,0 +1,65 @@
+"""The ASGI application that production serves (gunicorn with uvicorn workers, see Procfile).
+
+`PUT /payment/status/` waits for the workers without holding a thread, which only an event
+loop can do. The two endpoints Alipay and the returning browser hit in bursts are served by a
+handler without the browser middleware (sessions, CSRF, authentication, messages): they are
+authenticated by Alipay's signature, and each of those middleware costs a thread hop here.
+"""
+import asyncio
+import os
+from typing import Any
+
+# Each request's database work runs on a short-lived thread: connections come from a pool.
+os.environ.setdefault("DATABASE_POOL", "true")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+
+import django  # noqa: E402
+
+django.setup(set_prefix=False)
+
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
+
+from payment import wakeups  # noqa: E402
+from payment.alipay import keys_require  # noqa: E402
+
+keys_require()
+
+LEAN_PATHS = frozenset({"/payment/status/", "/payment/alipay/notify/"})
+
+
+class LeanASGIHandler(ASGIHandler):
+    """Django's handler with no middleware, for the signature-authenticated endpoints."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        # BaseHandler.load_middleware with an empty MIDDLEWARE list.
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        get_response = getattr(self, "_get_response_async" if is_async else "_get_response")
+        self._middleware_chain = convert_exception_to_response(get_response)
+
+
+django_application = ASGIHandler()
+lean_application = LeanASGIHandler()
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+    elif scope["type"] == "http" and scope["path"] in LEAN_PATHS:
+        await lean_application(scope, receive, send)
+    else:
+        await django_application(scope, receive, send)
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            wakeups.server_loop_started(asyncio.get_running_loop())
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await wakeups.server_loop_stopping(asyncio.get_running_loop())
+            await send({"type": "lifespan.shutdown.complete"})
+            return
