@@ -215,3 +215,26 @@ class TcpProxy:
     def close(self) -> None:
         self.down()
         self._listener.close()
+
+
+def procfile_command(name: str) -> list[str]:
+    """The Procfile's command for a process type, to run exactly what production runs."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        kind, _, command = line.partition(":")
+        if kind.strip() == name:
+            # The commands are found in this interpreter's virtualenv, as `make run` finds them.
+            bin_dir = Path(sys.executable).parent
+            return ["bash", "-c", f'PATH="{bin_dir}:$PATH" exec {command.strip()}']
+    raise KeyError(name)
+
+
+def signed_return(order_id: str, amount: str, trade_no: str, private_key_pem: bytes,
+                  **changes: str) -> dict[str, str]:
+    """Return-redirect parameters as Alipay signs them, with a test's own Alipay key."""
+    params = {
+        "charset": "utf-8", "out_trade_no": order_id, "method": "alipay.trade.page.pay.return",
+        "total_amount": amount, "trade_no": trade_no, "auth_app_id": APP_ID, "version": "1.0",
+        "app_id": APP_ID, "seller_id": SELLER_ID, "timestamp": "2026-11-25 12:00:00",
+        **changes,
+    }
+    return sign_params(params, private_key_pem)

@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from payment import reconciliation
+from payment import expiry, reconciliation
 from payment.models import PaymentAttempt
 from shop.models import OrderInfo, User
 
@@ -76,8 +76,8 @@ def test_overlapping_expiry_runs_never_take_the_same_order(settings: Any) -> Non
     settings.ORDER_PAY_TIMEOUT = PAST / 2
     orders = _orders_with_attempts("expiry", 30, linked=20)
 
-    first = reconciliation.orders_expired(limit=100)
-    second = reconciliation.orders_expired(limit=100)
+    first = expiry.orders_expired(limit=100)
+    second = expiry.orders_expired(limit=100)
 
     linked = {o.order_id for o in orders[:20]}
     assert linked <= set(first)

@@ -9,17 +9,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import requests
+from django.db import connection
 from django.db.models import Count
 
 from alipay_sandbox.client import SandboxControl
-from payment import intake
+from payment import events, intake
 from payment.links import payment_link_create
 from payment.models import Payment, PaymentAttempt, PaymentEvent
+from payment.tasks import events_process_task
 from shop.models import SKU, OrderInfo, User
 from tests.conftest import worker_process
 from tests.support import (
+    APP_ID,
     SELLER_ID,
     ManagedProcess,
     TcpProxy,
@@ -80,7 +84,8 @@ def test_worker_killed_mid_500_payments_pays_all_once(
     for params in _pay_all(sandbox, links):
         intake.event_record(source=PaymentEvent.Source.RETURN, params=params)
 
-    first = exclusive_workers("doomed", concurrency=4)
+    # Small batches, so that the kill lands with some orders paid and others not yet.
+    first = exclusive_workers("doomed", concurrency=4, PAYMENT_BATCH_SIZE="20")
     wait_for(lambda: _paid_count(order_ids) >= 100, 120, 0.02)
     first.kill()  # SIGKILL to the whole process group: parent and pool children
     killed_at = _paid_count(order_ids)
@@ -240,3 +245,63 @@ def test_notification_answers_fail_while_the_database_is_away(
     assert (again.status_code, again.text) == (200, "success")
     stored = PaymentEvent.objects.get(dedupe_key="notify:db-away-1")
     assert stored.deliveries == 2
+
+
+def _signed_notifications(order_ids: list[str], amount: str, key: bytes) -> list[dict[str, str]]:
+    return [sign_params({
+        "notify_type": "trade_status_sync", "notify_id": f"batch-{order_id}",
+        "app_id": APP_ID, "out_trade_no": order_id, "trade_no": f"T{order_id}",
+        "trade_status": "TRADE_SUCCESS", "total_amount": amount, "seller_id": SELLER_ID,
+    }, key) for order_id in order_ids]
+
+
+def _backends_waiting_to_insert_payments() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO \"payment_payment\"%%'"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def test_worker_killed_inside_a_batch_transaction_leaves_nothing_half_applied(
+    exclusive_workers: Any, dev_keys: Path
+) -> None:
+    links = _orders_with_links(200, price="7.77")
+    order_ids = [order_id for order_id, _ in links]
+    for params in _signed_notifications(order_ids, "7.77",
+                                        (dev_keys / "alipay_private_key.pem").read_bytes()):
+        events.event_store(source=PaymentEvent.Source.NOTIFY, params=params)
+    elsewhere = OrderInfo.objects.create(
+        order_id=f"{order_ids[0][:-3]}999", user=OrderInfo.objects.get(
+            order_id=order_ids[0]).user, total_amount=Decimal("7.77"))
+
+    # Another transaction holds the last order's trade_no, uncommitted: the worker's batch
+    # insert of the payments stops there, inside its transaction, with rows already written.
+    db = connection.settings_dict
+    blocker = psycopg.connect(host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432,
+                              user=db["USER"], dbname=db["NAME"])
+    try:
+        blocker.execute(
+            "INSERT INTO payment_payment (order_id, trade_id, amount, source, status, "
+            "refund_request_no, note, created_at) VALUES (%s, %s, 7.77, 'notify', 'applied', "
+            "'', '', now())", [elsewhere.order_id, f"T{order_ids[-1]}"])
+        doomed = exclusive_workers("mid-transaction", concurrency=1)
+        events_process_task.delay()
+        wait_for(_backends_waiting_to_insert_payments, 30, 0.05)
+        doomed.kill()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    wait_for(lambda: _backends_waiting_to_insert_payments() == 0, 30, 0.1)
+    time.sleep(0.5)  # the killed worker's session finds its client gone and rolls back
+
+    assert not Payment.objects.filter(order_id__in=[*order_ids, elsewhere.order_id]).exists()
+    assert _paid_count(order_ids) == 0
+    stored = PaymentEvent.objects.filter(out_trade_no__in=order_ids)
+    assert set(stored.values_list("state", "attempts")) == {("received", 1)}
+
+    exclusive_workers("after-kill", concurrency=2)  # the sweeper wakes it once the lease ends
+    wait_for(lambda: _paid_count(order_ids) == 200, 60, 0.3)
+    _assert_each_paid_once(order_ids)
+    assert set(stored.values_list("state", "attempts")) == {("applied", 2)}
