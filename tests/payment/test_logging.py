@@ -1,4 +1,4 @@
-"""Logs name ids, never signatures or whole payloads: gunicorn's access log and the workers."""
+"""Logs name ids, never signatures or whole payloads: the web's access log and the workers."""
 import urllib.parse
 from pathlib import Path
 
@@ -11,7 +11,7 @@ from tests.support import (
     ManagedProcess,
     ShopClient,
     free_port,
-    python_args,
+    procfile_command,
     query_params,
     wait_for_port,
 )
@@ -24,9 +24,8 @@ def test_a_paid_return_leaves_no_signature_in_any_log(
     worker_env: dict[str, str], log_dir: Path,
 ) -> None:
     port = free_port()
-    web = ManagedProcess("logged-web", python_args(
-        "-m", "gunicorn", "shop.wsgi", "--bind", f"127.0.0.1:{port}", "--worker-class",
-        "gthread", "--threads", "4", "--access-logfile", "-"), worker_env, log_dir).start()
+    web = ManagedProcess("logged-web", procfile_command("web"),
+                         {**worker_env, "WEB_BIND": f"127.0.0.1:{port}"}, log_dir).start()
     try:
         wait_for_port(port)
         sku = sku_create(price="7.00", stock=3)
@@ -44,7 +43,7 @@ def test_a_paid_return_leaves_no_signature_in_any_log(
     finally:
         web.stop()
     access_log = web.log_text()
-    assert "PUT /payment/status/ " in access_log
+    assert "PUT /payment/status/ HTTP/1.1" in access_log
     for log in (access_log, celery_workers.log_text()):
         assert params["sign"][:40] not in log
         assert urllib.parse.quote(params["sign"][:40], safe="") not in log
