@@ -144,6 +144,9 @@ def test_slow_confirmation_shows_a_spinner_then_the_payment(
     page: Page, web: str, sandbox: SandboxControl, settings: Any, screenshots: Path
 ) -> None:
     settings.PAYMENT_STATUS_WAIT = 0  # the shop answers "processing" at once
+    # Without the notification the return itself must be confirmed by the workers; a
+    # notification that came first would have paid the order before the buyer is back.
+    sandbox.set_faults(notify_drop=True)
     user = _sign_in(page, web, "patientbuyer")
     order = _order_and_open_cashier(page, web, user)
 

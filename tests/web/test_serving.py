@@ -18,7 +18,9 @@ from tests.support import (
     wait_for_port,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# No worker and no sweeper run: every return waits its full PAYMENT_STATUS_WAIT.
+pytestmark = [pytest.mark.django_db(transaction=True),
+              pytest.mark.usefixtures("exclusive_workers", "beat_paused")]
 
 
 def _timed_get(url: str) -> float:
@@ -32,7 +34,6 @@ def test_64_waiting_returns_do_not_slow_other_pages(
     worker_env: dict[str, str], log_dir: Path, dev_keys: Path
 ) -> None:
     port = free_port()
-    # A broker database no worker reads: every return waits its full PAYMENT_STATUS_WAIT.
     idle_broker = worker_env["CELERY_BROKER_URL"].rsplit("/", 1)[0] + "/12"
     env = {**worker_env, "CELERY_BROKER_URL": idle_broker, "PAYMENT_STATUS_WAIT": "4",
            "WEB_BIND": f"127.0.0.1:{port}", "DJANGO_DEBUG": "false", "LOG_LEVEL": "WARNING"}
