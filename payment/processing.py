@@ -198,7 +198,7 @@ def _events_finish(finishes: dict[int, _Finish]) -> None:
     now = timezone.now()
     ours = PaymentEvent.objects.select_for_update().filter(
         pk__in=list(finishes), state=State.RECEIVED
-    ).order_by("pk").only("pk")
+    ).order_by("pk").only("pk", "order_id", "trade_no")
     events = []
     for event in ours:
         finish = finishes[event.pk]
