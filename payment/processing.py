@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from payment import wakeups
 from payment.applying import payments_apply
+from payment.bulk import rows_update
 from payment.errors import EventRejected
 from payment.models import Payment, PaymentEvent
 from payment.retry import RetryPolicy, retry_policy
@@ -193,26 +194,22 @@ def _trades_proven_paid(
 
 def _events_finish(finishes: dict[int, _Finish]) -> None:
     """Move events out of `received`, once: ones another worker finished are left alone."""
-    if not finishes:
-        return
     now = timezone.now()
-    ours = PaymentEvent.objects.select_for_update().filter(
-        pk__in=list(finishes), state=State.RECEIVED
-    ).order_by("pk").only("pk", "order_id", "trade_no")
-    events = []
-    for event in ours:
-        finish = finishes[event.pk]
-        event.state, event.reason = finish.state, finish.reason[:1000]
-        event.processed_at = event.updated_at = now
-        event.next_attempt_at = None
-        if finish.order_id:
-            event.order_id, event.trade_no = finish.order_id, finish.trade_no[:64]
-        events.append(event)
-        logger.info("payment event id=%s -> %s %s", event.pk, finish.state, finish.reason)
-    PaymentEvent.objects.bulk_update(
-        events, ["state", "reason", "processed_at", "updated_at", "next_attempt_at", "order",
-                 "trade_no"],
+    rows_update(
+        model=PaymentEvent,
+        columns=["state", "reason", "order", "trade_no", "processed_at", "updated_at",
+                 "next_attempt_at"],
+        rows=[(event_id, f.state, f.reason[:1000], f.order_id, f.trade_no[:64], now, now, None)
+              for event_id, f in sorted(finishes.items())],
+        # A rejected event keeps the order and trade it was stored with.
+        expressions={"order_id": "COALESCE({new}, {table}.order_id)",
+                     "trade_no": "CASE WHEN {new} = '' THEN {table}.trade_no ELSE {new} END"},
+        where=f"{PaymentEvent._meta.db_table}.state = 'received'",
     )
+    for event_id, finish in finishes.items():
+        # An applied event is logged once, by its payment; the others say why here.
+        if finish.state != State.APPLIED or finish.reason:
+            logger.info("payment event id=%s -> %s %s", event_id, finish.state, finish.reason)
 
 
 def _events_defer(
@@ -222,15 +219,12 @@ def _events_defer(
     if not deferred:
         return None
     now = timezone.now()
-    events = []
+    rows = [(event.id, policy.next_attempt_at(event.attempts, now), deferred[event.id][:1000], now)
+            for event in claimed if event.id in deferred]
+    rows_update(model=PaymentEvent, columns=["next_attempt_at", "last_error", "updated_at"],
+                rows=rows)
     for event in claimed:
         if event.id in deferred:
-            events.append(PaymentEvent(
-                pk=event.id, next_attempt_at=policy.next_attempt_at(event.attempts, now),
-                last_error=deferred[event.id][:1000], updated_at=now,
-            ))
             logger.warning("payment event id=%s deferred (attempt %s): %s",
                            event.id, event.attempts, deferred[event.id][:200])
-    PaymentEvent.objects.bulk_update(events, ["next_attempt_at", "last_error", "updated_at"])
-    return min(e.next_attempt_at for e in events if e.next_attempt_at is not None)
-
+    return min(row[1] for row in rows)

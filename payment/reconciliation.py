@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from payment import alipay, events
+from payment.bulk import rows_update
 from payment.models import PaymentAttempt, PaymentEvent
 from payment.processing import events_process
 from payment.verification import query_pool
@@ -122,9 +123,12 @@ def orders_reconcile(*, order_ids: list[str]) -> Reconciled:
             _check_note(attempt, outcome, None, now)
             result.count(outcome)
         result.refunds = outcomes.refunds
-    PaymentAttempt.objects.bulk_update(
-        attempts, ["checks", "last_checked_at", "last_check_result", "next_check_at",
-                   "claimed_until"],
+    rows_update(
+        model=PaymentAttempt,
+        columns=["checks", "last_checked_at", "last_check_result", "next_check_at",
+                 "claimed_until"],
+        rows=[(a.order_id, a.checks, a.last_checked_at, a.last_check_result, a.next_check_at,
+               a.claimed_until) for a in attempts],
     )
     logger.info("reconciled batch size=%s outcomes=%s", len(order_ids), result.counts)
     return result

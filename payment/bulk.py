@@ -1,0 +1,63 @@
+"""Many rows updated with their own values in one statement.
+
+Django's `bulk_update` writes a CASE per field per row, and building it cost more than 2 s of
+CPU for 500 events; `WITH v AS (VALUES ...) UPDATE ... FROM v` is one short statement that
+PostgreSQL and SQLite (3.33+) both take.
+"""
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from django.db import connection, models
+
+
+def rows_update(
+    *,
+    model: type[models.Model],
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    expressions: dict[str, str] | None = None,
+    where: str = "",
+) -> int:
+    """Set `columns` (field names) of `model` from `rows` (primary key first), matched on it.
+
+    `expressions` replaces a column's plain new value with SQL over `new.<column>` and the
+    current `{table}.<column>`; `where` adds a condition on the rows to update, in SQL.
+    Returns the number of rows updated.
+    """
+    if not rows:
+        return 0
+    meta = model._meta
+    table = connection.ops.quote_name(meta.db_table)
+    fields = [_concrete(meta.pk), *(_concrete(meta.get_field(name)) for name in columns)]
+    names = [str(f.column) for f in fields]
+    placeholder = "(" + ", ".join(["%s"] * len(names)) + ")"
+    # PostgreSQL types VALUES columns by their first rows: a column of NULLs would be text.
+    typed = {f.column: (f"CAST(v.{f.column} AS {f.db_type(connection)})"
+                        if connection.vendor == "postgresql" else f"v.{f.column}")
+             for f in fields}
+    sets = ", ".join(
+        f"{column} = " + (expressions or {}).get(column, "{new}").format(
+            new=typed[column], table=table)
+        for column in names[1:]
+    )
+    sql = (
+        f"WITH v ({', '.join(names)}) AS (VALUES {', '.join([placeholder] * len(rows))}) "
+        f"UPDATE {table} SET {sets} FROM v WHERE {table}.{names[0]} = {typed[names[0]]}"
+        + (f" AND {where}" if where else "")
+    )
+    params = [_adapt(value) for row in rows for value in row]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+def _adapt(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return connection.ops.adapt_datetimefield_value(value)
+    return value
+
+
+def _concrete(field: Any) -> "models.Field[Any, Any]":
+    assert isinstance(field, models.Field) and field.column, field
+    return field
