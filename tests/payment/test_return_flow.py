@@ -26,6 +26,7 @@ def _paid_order(shop: ShopClient, sandbox: SandboxControl, username: str) -> tup
 
 
 def test_return_params_pay_the_order(shop: ShopClient, sandbox: SandboxControl) -> None:
+    sandbox.set_faults(notify_drop=True)  # the return is what pays
     order_id, params = _paid_order(shop, sandbox, "alice")
     assert Decimal(params["total_amount"]) == Decimal("257.60")
 
@@ -60,6 +61,7 @@ def test_reloading_the_success_page_answers_the_trade_again(
 def test_same_return_put_20_times_concurrently_pays_once(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
+    sandbox.set_faults(notify_drop=True)  # the returns are what pays
     order_id, params = _paid_order(shop, sandbox, "bob")
     with ThreadPoolExecutor(20) as pool:
         responses = list(pool.map(lambda _: shop.put_status(params), range(20)))
@@ -244,3 +246,17 @@ def test_return_query_string_is_taken_verbatim(shop: ShopClient, sandbox: Sandbo
     response = shop.put_status(urllib.parse.urlencode(params, quote_via=urllib.parse.quote))
     assert response.status_code == 200
     assert Payment.objects.filter(order_id=order_id).count() == 1
+
+
+def test_return_after_the_notification_paid_is_answered_without_a_write(
+    shop: ShopClient, sandbox: SandboxControl
+) -> None:
+    order_id, params = _paid_order(shop, sandbox, "latecomer")
+    wait_for(lambda: Payment.objects.filter(order_id=order_id).exists(), 20)  # the notification
+
+    response = shop.put_status(params)
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"trade_id": params["trade_no"]}
+    assert Payment.objects.get(order_id=order_id).source == "notify"
+    assert not PaymentEvent.objects.filter(out_trade_no=order_id, source="return").exists()
