@@ -1,7 +1,8 @@
 """A whole stack for the benchmarks: PostgreSQL database, Redis, sandbox, gunicorn, workers.
 
-Every process is real and runs from this checkout; the database `bench_payments` is made
-afresh each run. Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379.
+Every process is real and runs from this checkout; the database (`bench_payments` unless
+told otherwise) is made afresh each run. Needs PostgreSQL on 127.0.0.1:5432 and Redis on
+127.0.0.1:6379, or a `redis-server` binary for a private Redis (`start_redis`).
 """
 import atexit
 import os
@@ -31,7 +32,11 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 
 class Stack:
-    def __init__(self, **env_overrides: str) -> None:
+    def __init__(self, db_name: str = DB_NAME, **env_overrides: str) -> None:
+        self.db_name = db_name
+        database_url = (DATABASE_URL if db_name == DB_NAME
+                        else f"postgres://postgres@127.0.0.1:5432/{db_name}")
+        self.redis_url = REDIS_URL
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-"))
         self.keys = self.tmp / "keys"
         self.sandbox_port = free_port()
@@ -41,7 +46,7 @@ class Stack:
         self.processes: list[ManagedProcess] = []
         self.env = {
             **os.environ,
-            "DATABASE_URL": DATABASE_URL,
+            "DATABASE_URL": database_url,
             "CELERY_BROKER_URL": REDIS_URL,
             "ALIPAY_APPID": APP_ID,
             "ALIPAY_SELLER_ID": SELLER_ID,
@@ -64,12 +69,13 @@ class Stack:
 
         self.keys.mkdir()
         write_dev_keys(self.keys)
-        subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DB_NAME],
+        subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists",
+                        self.db_name], check=True)
+        subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", self.db_name],
                        check=True)
-        subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", DB_NAME], check=True)
         import redis
 
-        redis.Redis.from_url(REDIS_URL).flushdb()
+        redis.Redis.from_url(self.redis_url).flushdb()
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env,
                        check=True)
         import django
@@ -105,6 +111,36 @@ class Stack:
         process.wait_log("ready.", timeout=60)
         return process
 
+    def start_redis(self) -> None:
+        """A private redis-server on a free port, for the broker; call before prepare().
+
+        Nothing else on the machine shares it, so it may be flushed at will.
+        """
+        port = free_port()
+        self._start("redis", [
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self.tmp),
+        ])
+        wait_for_port(port)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        self.env["CELERY_BROKER_URL"] = self.redis_url
+        os.environ["CELERY_BROKER_URL"] = self.redis_url
+
+    def start_procfile(self, entry: str, name: str | None = None, extra: str = "",
+                       **env: str) -> ManagedProcess:
+        """Run the Procfile's line for `entry` as it is (through bash), plus `extra` arguments.
+
+        The web line binds to this stack's port through WEB_BIND; the commands come from the
+        Procfile so that the benchmark follows whatever the project deploys.
+        """
+        command = f"{procfile_command(entry)} {extra}".strip()
+        path = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
+        process = self._start(name or entry, ["bash", "-c", command], PATH=path,
+                              WEB_BIND=f"127.0.0.1:{self.web_port}", **env)
+        if entry == "web":
+            wait_for_port(self.web_port, timeout=60)
+        return process
+
     def _start(self, name: str, args: list[str], **env: str) -> ManagedProcess:
         process = ManagedProcess(name, args, {**self.env, **env}, self.tmp).start()
         self.processes.append(process)
@@ -125,6 +161,42 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def procfile_command(entry: str) -> str:
+    """The command of one Procfile entry (`web`, `worker`, ...)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and name.strip() == entry:
+            return command.strip()
+    raise KeyError(f"no {entry!r} line in {ROOT / 'Procfile'}")
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory in bytes of a process and all its descendants, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        total += _rss(current)
+    return total
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def machine() -> str:
