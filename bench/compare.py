@@ -789,14 +789,9 @@ def pay_at_sandbox(bench: Bench, ids: list[str]) -> None:
 
 
 def reconcile_dispatch() -> None:
-    """What beat sends every RECONCILE_INTERVAL; by name if the task object is not there."""
-    try:
-        from workers.tasks import reconcile_dispatch_task
-    except ImportError:
-        from workers.celery import app
+    """What beat sends every RECONCILE_INTERVAL."""
+    from payment.tasks import reconcile_dispatch_task
 
-        app.send_task("workers.tasks.reconcile_dispatch_task")
-        return
     reconcile_dispatch_task.delay()
 
 
