@@ -1,14 +1,12 @@
 """The payment API. The two endpoints Alipay and the buyer's browser hit after a payment are
 lean Django views (no DRF, no session or CSRF machinery): they are authenticated by Alipay's
 signature, record what arrived and hand it to the workers."""
-import json
 import logging
-from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -24,36 +22,9 @@ from shop.apis import authenticated_user
 
 logger = logging.getLogger(__name__)
 
-FORM = "application/x-www-form-urlencoded"
-
 
 def _remote_addr(request: HttpRequest) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
-
-
-def _request_params(request: HttpRequest) -> dict[str, Any]:
-    """Query string and body (form or JSON object) merged; the body wins."""
-    params: dict[str, Any] = dict(request.GET.lists())
-    body = request.body
-    if not body:
-        return params
-    content_type = request.content_type or ""
-    if content_type == "application/json":
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
-            raise PaymentError("The request body is not valid JSON.") from None
-        if not isinstance(data, dict):
-            raise PaymentError("The request body must be a form or a JSON object.")
-        params.update(data)
-    elif content_type in (FORM, "") or content_type.startswith("text/"):
-        try:
-            params.update(QueryDict(body, encoding=request.encoding).lists())
-        except (ValueError, UnicodeDecodeError):
-            raise PaymentError("The request body cannot be read.") from None
-    else:
-        raise PaymentError("The request body must be a form or a JSON object.")
-    return params
 
 
 class PaymentLinkApi(APIView):
@@ -78,7 +49,9 @@ async def payment_status(request: HttpRequest) -> HttpResponse:
     from the event loop.
     """
     try:
-        params = intake.params_clean(_request_params(request))
+        params = intake.params_clean(intake.params_parse(
+            query=request.META.get("QUERY_STRING", ""), body=request.body,
+            content_type=request.content_type or ""))
         receipt = await sync_to_async(intake.return_receive)(
             params=params, remote_addr=_remote_addr(request))
     except SignatureInvalid:
@@ -93,7 +66,7 @@ async def payment_status(request: HttpRequest) -> HttpResponse:
             event_id=event_id, timeout=settings.PAYMENT_STATUS_WAIT,
             is_settled=lambda: sync_to_async(intake.event_is_settled)(event_id=event_id),
         )
-        answer = await sync_to_async(intake.event_answer)(event_id=event_id)
+        answer = await sync_to_async(intake.stored_event_answer)(event_id=event_id)
     return JsonResponse(answer.body, status=answer.status)
 
 

@@ -3,6 +3,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import connection
@@ -67,6 +68,41 @@ def _insert_sql() -> str:
     )
 
 
+def insert_statement(
+    *,
+    source: str,
+    params: dict[str, Any],
+    remote_addr: str | None = None,
+    state: str = State.RECEIVED,
+    reason: str = "",
+    refused: bool = False,
+) -> tuple[str, list[Any]]:
+    """The one statement that stores an event (or counts a repeat delivery), with its values.
+
+    A `refused` request (not Alipay's, by shape or signature) is kept apart: off its order's
+    history and under its own key, so that it can never stand for a genuine delivery. The
+    statement returns (id, state, deliveries).
+    """
+    params = storable(params)
+    key = f"refused:{source}:sha256:{_digest(params)}" if refused else dedupe_key(source, params)
+    out_trade_no = params.get("out_trade_no", "")[:64]
+    now = timezone.now()
+    return _insert_sql(), [
+        source, key, out_trade_no, params.get("trade_no", "")[:64],
+        None if refused else out_trade_no, json.dumps(params, ensure_ascii=False),
+        remote_addr, state, reason[:1000], now if state == State.RECEIVED else None, now, now,
+    ]
+
+
+def stored(row: tuple[Any, ...], source: str, out_trade_no: str) -> StoredEvent:
+    """The insert's returned row; a new event is logged."""
+    event_id, state, deliveries = row
+    if deliveries == 1:
+        logger.info("payment event stored id=%s source=%s out_trade_no=%s state=%s",
+                    event_id, source, out_trade_no[:64], state)
+    return StoredEvent(id=event_id, state=state, is_new=deliveries == 1)
+
+
 def event_store(
     *,
     source: str,
@@ -76,25 +112,12 @@ def event_store(
     reason: str = "",
     refused: bool = False,
 ) -> StoredEvent:
-    """Store what arrived, once; a repeat only counts another delivery.
-
-    A `refused` request (not Alipay's, by shape or signature) is kept apart: off its order's
-    history and under its own key, so that it can never stand for a genuine delivery.
-    """
-    params = storable(params)
-    key = f"refused:{source}:sha256:{_digest(params)}" if refused else dedupe_key(source, params)
-    out_trade_no = params.get("out_trade_no", "")[:64]
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    """Store what arrived, once; a repeat only counts another delivery (see insert_statement)."""
+    sql, values = insert_statement(source=source, params=params, remote_addr=remote_addr,
+                                   state=state, reason=reason, refused=refused)
+    adapt = connection.ops.adapt_datetimefield_value
+    values = [adapt(v) if isinstance(v, datetime) else v for v in values]
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(), [
-            source, key, out_trade_no, params.get("trade_no", "")[:64],
-            None if refused else out_trade_no,
-            json.dumps(params, ensure_ascii=False),
-            remote_addr, state, reason[:1000], now if state == State.RECEIVED else None, now, now,
-        ])
-        event_id, stored_state, deliveries = cursor.fetchone()
-    is_new = deliveries == 1
-    if is_new:
-        logger.info("payment event stored id=%s source=%s out_trade_no=%s state=%s",
-                    event_id, source, out_trade_no, stored_state)
-    return StoredEvent(id=event_id, state=stored_state, is_new=is_new)
+        cursor.execute(sql, values)
+        row = cursor.fetchone()
+    return stored(row, source, str(params.get("out_trade_no", "")))

@@ -1,9 +1,10 @@
 """The ASGI application that production serves (gunicorn with uvicorn workers, see Procfile).
 
 `PUT /payment/status/` waits for the workers without holding a thread, which only an event
-loop can do. The two endpoints Alipay and the returning browser hit in bursts are served by a
-handler without the browser middleware (sessions, CSRF, authentication, messages): they are
-authenticated by Alipay's signature, and each of those middleware costs a thread hop here.
+loop can do. The two endpoints Alipay and the returning browser hit in bursts are authenticated
+by Alipay's signature and need none of the browser middleware (sessions, CSRF,
+authentication, messages): on PostgreSQL they are served by payment/fastpath.py on the event
+loop, elsewhere (the embedded SQLite defaults) by Django's handler without middleware.
 """
 import asyncio
 import os
@@ -20,12 +21,10 @@ django.setup(set_prefix=False)
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 
-from payment import wakeups  # noqa: E402
+from payment import fastpath, wakeups  # noqa: E402
 from payment.alipay import keys_require  # noqa: E402
 
 keys_require()
-
-LEAN_PATHS = frozenset({"/payment/status/", "/payment/alipay/notify/"})
 
 
 class LeanASGIHandler(ASGIHandler):
@@ -47,8 +46,8 @@ lean_application = LeanASGIHandler()
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
-    elif scope["type"] == "http" and scope["path"] in LEAN_PATHS:
-        await lean_application(scope, receive, send)
+    elif scope["type"] == "http" and scope["path"] in fastpath.PATHS:
+        await (fastpath.app if fastpath.available() else lean_application)(scope, receive, send)
     else:
         await django_application(scope, receive, send)
 
@@ -61,5 +60,6 @@ async def _lifespan(receive: Any, send: Any) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await wakeups.server_loop_stopping(asyncio.get_running_loop())
+            await fastpath.pools_close()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -71,12 +71,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     DATABASES["default"]["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL;"
-elif env.bool("DATABASE_POOL", default=False):
+DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=20)
+if env.bool("DATABASE_POOL", default=False) and (
+    DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+):
     # The ASGI server runs each request's database work on a short-lived thread: persistent
     # per-thread connections would be opened per request, so it borrows from a pool instead.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": 2, "max_size": env.int("DATABASE_POOL_SIZE", default=20), "timeout": 10,
+        "min_size": 2, "max_size": DATABASE_POOL_SIZE, "timeout": 10,
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

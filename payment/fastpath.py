@@ -1,0 +1,217 @@
+"""The two intake endpoints as a plain ASGI app on PostgreSQL: the path bursts take.
+
+`PUT /payment/status/` and `POST /payment/alipay/notify/` do the same as the Django views in
+payment/apis.py (the same parsing, checks, SQL and answers from payment/intake.py and
+payment/events.py) without Django's request machinery: on the event loop, with an async
+PostgreSQL pool, no thread per request. Under Django's ASGI handler each request cost
+about 1.6 ms of CPU before the view ran, more than the intake's own work.
+"""
+import asyncio
+import json
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from django.conf import settings
+
+from payment import events, intake, wakeups
+from payment.errors import PaymentError, SignatureInvalid
+from payment.models import PaymentEvent
+
+logger = logging.getLogger(__name__)
+
+Source = PaymentEvent.Source
+State = PaymentEvent.State
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+STATUS_PATH = "/payment/status/"
+NOTIFY_PATH = "/payment/alipay/notify/"
+PATHS = frozenset({STATUS_PATH, NOTIFY_PATH})
+
+_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, psycopg_pool.AsyncConnectionPool]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def available() -> bool:
+    return bool(settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql")
+
+
+def _conninfo() -> str:
+    db = settings.DATABASES["default"]
+    parts = {"dbname": db["NAME"], "user": db.get("USER"), "password": db.get("PASSWORD"),
+             "host": db.get("HOST"), "port": db.get("PORT")}
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items() if v})
+
+
+async def _pool() -> psycopg_pool.AsyncConnectionPool:
+    loop = asyncio.get_running_loop()
+    pool = _pools.get(loop)
+    if pool is None:
+        pool = _pools[loop] = psycopg_pool.AsyncConnectionPool(
+            _conninfo(), min_size=2, max_size=settings.DATABASE_POOL_SIZE, timeout=10,
+            kwargs={"autocommit": True}, open=False,
+        )
+        await pool.open()
+    return pool
+
+
+async def pools_close() -> None:
+    pool = _pools.pop(asyncio.get_running_loop(), None)
+    if pool is not None:
+        await pool.close()
+
+
+async def _fetch(sql: str, values: list[Any]) -> tuple[Any, ...] | None:
+    pool = await _pool()
+    async with pool.connection() as conn:
+        cursor = await conn.execute(sql, values)
+        return await cursor.fetchone()
+
+
+async def _store(**kwargs: Any) -> events.StoredEvent:
+    sql, values = events.insert_statement(**kwargs)
+    row = await _fetch(sql, values)
+    assert row is not None
+    return events.stored(row, kwargs["source"], str(kwargs["params"].get("out_trade_no", "")))
+
+
+async def _authenticate_or_record(source: str, params: dict[str, str],
+                                  remote_addr: str | None) -> None:
+    try:
+        intake.params_authenticate(params)
+    except PaymentError as exc:
+        await _store(source=source, params=params, remote_addr=remote_addr,
+                     state=State.REJECTED, reason=str(exc), refused=True)
+        intake.refusal_note(source, params, remote_addr, exc)
+        raise
+
+
+async def _payment_status(trade_no: str, order_id: str) -> str | None:
+    row = await _fetch(intake.PAYMENT_STATUS_SQL, [trade_no, order_id])
+    return None if row is None else str(row[0])
+
+
+async def _event_answer(event_id: int) -> intake.Answer:
+    row = await _fetch(intake.EVENT_SQL, [event_id])
+    assert row is not None
+    state, order_id, trade_no = row
+    status = await _payment_status(trade_no, order_id) if state == State.APPLIED else None
+    return intake.event_answer(state=state, order_id=order_id, trade_no=trade_no,
+                               payment_status=status)
+
+
+async def _is_settled(event_id: int) -> bool:
+    row = await _fetch(intake.EVENT_SQL, [event_id])
+    return row is not None and row[0] != State.RECEIVED
+
+
+async def return_receive(params: dict[str, str], remote_addr: str | None) -> intake.Answer:
+    """intake.return_receive, then the wait for the workers' outcome."""
+    await _authenticate_or_record(Source.RETURN, params, remote_addr)
+    order_id, trade_no = params["out_trade_no"], params.get("trade_no", "")
+    answer = intake.payment_answer(status=await _payment_status(trade_no, order_id),
+                                   trade_no=trade_no, order_id=order_id)
+    if answer is not None:
+        return answer
+    stored = await _store(source=Source.RETURN, params=params, remote_addr=remote_addr)
+    if stored.state != State.RECEIVED:
+        return await _event_answer(stored.id)
+    intake.workers_wake()
+    await wakeups.event_settled_wait(event_id=stored.id, timeout=settings.PAYMENT_STATUS_WAIT,
+                                     is_settled=lambda: _is_settled(stored.id))
+    return await _event_answer(stored.id)
+
+
+async def notification_receive(params: dict[str, str], remote_addr: str | None) -> None:
+    await _authenticate_or_record(Source.NOTIFY, params, remote_addr)
+    stored = await _store(source=Source.NOTIFY, params=params, remote_addr=remote_addr)
+    if stored.state == State.RECEIVED:
+        intake.workers_wake()
+
+
+async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """The ASGI app for PATHS."""
+    body = await _body(receive)
+    if body is None:
+        await _respond(send, 413, b"The request body is too large.", "text/plain")
+        return
+    remote_addr = scope["client"][0] if scope.get("client") else None
+    headers = dict(scope["headers"])
+    content_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip()
+    if scope["path"] == NOTIFY_PATH:
+        if scope["method"] != "POST":
+            await _respond(send, 405, b"", "text/plain", allow=b"POST")
+            return
+        status, text = await _notify(scope, body, content_type, remote_addr)
+        await _respond(send, status, text, "text/plain")
+        return
+    if scope["method"] not in ("PUT", "POST"):
+        await _respond(send, 405, b"", "text/plain", allow=b"PUT, POST")
+        return
+    answer = await _status(scope, body, content_type, remote_addr)
+    await _respond(send, answer.status, json.dumps(answer.body).encode(), "application/json")
+
+
+async def _notify(scope: dict[str, Any], body: bytes, content_type: str,
+                  remote_addr: str | None) -> tuple[int, bytes]:
+    params: dict[str, str] = {}
+    try:
+        if content_type not in (intake.FORM, ""):
+            raise PaymentError("A notification is a form.")
+        params = intake.params_clean(intake.params_parse(query=b"", body=body,
+                                                         content_type=content_type))
+        await notification_receive(params, remote_addr)
+    except PaymentError as exc:
+        if not params:
+            logger.warning("notification refused from %s: %s", remote_addr, exc)
+        return 400, b"fail"
+    except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        logger.error("notification not stored out_trade_no=%s error=%s",
+                     params.get("out_trade_no"), type(exc).__name__)
+        return 503, b"fail"
+    return 200, b"success"
+
+
+async def _status(scope: dict[str, Any], body: bytes, content_type: str,
+                  remote_addr: str | None) -> intake.Answer:
+    try:
+        params = intake.params_clean(intake.params_parse(
+            query=scope.get("query_string", b""), body=body, content_type=content_type))
+        return await return_receive(params, remote_addr)
+    except SignatureInvalid:
+        return intake.Answer(403, {"message": "The payment could not be verified with Alipay."})
+    except PaymentError as exc:
+        return intake.Answer(400, {"message": str(exc)})
+    except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        logger.error("return not stored error=%s", type(exc).__name__)
+        return intake.Answer(503, {"message": "Payments cannot be checked right now; "
+                                              "reload this page in a moment."})
+
+
+async def _body(receive: Receive) -> bytes | None:
+    """The request body, or None past DATA_UPLOAD_MAX_MEMORY_SIZE (read to its end)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+            chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks) if size <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE else None
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: str,
+                   allow: bytes | None = None) -> None:
+    headers = [(b"content-type", content_type.encode()),
+               (b"content-length", str(len(body)).encode())]
+    if allow:
+        headers.append((b"allow", allow))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
