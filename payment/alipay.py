@@ -200,6 +200,13 @@ def _rsa2_valid(message: str, signature: str) -> bool:
     return True
 
 
+def client_warm() -> None:
+    """Load the keys and build the client now, not on the first payment of a new process."""
+    _client()
+    _app_private_key()
+    _alipay_public_key()
+
+
 def clients_reset() -> None:
     """Forget the cached client and keys (after settings change, in tests)."""
     _client.cache_clear()

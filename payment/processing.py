@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from payment import wakeups
@@ -69,12 +69,20 @@ def events_claim(
 ) -> tuple[list[Claimed], list[int]]:
     """Claim due events for this worker; returns them and the ids just given up on (dead)."""
     now = timezone.now()
-    due = PaymentEvent.objects.filter(state=State.RECEIVED).filter(
-        Q(next_attempt_at__lte=now) | Q(next_attempt_at__isnull=True)
-    )
+    due = PaymentEvent.objects.filter(state=State.RECEIVED, next_attempt_at__lte=now)
     if event_ids is not None:
         due = due.filter(pk__in=event_ids)
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # The ordered scan of the index of waiting events stops after `limit` rows and
+            # marks the entries of settled events dead as it passes them; a bitmap scan
+            # (the planner's pick for what it thinks is a short list) visits all of them
+            # on every claim until vacuum runs.
+            # A claim lost with the database's last moments is only made again: it need not
+            # wait for its commit to reach the disk.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL enable_bitmapscan = off; "
+                               "SET LOCAL synchronous_commit = off")
         rows = list(
             due.select_for_update(skip_locked=True).order_by("next_attempt_at", "id")
             .values_list("id", "source", "raw_data", "attempts")[:limit]
@@ -184,11 +192,15 @@ def _trades_proven_paid(
         .values_list("trade_id", "order_id")
         if any(r.trade_no == trade_no and r.order_id == order_id for r in returns)
     }
+    # Looked up by trade_no alone (its index), filtered here: a condition on `state` can
+    # lead the planner to that far larger index.
     stored = PaymentEvent.objects.filter(
         source=Source.NOTIFY, trade_no__in=trade_nos - proven,
-        state__in=(State.RECEIVED, State.APPLIED),
-    ).values_list("raw_data", flat=True)
-    proven |= paid_by_notifications(stored=stored, order_amounts=amounts)
+    ).values_list("raw_data", "state")
+    proven |= paid_by_notifications(
+        stored=(raw for raw, state in stored if state in (State.RECEIVED, State.APPLIED)),
+        order_amounts=amounts,
+    )
     return proven
 
 

@@ -30,9 +30,7 @@ def events_sweep(*, limit: int = 1000) -> Swept:
     """Count due events, give up on exhausted ones, and list refunds whose try went stale."""
     policy = retry_policy()
     now = timezone.now()
-    due_events = PaymentEvent.objects.filter(state=State.RECEIVED).filter(
-        Q(next_attempt_at__lte=now) | Q(next_attempt_at__isnull=True)
-    )
+    due_events = PaymentEvent.objects.filter(state=State.RECEIVED, next_attempt_at__lte=now)
     dead = due_events.filter(attempts__gte=policy.max_attempts).update(
         state=State.DEAD, processed_at=now, updated_at=now,
         reason=f"gave up after {policy.max_attempts} attempts",

@@ -32,6 +32,13 @@ def _worker_init(**kwargs: Any) -> None:
     keys_require()
 
 
+@signals.worker_process_init.connect
+def _worker_process_init(**kwargs: Any) -> None:
+    from payment.alipay import client_warm
+
+    client_warm()
+
+
 @signals.beat_init.connect
 def _beat_init(**kwargs: Any) -> None:
     from django.conf import settings
