@@ -75,6 +75,7 @@ NOTIFY_RATE_GUESS = 1500
 WARMUP_REQUESTS = 50
 IDLE_REQUESTS = 100
 PROBE_ORDERS = 300
+MIN_RETURNS = 3000
 PROBE_SECONDS = 3
 DRAIN_NOTIFICATIONS = 10_000
 QUEUED_RETURNS = 2_000
@@ -611,7 +612,8 @@ def project_return_rows(bench: Bench) -> None:
     with running(start_web(bench, "10")), running(start_worker(bench)):
         # The probe runs cold: twice its rate leaves room for the warm run.
         rate = probe_rate(bench) * 2
-        need = int(rate * args.duration) + 100
+        # A floor, so that a probe slowed by a cold start cannot leave the run short of trades.
+        need = max(int(rate * args.duration) + 100, MIN_RETURNS)
         count = min(need, args.max_returns)
         # Fewer paid trades than the rate needs: a shorter run, so that none repeats.
         duration = args.duration if count >= need else max(2, int(count / rate))
