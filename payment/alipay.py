@@ -118,8 +118,13 @@ class _AliPay(AliPay):
 
         A new TCP (and TLS) connection per call was most of a trade query's wall time.
         """
-        url = f"{self._gateway}?{self.sign_data(data)}"
-        response = _gateway_pool().request("GET", url, timeout=self._config.timeout)
+        # The signed parameters go in a form body (Alipay's gateway takes GET or POST): as a
+        # URL of several kilobytes, urllib3 re-encoded them one character at a time.
+        response = _gateway_pool().request(
+            "POST", self._gateway, body=self.sign_data(data).encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded;charset=utf-8"},
+            timeout=self._config.timeout,
+        )
         if response.status >= 400:
             raise GatewayHTTPError(response.status)
         raw_string = response.data.decode()

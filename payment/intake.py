@@ -16,7 +16,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.http import QueryDict
 
-from payment import alipay, events
+from payment import alipay, events, wakeups
 from payment.errors import PaymentError, SignatureInvalid
 from payment.models import Payment, PaymentEvent
 from payment.tasks import events_process_task
@@ -220,7 +220,7 @@ def event_record(
     return stored
 
 
-WAKE_INTERVAL = 0.005
+WAKE_INTERVAL = 0.002
 
 
 class _Waker:
@@ -250,7 +250,8 @@ class _Waker:
             self._pending.wait()
             self._pending.clear()
             try:
-                events_process_task.delay()
+                if wakeups.workers_wake_claim():
+                    events_process_task.delay()
             except Exception as exc:  # noqa: BLE001  (the broker's errors vary by transport)
                 logger.warning("could not wake the workers: %s", type(exc).__name__)
             # A wake-up makes a worker take everything due: in a burst, one per interval is

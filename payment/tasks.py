@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from payment import expiry, reconciliation, refunds, sweeper
+from payment import expiry, reconciliation, refunds, sweeper, wakeups
 from payment.alipay import GatewayUnavailable
 from payment.processing import events_process
 from payment.retry import retry_policy
@@ -39,6 +39,7 @@ _RETRY = retry_policy().task_options()
 @shared_task(base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
 def events_process_task(event_ids: list[int] | None = None) -> dict[str, int]:
     """Claim and settle one batch of due payment events."""
+    wakeups.workers_wake_taken()
     batch = events_process(limit=settings.PAYMENT_BATCH_SIZE, event_ids=event_ids)
     if batch.claimed >= settings.PAYMENT_BATCH_SIZE:
         events_process_task.delay()  # more are waiting: keep draining

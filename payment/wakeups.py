@@ -58,6 +58,35 @@ def _push(event_ids: list[int]) -> None:
                        len(event_ids), type(exc).__name__)
 
 
+WAKE_PENDING = "payment:wake-pending"
+WAKE_PENDING_TTL_MS = 1000
+
+
+def workers_wake_claim() -> bool:
+    """Whether to publish a wake-up now: not while another one waits to be taken.
+
+    A waiting wake-up will claim every event committed before its task starts, so a second
+    one adds only an empty task; under a burst those took the workers' whole CPU. The flag
+    expires, so a wake-up lost on its way cannot hold the next one back for long.
+    """
+    if not settings.PAYMENT_WAKEUP_REDIS_URL:
+        return True
+    try:
+        return bool(_sync_client(os.getpid()).set(WAKE_PENDING, 1, nx=True,
+                                                  px=WAKE_PENDING_TTL_MS))
+    except redis.RedisError:
+        return True
+
+
+def workers_wake_taken() -> None:
+    """A wake-up's task has started: the next event needs a wake-up of its own."""
+    if settings.PAYMENT_WAKEUP_REDIS_URL:
+        try:
+            _sync_client(os.getpid()).delete(WAKE_PENDING)
+        except redis.RedisError:
+            pass
+
+
 def server_loop_started(loop: asyncio.AbstractEventLoop) -> None:
     """The ASGI server's long-lived loop: its Redis client and connections are kept."""
     _server_loops.add(loop)
