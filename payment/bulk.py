@@ -23,7 +23,7 @@ def rows_update(
 
     `expressions` replaces a column's plain new value with SQL over `new.<column>` and the
     current `{table}.<column>`; `where` adds a condition on the rows to update, in SQL.
-    Returns the number of rows updated.
+    Returns the number of rows updated (-1 where the driver cannot tell, as SQLite here).
     """
     if not rows:
         return 0

@@ -110,7 +110,7 @@ def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchRe
     claimed, dead = events_claim(limit=limit, policy=policy, event_ids=event_ids)
     result = BatchResult(claimed=len(claimed))
     if dead:
-        result.count(State.DEAD, len(dead))
+        result.count(str(State.DEAD), len(dead))
         wakeups.events_settled(event_ids=dead)
     if not claimed:
         return result
@@ -130,7 +130,7 @@ def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchRe
         result.retry_at = _events_defer(deferred, claimed, policy)
     result.refunds = applied.refunds
     for finish in finishes.values():
-        result.count(finish.state)
+        result.count(str(finish.state))
     if deferred:
         result.count("deferred", len(deferred))
     wakeups.events_settled(event_ids=list(finishes))
