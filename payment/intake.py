@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import SuspiciousOperation
 from django.db import connection, transaction
 from django.http import QueryDict
 
@@ -35,7 +36,17 @@ FORM = "application/x-www-form-urlencoded"
 
 def params_parse(*, query: str | bytes, body: bytes, content_type: str) -> dict[str, Any]:
     """Query string and body (form or JSON object) merged; the body wins."""
-    params: dict[str, Any] = dict(QueryDict(query).lists())
+    try:
+        return _params_parse(query, body, content_type)
+    except SuspiciousOperation:  # more fields than DATA_UPLOAD_MAX_NUMBER_FIELDS
+        raise PaymentError("Too many parameters.") from None
+
+
+def _params_parse(query: str | bytes, body: bytes, content_type: str) -> dict[str, Any]:
+    try:
+        params: dict[str, Any] = dict(QueryDict(query).lists())
+    except (ValueError, UnicodeDecodeError):
+        raise PaymentError("The query string cannot be read.") from None
     if not body:
         return params
     if content_type == "application/json":

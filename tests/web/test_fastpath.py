@@ -59,11 +59,15 @@ def test_forged_and_malformed_returns_are_refused(asgi_web: str, dev_keys: Path)
     not_json = requests.put(f"{asgi_web}/payment/status/", data="[" * 100_000, timeout=10,
                             headers={"Content-Type": "application/json"})
     wrong_method = requests.get(f"{asgi_web}/payment/status/", timeout=10)
+    too_many = requests.put(f"{asgi_web}/payment/status/", timeout=10,
+                            data="&".join(f"k{i}=v" for i in range(1500)),
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
 
     assert refused.status_code == 403 and refused.json()["message"]
     assert malformed.status_code == 400 and "sign" in malformed.json()["message"]
     assert not_json.status_code == 400 and not_json.json()["message"]
     assert wrong_method.status_code == 405
+    assert too_many.status_code == 400 and too_many.json()["message"]
     record = PaymentEvent.objects.get(out_trade_no=order.order_id)
     assert (record.state, record.order_id) == (PaymentEvent.State.REJECTED, None)
     assert "signature" in record.reason
