@@ -108,7 +108,14 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "shop.apis.exception_handler",
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Shop payments API", "VERSION": "1.0.0"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Shop payments API",
+    "VERSION": "1.0.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "payment.schema.intake_paths",
+    ],
+}
 
 # Alipay
 ALIPAY_APPID = env.str("ALIPAY_APPID", default="2021000000000001")

@@ -1,0 +1,17 @@
+"""The published OpenAPI schema documents the payment endpoints, the intake ones included."""
+import pytest
+from django.test import Client
+
+
+@pytest.mark.django_db
+def test_schema_documents_every_payment_endpoint(client: Client) -> None:
+    response = client.get("/api/schema/", {"format": "json"})
+
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert set(paths["/payment/status/"]) == {"put", "post"}
+    put = paths["/payment/status/"]["put"]
+    assert {p["name"] for p in put["parameters"] if p["required"]} == {"sign", "out_trade_no"}
+    assert set(put["responses"]) == {"200", "202", "400", "403", "409"}
+    assert set(paths["/payment/alipay/notify/"]) == {"post"}
+    assert "get" in paths["/orders/{order_id}/payment/"]
