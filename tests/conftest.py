@@ -34,6 +34,30 @@ def fast_password_hashing() -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def flush_retried_on_deadlock() -> Iterator[None]:
+    """The live workers and beat keep querying while a test's data is flushed: TRUNCATE can
+    deadlock with one of their statements, and PostgreSQL may abort the flush. Try again."""
+    from django.core.management.base import CommandError
+    from django.test import TransactionTestCase
+
+    flush = TransactionTestCase._fixture_teardown
+
+    def retried(self: TransactionTestCase) -> None:
+        for attempt in range(5):
+            try:
+                flush(self)
+                return
+            except CommandError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
+
+    TransactionTestCase._fixture_teardown = retried  # type: ignore[method-assign]
+    yield
+    TransactionTestCase._fixture_teardown = flush  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session", autouse=True)
 def static_root() -> None:
     # whitenoise warns about a missing STATIC_ROOT; the live server serves from the finders.
     Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
