@@ -25,7 +25,6 @@ MAX_VALUE_LENGTH = 4096
 class StoredEvent:
     id: int
     state: str
-    is_new: bool
 
 
 def storable(params: dict[str, Any]) -> dict[str, str]:
@@ -100,7 +99,7 @@ def stored(row: tuple[Any, ...], source: str, out_trade_no: str) -> StoredEvent:
     if deliveries == 1:
         logger.info("payment event stored id=%s source=%s out_trade_no=%s state=%s",
                     event_id, source, out_trade_no[:64], state)
-    return StoredEvent(id=event_id, state=state, is_new=deliveries == 1)
+    return StoredEvent(id=event_id, state=state)
 
 
 def event_store(

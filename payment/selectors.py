@@ -7,10 +7,6 @@ def order_for_user(*, user: User, order_id: str) -> OrderInfo | None:
     return OrderInfo.objects.filter(order_id=order_id, user=user).first()
 
 
-def payment_for_trade(*, trade_no: str) -> Payment | None:
-    return Payment.objects.filter(trade_id=trade_no).first()
-
-
 def order_payment_status(*, order: OrderInfo) -> dict[str, object]:
     """The order's payment state as the storefront polls it."""
     payment = order.payments.filter(status=Payment.Status.APPLIED).first()

@@ -40,7 +40,7 @@ def flush_retried_on_deadlock() -> Iterator[None]:
     from django.core.management.base import CommandError
     from django.test import TransactionTestCase
 
-    flush = TransactionTestCase._fixture_teardown
+    flush = TransactionTestCase._fixture_teardown  # type: ignore[attr-defined]
 
     def retried(self: TransactionTestCase) -> None:
         for attempt in range(5):
@@ -52,9 +52,9 @@ def flush_retried_on_deadlock() -> Iterator[None]:
                     raise
                 time.sleep(0.5)
 
-    TransactionTestCase._fixture_teardown = retried  # type: ignore[method-assign]
+    TransactionTestCase._fixture_teardown = retried  # type: ignore[attr-defined]
     yield
-    TransactionTestCase._fixture_teardown = flush  # type: ignore[method-assign]
+    TransactionTestCase._fixture_teardown = flush  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session", autouse=True)
