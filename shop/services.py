@@ -17,6 +17,8 @@ class OrderError(Exception):
 
 def user_create(*, username: str, password: str) -> User:
     validate_password(password)
+    # create_user stores the NFKC form ("ｄｅｍｏ" is "demo"): check that one, not the raw name.
+    username = User.normalize_username(username)
     with transaction.atomic():
         if User.objects.filter(username=username).exists():
             raise OrderError("This username is taken.")

@@ -1,10 +1,13 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView
 
 from payment import apis as payment_apis
 from shop import apis as shop_apis
 from shop import health, pages
+from shop.converters import OrderIdConverter
+
+register_converter(OrderIdConverter, "order_id")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -12,14 +15,14 @@ urlpatterns = [
     path("authorizations/", shop_apis.AuthorizationCreateApi.as_view(), name="authorizations"),
     path("skus/", shop_apis.SKUListApi.as_view(), name="sku-list"),
     path("orders/", shop_apis.OrderListCreateApi.as_view(), name="order-list"),
-    path("orders/<str:order_id>/", shop_apis.OrderDetailApi.as_view(), name="order-detail"),
+    path("orders/<order_id:order_id>/", shop_apis.OrderDetailApi.as_view(), name="order-detail"),
     path(
-        "orders/<str:order_id>/payment/",
+        "orders/<order_id:order_id>/payment/",
         payment_apis.PaymentLinkApi.as_view(),
         name="order-payment",
     ),
     path(
-        "orders/<str:order_id>/payment/status/",
+        "orders/<order_id:order_id>/payment/status/",
         payment_apis.OrderPaymentStatusApi.as_view(),
         name="order-payment-status",
     ),

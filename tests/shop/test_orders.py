@@ -130,3 +130,31 @@ def test_duplicate_username_and_weak_password_get_400(web: str) -> None:
     )
     weak = requests.post(f"{web}/users/", json={"username": "gina", "password": "x"}, timeout=10)
     assert again.status_code == weak.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("post", "/orders/", {"data": "[" * 100_000,
+                              "headers": {"Content-Type": "application/json"}}),
+        ("get", "/orders/%00/", {}),
+        ("get", "/orders/%00/payment/", {}),
+        ("get", "/orders/%00/payment/status/", {}),
+        ("put", "/payment/status/", {"data": '{"sign": "\\ud800", "out_trade_no": "1"}',
+                                     "headers": {"Content-Type": "application/json"}}),
+    ],
+    ids=["nested-json-order", "nul-order", "nul-pay-link", "nul-status", "lone-surrogate"],
+)
+def test_hostile_input_gets_a_4xx_not_a_500(web: str, method: str, path: str,
+                                           kwargs: dict) -> None:
+    shop = ShopClient(web).register_and_login(f"hostile-{abs(hash(path)) % 10**6}")
+    response = shop.session.request(method, shop.url(path), timeout=30, **kwargs)
+    assert 400 <= response.status_code < 500, response.text[:300]
+
+
+def test_fullwidth_name_of_an_existing_user_is_refused(web: str) -> None:
+    ShopClient(web).register_and_login("dora")
+    response = requests.post(f"{web}/users/", json={"username": "ｄｏｒａ",
+                                                    "password": "s3cret-pass"}, timeout=10)
+    assert response.status_code == 400, response.text
+    assert "taken" in response.json()["message"]
