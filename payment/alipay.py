@@ -8,10 +8,11 @@ import binascii
 import json
 import logging
 import os
+import re
 import threading
 import urllib.error
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -247,17 +248,18 @@ def signature_valid(params: dict[str, str]) -> bool:
     return _rsa2_valid(message, signature)
 
 
+AMOUNT = re.compile(r"[0-9]{1,13}\.[0-9]{2}")
+
+
 def parse_amount(value: Any) -> Decimal | None:
-    """Alipay's amount string as a Decimal with two places, or None when it is not one."""
-    if not isinstance(value, str) or len(value) > 16:
+    """Alipay's amount string as a Decimal, or None when it is not one.
+
+    Alipay always writes `123.45`: "1e1", " 10.00" or fullwidth digits, which Decimal would
+    read as 10.00, are not amounts Alipay sent.
+    """
+    if not isinstance(value, str) or not AMOUNT.fullmatch(value):
         return None
-    try:
-        amount = Decimal(value)
-    except InvalidOperation:
-        return None
-    if not amount.is_finite() or amount != amount.quantize(Decimal("0.01")):
-        return None
-    return amount.quantize(Decimal("0.01"))
+    return Decimal(value)
 
 
 def _call(method: str, **kwargs: Any) -> dict[str, Any]:
