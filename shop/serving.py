@@ -4,18 +4,26 @@ uvicorn's access log line carries the path with its query string, and Alipay's r
 parameters (with their signature) arrive in it: the query string is cut before it is logged.
 """
 import logging
+import re
 from typing import Any
 
 from uvicorn_worker import UvicornWorker
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 
 class QuerylessAccessLog(logging.Filter):
-    """uvicorn.access records are (client, method, path?query, http version, status)."""
+    """uvicorn.access records are (client, method, path?query, http version, status).
+
+    The query string is cut, and control characters in the path are escaped: a `%0A` in a
+    URL must not write a line of its own into the log.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
+            path = CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", args[2].split("?", 1)[0])
+            record.args = (*args[:2], path, *args[3:])
         return True
 
 

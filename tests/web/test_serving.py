@@ -64,3 +64,18 @@ def test_64_waiting_returns_do_not_slow_other_pages(
     p99 = latencies[int(0.99 * len(latencies))]
     assert p99 <= 0.050, (f"GET /skus/ p50 {statistics.median(latencies) * 1000:.1f} ms "
                           f"p99 {p99 * 1000:.1f} ms while 64 returns waited")
+
+
+def test_access_log_lines_cannot_be_forged_through_the_path(
+    asgi_web: str, log_dir: Path
+) -> None:
+    log = log_dir / "asgi-web.log"
+    offset = log.stat().st_size
+
+    response = requests.get(f"{asgi_web}/orders/%0Aforged-entry%20GET%20/admin/", timeout=10)
+
+    assert response.status_code == 404
+    time.sleep(0.5)  # the access line is written after the answer
+    written = log.read_text(errors="replace")[offset:]
+    assert "forged-entry" in written  # the request was logged, on its own line
+    assert not any(line.startswith("forged-entry") for line in written.splitlines())
