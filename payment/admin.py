@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from payment import operator
-from payment.models import Payment, PaymentAttempt, PaymentEvent
+from payment.models import Payment, PaymentAttempt, PaymentEvent, RefusedRequest
 
 State = PaymentEvent.State
 NEEDS_ATTENTION = (State.DEAD, State.REJECTED)
@@ -193,4 +193,27 @@ class PaymentAttemptAdmin(admin.ModelAdmin):
                        "last_check_result"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(RefusedRequest)
+class RefusedRequestAdmin(admin.ModelAdmin):
+    """Requests that were not Alipay's, counted per client and hour; read-only."""
+
+    list_display = ["hour", "source", "remote_addr", "count", "reason", "out_trade_no",
+                    "last_seen"]
+    list_filter = ["source"]
+    search_fields = ["remote_addr", "out_trade_no"]
+    date_hierarchy = "hour"
+    readonly_fields = fields = ("source", "remote_addr", "hour", "count", "reason",
+                                "out_trade_no", "sample_pretty", "first_seen", "last_seen")
+
+    @admin.display(description="sample (first request of the hour, no signature)")
+    def sample_pretty(self, obj: RefusedRequest) -> str:
+        return _pretty_json(obj.sample)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

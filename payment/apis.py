@@ -16,11 +16,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from payment import intake, selectors, wakeups
-from payment.errors import PaymentError, SignatureInvalid
+from payment.errors import PaymentError, Throttled
 from payment.links import payment_link_create
+from payment.models import PaymentEvent
 from shop.apis import authenticated_user
 
 logger = logging.getLogger(__name__)
+
+Source = PaymentEvent.Source
 
 
 def _remote_addr(request: HttpRequest) -> str | None:
@@ -48,17 +51,19 @@ async def payment_status(request: HttpRequest) -> HttpResponse:
     for what is not Alipay's signed return. The wait holds no thread: it blocks on Redis
     from the event loop.
     """
+    remote_addr = _remote_addr(request)
+    params: dict[str, str] = {}
     try:
+        await sync_to_async(intake.status_throttle)(remote_addr)
         params = intake.params_clean(intake.params_parse(
             query=request.META.get("QUERY_STRING", ""), body=request.body,
             content_type=request.content_type or ""))
         receipt = await sync_to_async(intake.return_receive)(
-            params=params, remote_addr=_remote_addr(request))
-    except SignatureInvalid:
-        return JsonResponse({"message": "The payment could not be verified with Alipay."},
-                            status=403)
+            params=params, remote_addr=remote_addr)
     except PaymentError as exc:
-        return JsonResponse({"message": str(exc)}, status=400)
+        error = await sync_to_async(intake.refusal)(
+            source=Source.RETURN, params=params, remote_addr=remote_addr, error=exc)
+        return _json(intake.refused_answer(error))
     answer = receipt.answer
     if not answer.is_final and receipt.event_id is not None:
         event_id = receipt.event_id
@@ -67,7 +72,14 @@ async def payment_status(request: HttpRequest) -> HttpResponse:
             is_settled=lambda: sync_to_async(intake.event_is_settled)(event_id=event_id),
         )
         answer = await sync_to_async(intake.stored_event_answer)(event_id=event_id)
-    return JsonResponse(answer.body, status=answer.status)
+    return _json(answer)
+
+
+def _json(answer: intake.Answer) -> JsonResponse:
+    response = JsonResponse(answer.body, status=answer.status)
+    if answer.retry_after:
+        response["Retry-After"] = str(answer.retry_after)
+    return response
 
 
 class OrderPaymentStatusApi(APIView):
@@ -93,11 +105,19 @@ def alipay_notify(request: HttpRequest) -> HttpResponse:
         params = intake.params_clean(dict(request.POST.lists()))
         intake.notification_receive(params=params, remote_addr=remote_addr)
     except PaymentError as exc:
-        if not params:  # not even text: nothing was recorded
-            logger.warning("notification refused from %s: %s", remote_addr, exc)
-        return HttpResponse("fail", content_type="text/plain", status=400)
+        try:
+            error = intake.refusal(source=Source.NOTIFY, params=params, remote_addr=remote_addr,
+                                   error=exc)
+        except DatabaseError as db_exc:
+            return _not_stored(params, db_exc)
+        return HttpResponse("fail", content_type="text/plain",
+                            status=429 if isinstance(error, Throttled) else 400)
     except DatabaseError as exc:
-        logger.error("notification not stored out_trade_no=%s error=%s",
-                     params.get("out_trade_no"), type(exc).__name__)
-        return HttpResponse("fail", content_type="text/plain", status=503)
+        return _not_stored(params, exc)
     return HttpResponse("success", content_type="text/plain")
+
+
+def _not_stored(params: dict[str, str], exc: DatabaseError) -> HttpResponse:
+    logger.error("notification not stored out_trade_no=%s error=%s",
+                 params.get("out_trade_no"), type(exc).__name__)
+    return HttpResponse("fail", content_type="text/plain", status=503)

@@ -15,3 +15,12 @@ class EventRejected(Exception):
 
 class SignatureInvalid(PaymentError):
     """Well-formed parameters whose signature does not verify with Alipay's public key."""
+
+
+class Throttled(PaymentError):
+    """A client sent more than its throttle allows; it may try again after `retry_after` s."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Too many requests from this address; try again in {retry_after} "
+                         "seconds.")
+        self.retry_after = retry_after

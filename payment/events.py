@@ -9,7 +9,7 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
-from payment.models import PaymentEvent
+from payment.models import PaymentEvent, RefusedRequest
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
@@ -17,8 +17,13 @@ logger = logging.getLogger(__name__)
 Source = PaymentEvent.Source
 State = PaymentEvent.State
 
+# Alipay's returns and notifications are 20 to 40 short fields, about 2 KB in all.
 MAX_PARAMS = 64
 MAX_VALUE_LENGTH = 4096
+MAX_PARAMS_SIZE = 16 * 1024
+# What is kept of a refused request: a sample to recognise it by, not the request.
+SAMPLE_PARAMS = 24
+SAMPLE_VALUE_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -74,21 +79,17 @@ def insert_statement(
     remote_addr: str | None = None,
     state: str = State.RECEIVED,
     reason: str = "",
-    refused: bool = False,
 ) -> tuple[str, list[Any]]:
     """The one statement that stores an event (or counts a repeat delivery), with its values.
 
-    A `refused` request (not Alipay's, by shape or signature) is kept apart: off its order's
-    history and under its own key, so that it can never stand for a genuine delivery. The
-    statement returns (id, state, deliveries).
+    The statement returns (id, state, deliveries).
     """
     params = storable(params)
-    key = f"refused:{source}:sha256:{_digest(params)}" if refused else dedupe_key(source, params)
     out_trade_no = params.get("out_trade_no", "")[:64]
     now = timezone.now()
     return _insert_sql(), [
-        source, key, out_trade_no, params.get("trade_no", "")[:64],
-        None if refused else out_trade_no, json.dumps(params, ensure_ascii=False),
+        source, dedupe_key(source, params), out_trade_no, params.get("trade_no", "")[:64],
+        out_trade_no, json.dumps(params, ensure_ascii=False),
         remote_addr, state, reason[:1000], now if state == State.RECEIVED else None, now, now,
     ]
 
@@ -109,14 +110,54 @@ def event_store(
     remote_addr: str | None = None,
     state: str = State.RECEIVED,
     reason: str = "",
-    refused: bool = False,
 ) -> StoredEvent:
     """Store what arrived, once; a repeat only counts another delivery (see insert_statement)."""
     sql, values = insert_statement(source=source, params=params, remote_addr=remote_addr,
-                                   state=state, reason=reason, refused=refused)
+                                   state=state, reason=reason)
+    row = _execute(sql, values)
+    return stored(row, source, str(params.get("out_trade_no", "")))
+
+
+def _execute(sql: str, values: list[Any]) -> tuple[Any, ...]:
     adapt = connection.ops.adapt_datetimefield_value
     values = [adapt(v) if isinstance(v, datetime) else v for v in values]
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
-        row = cursor.fetchone()
-    return stored(row, source, str(params.get("out_trade_no", "")))
+        row: tuple[Any, ...] = cursor.fetchone()
+    return row
+
+
+def sample(params: dict[str, Any]) -> dict[str, str]:
+    """A bounded sample of a refused request: no signature, at most about 4 KB."""
+    kept = [(k, v) for k, v in params.items() if k != "sign"][:SAMPLE_PARAMS]
+    return storable({str(k)[:32]: str(v)[:SAMPLE_VALUE_LENGTH] for k, v in kept})
+
+
+def _refusal_sql() -> str:
+    table = RefusedRequest._meta.db_table
+    return (
+        f"INSERT INTO {table} (source, remote_addr, hour, count, reason, out_trade_no, sample,"
+        " first_seen, last_seen) VALUES (%s, %s, %s, 1, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (source, remote_addr, hour) DO UPDATE"
+        f" SET count = {table}.count + 1, last_seen = EXCLUDED.last_seen RETURNING count"
+    )
+
+
+def refusal_statement(*, source: str, params: dict[str, Any], remote_addr: str | None,
+                      reason: str) -> tuple[str, list[Any]]:
+    """The statement that counts a refused request (see RefusedRequest); returns (count,)."""
+    now = timezone.now()
+    kept = sample(params)
+    return _refusal_sql(), [
+        source, (remote_addr or "")[:45], now.replace(minute=0, second=0, microsecond=0),
+        reason[:200], kept.get("out_trade_no", "")[:64], json.dumps(kept, ensure_ascii=False),
+        now, now,
+    ]
+
+
+def refusal_store(*, source: str, params: dict[str, Any], remote_addr: str | None,
+                  reason: str) -> int:
+    """Count a refused request; the count of its client's refusals this hour."""
+    sql, values = refusal_statement(source=source, params=params, remote_addr=remote_addr,
+                                    reason=reason)
+    return int(_execute(sql, values)[0])

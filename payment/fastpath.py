@@ -17,8 +17,8 @@ import psycopg
 import psycopg_pool
 from django.conf import settings
 
-from payment import events, intake, wakeups
-from payment.errors import PaymentError, SignatureInvalid
+from payment import events, intake, throttle, wakeups
+from payment.errors import PaymentError, Throttled
 from payment.models import PaymentEvent
 
 logger = logging.getLogger(__name__)
@@ -80,15 +80,19 @@ async def _store(**kwargs: Any) -> events.StoredEvent:
     return events.stored(row, kwargs["source"], str(kwargs["params"].get("out_trade_no", "")))
 
 
-async def _authenticate_or_record(source: str, params: dict[str, str],
-                                  remote_addr: str | None) -> None:
-    try:
-        intake.params_authenticate(params)
-    except PaymentError as exc:
-        await _store(source=source, params=params, remote_addr=remote_addr,
-                     state=State.REJECTED, reason=str(exc), refused=True)
-        intake.refusal_note(source, params, remote_addr, exc)
-        raise
+async def _refusal(source: str, params: dict[str, Any], remote_addr: str | None,
+                   error: PaymentError) -> PaymentError:
+    """intake.refusal on the event loop."""
+    if isinstance(error, Throttled):
+        return error
+    if not await throttle.REFUSED.aallow(remote_addr):
+        return intake.throttled(throttle.REFUSED, source, remote_addr)
+    sql, values = events.refusal_statement(source=source, params=params,
+                                           remote_addr=remote_addr, reason=str(error))
+    row = await _fetch(sql, values)
+    assert row is not None
+    intake.refusal_note(source, params, remote_addr, error, int(row[0]))
+    return error
 
 
 async def _payment_status(trade_no: str, order_id: str) -> str | None:
@@ -112,7 +116,7 @@ async def _is_settled(event_id: int) -> bool:
 
 async def return_receive(params: dict[str, str], remote_addr: str | None) -> intake.Answer:
     """intake.return_receive, then the wait for the workers' outcome."""
-    await _authenticate_or_record(Source.RETURN, params, remote_addr)
+    intake.params_authenticate(params)
     order_id, trade_no = params["out_trade_no"], params.get("trade_no", "")
     answer = intake.payment_answer(status=await _payment_status(trade_no, order_id),
                                    trade_no=trade_no, order_id=order_id)
@@ -128,7 +132,7 @@ async def return_receive(params: dict[str, str], remote_addr: str | None) -> int
 
 
 async def notification_receive(params: dict[str, str], remote_addr: str | None) -> None:
-    await _authenticate_or_record(Source.NOTIFY, params, remote_addr)
+    intake.params_authenticate(params)
     stored = await _store(source=Source.NOTIFY, params=params, remote_addr=remote_addr)
     if stored.state == State.RECEIVED:
         intake.workers_wake()
@@ -138,7 +142,11 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """The ASGI app for PATHS."""
     body = await _body(receive)
     if body is None:
-        await _respond(send, 413, b"The request body is too large.", "text/plain")
+        if scope["path"] == NOTIFY_PATH:
+            await _respond(send, 413, b"fail", "text/plain")
+        else:
+            await _respond(send, 413, json.dumps({"message": "The request body is too large."})
+                           .encode(), "application/json")
         return
     remote_addr = scope["client"][0] if scope.get("client") else None
     headers = dict(scope["headers"])
@@ -154,22 +162,23 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         await _respond(send, 405, b"", "text/plain", allow=b"PUT, POST")
         return
     answer = await _status(scope, body, content_type, remote_addr)
-    await _respond(send, answer.status, json.dumps(answer.body).encode(), "application/json")
+    await _respond(send, answer.status, json.dumps(answer.body).encode(), "application/json",
+                   retry_after=answer.retry_after)
 
 
 async def _notify(scope: dict[str, Any], body: bytes, content_type: str,
                   remote_addr: str | None) -> tuple[int, bytes]:
     params: dict[str, str] = {}
     try:
-        if content_type not in (intake.FORM, ""):
-            raise PaymentError("A notification is a form.")
-        params = intake.params_clean(intake.params_parse(query=b"", body=body,
-                                                         content_type=content_type))
-        await notification_receive(params, remote_addr)
-    except PaymentError as exc:
-        if not params:
-            logger.warning("notification refused from %s: %s", remote_addr, exc)
-        return 400, b"fail"
+        try:
+            if content_type not in (intake.FORM, ""):
+                raise PaymentError("A notification is a form.")
+            params = intake.params_clean(intake.params_parse(query=b"", body=body,
+                                                             content_type=content_type))
+            await notification_receive(params, remote_addr)
+        except PaymentError as exc:
+            error = await _refusal(Source.NOTIFY, params, remote_addr, exc)
+            return (429 if isinstance(error, Throttled) else 400), b"fail"
     except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
         logger.error("notification not stored out_trade_no=%s error=%s",
                      params.get("out_trade_no"), type(exc).__name__)
@@ -179,14 +188,16 @@ async def _notify(scope: dict[str, Any], body: bytes, content_type: str,
 
 async def _status(scope: dict[str, Any], body: bytes, content_type: str,
                   remote_addr: str | None) -> intake.Answer:
+    params: dict[str, str] = {}
     try:
-        params = intake.params_clean(intake.params_parse(
-            query=scope.get("query_string", b""), body=body, content_type=content_type))
-        return await return_receive(params, remote_addr)
-    except SignatureInvalid:
-        return intake.Answer(403, {"message": "The payment could not be verified with Alipay."})
-    except PaymentError as exc:
-        return intake.Answer(400, {"message": str(exc)})
+        try:
+            if not await throttle.STATUS.aallow(remote_addr):
+                raise intake.throttled(throttle.STATUS, Source.RETURN, remote_addr)
+            params = intake.params_clean(intake.params_parse(
+                query=scope.get("query_string", b""), body=body, content_type=content_type))
+            return await return_receive(params, remote_addr)
+        except PaymentError as exc:
+            return intake.refused_answer(await _refusal(Source.RETURN, params, remote_addr, exc))
     except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
         logger.error("return not stored error=%s", type(exc).__name__)
         return intake.Answer(503, {"message": "Payments cannot be checked right now; "
@@ -194,24 +205,28 @@ async def _status(scope: dict[str, Any], body: bytes, content_type: str,
 
 
 async def _body(receive: Receive) -> bytes | None:
-    """The request body, or None past DATA_UPLOAD_MAX_MEMORY_SIZE (read to its end)."""
+    """The request body, or None past intake.MAX_BODY_SIZE (read to its end)."""
+    limit = min(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or intake.MAX_BODY_SIZE,
+                intake.MAX_BODY_SIZE)
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+        if size <= limit:
             chunks.append(chunk)
         if not message.get("more_body"):
-            return b"".join(chunks) if size <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE else None
+            return b"".join(chunks) if size <= limit else None
 
 
 async def _respond(send: Send, status: int, body: bytes, content_type: str,
-                   allow: bytes | None = None) -> None:
+                   allow: bytes | None = None, retry_after: int = 0) -> None:
     headers = [(b"content-type", content_type.encode()),
                (b"content-length", str(len(body)).encode())]
     if allow:
         headers.append((b"allow", allow))
+    if retry_after:
+        headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

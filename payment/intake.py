@@ -17,8 +17,8 @@ from django.core.exceptions import SuspiciousOperation
 from django.db import connection, transaction
 from django.http import QueryDict
 
-from payment import alipay, events, wakeups
-from payment.errors import PaymentError, SignatureInvalid
+from payment import alipay, events, throttle, wakeups
+from payment.errors import PaymentError, SignatureInvalid, Throttled
 from payment.models import Payment, PaymentEvent
 from payment.tasks import events_process_task
 
@@ -32,6 +32,8 @@ BASE64 = re.compile(r"[A-Za-z0-9+/=]{16,1024}")
 
 
 FORM = "application/x-www-form-urlencoded"
+# Far above Alipay's largest return or notification (about 2 KB), far below what fills a disk.
+MAX_BODY_SIZE = 64 * 1024
 
 
 def params_parse(*, query: str | bytes, body: bytes, content_type: str) -> dict[str, Any]:
@@ -72,6 +74,7 @@ def params_clean(raw: dict[str, Any]) -> dict[str, str]:
     if len(raw) > events.MAX_PARAMS:
         raise PaymentError("Too many parameters.")
     params: dict[str, str] = {}
+    size = 0
     for key, value in raw.items():
         if isinstance(value, list):
             value = value[-1] if value else ""
@@ -79,6 +82,9 @@ def params_clean(raw: dict[str, Any]) -> dict[str, str]:
             raise PaymentError("Parameters must be text.")
         if len(key) > 64 or len(value) > events.MAX_VALUE_LENGTH:
             raise PaymentError("A parameter is too long.")
+        size += len(key) + len(value)
+        if size > events.MAX_PARAMS_SIZE:
+            raise PaymentError("The parameters are too large.")
         params[key] = value
     return params
 
@@ -103,6 +109,7 @@ class Answer:
 
     status: int
     body: dict[str, Any]
+    retry_after: int = 0
 
     @property
     def is_final(self) -> bool:
@@ -184,9 +191,9 @@ class ReturnReceipt:
 def return_receive(*, params: dict[str, str], remote_addr: str | None) -> ReturnReceipt:
     """A return redirect: answered from its payment on a reload, else stored and queued.
 
-    Raises PaymentError for what is not Alipay's signed return (recorded apart, refused).
+    Raises PaymentError for what is not Alipay's signed return (see `refusal`).
     """
-    _authenticate_or_record(Source.RETURN, params, remote_addr)
+    params_authenticate(params)
     order_id = params["out_trade_no"]
     answer = payment_answer(status=_payment_status(params.get("trade_no", ""), order_id),
                             trade_no=params.get("trade_no", ""), order_id=order_id)
@@ -200,25 +207,56 @@ def return_receive(*, params: dict[str, str], remote_addr: str | None) -> Return
 
 def notification_receive(*, params: dict[str, str], remote_addr: str | None) -> None:
     """Alipay's notification, stored once (a repeat counts a delivery); PaymentError if not
-    Alipay's."""
-    _authenticate_or_record(Source.NOTIFY, params, remote_addr)
+    Alipay's (see `refusal`)."""
+    params_authenticate(params)
     event_record(source=Source.NOTIFY, params=params, remote_addr=remote_addr)
 
 
-def refusal_note(source: str, params: dict[str, str], remote_addr: str | None,
-                 error: PaymentError) -> None:
-    logger.warning("%s refused from %s out_trade_no=%s: %s", source, remote_addr,
-                   params.get("out_trade_no", "")[:64], error)
+def status_throttle(remote_addr: str | None) -> None:
+    """Every return a client sends counts; Throttled past PAYMENT_STATUS_RATE."""
+    if not throttle.STATUS.allow(remote_addr):
+        raise throttled(throttle.STATUS, Source.RETURN, remote_addr)
 
 
-def _authenticate_or_record(source: str, params: dict[str, str], remote_addr: str | None) -> None:
-    try:
-        params_authenticate(params)
-    except PaymentError as exc:
-        events.event_store(source=source, params=params, remote_addr=remote_addr,
-                           state=State.REJECTED, reason=str(exc), refused=True)
-        refusal_note(source, params, remote_addr, exc)
-        raise
+def throttled(limit: throttle.Throttle, source: str, remote_addr: str | None) -> Throttled:
+    """The error for a throttled client, logged once per client and window in each process."""
+    if throttle.log_once(f"{limit.scope}:{remote_addr}"):
+        logger.warning("%s throttled from %s (%s)", source, remote_addr, limit.scope)
+    return Throttled(limit.retry_after())
+
+
+def refusal(*, source: str, params: dict[str, Any], remote_addr: str | None,
+            error: PaymentError) -> PaymentError:
+    """A request that is not Alipay's: counted with a sample (RefusedRequest), never an event.
+
+    Returns the error to answer with: `error`, or Throttled once the client has sent more
+    than PAYMENT_REFUSED_RATE of them (those are not even counted in the database).
+    """
+    if isinstance(error, Throttled):
+        return error
+    if not throttle.REFUSED.allow(remote_addr):
+        return throttled(throttle.REFUSED, source, remote_addr)
+    count = events.refusal_store(source=source, params=params, remote_addr=remote_addr,
+                                 reason=str(error))
+    refusal_note(source, params, remote_addr, error, count)
+    return error
+
+
+def refusal_note(source: str, params: dict[str, Any], remote_addr: str | None,
+                 error: PaymentError, count: int) -> None:
+    """Logged for a client's first refusal of the hour; the rest are counted."""
+    if count == 1:
+        logger.warning("%s refused from %s out_trade_no=%s: %s", source, remote_addr,
+                       str(params.get("out_trade_no", ""))[:64], error)
+
+
+def refused_answer(error: PaymentError) -> Answer:
+    """What the return endpoint answers for a request it refused."""
+    if isinstance(error, Throttled):
+        return Answer(429, {"message": str(error)}, retry_after=error.retry_after)
+    if isinstance(error, SignatureInvalid):
+        return Answer(403, {"message": "The payment could not be verified with Alipay."})
+    return Answer(400, {"message": str(error)})
 
 
 def event_record(

@@ -128,3 +128,33 @@ class Payment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.trade_id} ({self.order_id})"
+
+
+class RefusedRequest(models.Model):
+    """Requests to the payment endpoints that were not Alipay's, counted per client and hour.
+
+    Unreadable, or the signature did not verify: never linked to an order nor shown to a
+    buyer, and never a payment event. One row per source, client and hour keeps the count
+    and a bounded sample of the first request (no signature).
+    """
+
+    source = models.CharField(max_length=10, choices=PaymentEvent.Source.choices)
+    remote_addr = models.CharField(max_length=45, blank=True)
+    hour = models.DateTimeField()
+    count = models.PositiveIntegerField(default=1)
+    reason = models.CharField(max_length=200)
+    out_trade_no = models.CharField(max_length=64, blank=True)
+    sample = models.JSONField()
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "refused request"
+        ordering = ["-last_seen"]
+        constraints = [
+            models.UniqueConstraint(fields=["source", "remote_addr", "hour"],
+                                    name="refusedrequest_per_client_hour"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.count} refused {self.source} from {self.remote_addr or 'unknown'}"

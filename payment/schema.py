@@ -44,6 +44,9 @@ def _status_operation(operation_id: str) -> dict[str, Any]:
             "400": _json("not Alipay's return parameters", _MESSAGE),
             "403": _json("rejected: the signature or the checks failed", _MESSAGE),
             "409": _json("paid after the order was canceled; being refunded", _MESSAGE),
+            "413": _json("the request body is larger than any return", _MESSAGE),
+            "429": _json("too many requests from this client (PAYMENT_STATUS_RATE, or "
+                         "PAYMENT_REFUSED_RATE for refused ones); see Retry-After", _MESSAGE),
         },
     }
 
@@ -63,6 +66,8 @@ def intake_paths(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
             "type": "object", "additionalProperties": {"type": "string"},
             "required": ["sign", "out_trade_no", "notify_id"]}}}},
         "responses": {"200": _text("success: stored"), "400": _text("fail: not Alipay's"),
+                      "413": _text("fail: larger than any notification"),
+                      "429": _text("fail: too many refused requests from this client"),
                       "503": _text("fail: not stored now; Alipay delivers again")},
     }}
     return result

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from payment import expiry, reconciliation, refunds, sweeper, wakeups
+from payment import expiry, reconciliation, refunds, retention, sweeper, wakeups
 from payment.alipay import GatewayUnavailable
 from payment.processing import events_process
 from payment.retry import retry_policy
@@ -53,6 +53,13 @@ def events_process_task(event_ids: list[int] | None = None) -> dict[str, int]:
 @shared_task(base=LoggedGiveUp, autoretry_for=(GatewayUnavailable, *DATABASE_ERRORS), **_RETRY)
 def payment_refund_task(payment_id: int) -> str:
     return str(refunds.payment_refund(payment_id=payment_id).status)
+
+
+@shared_task(base=LoggedGiveUp)
+def records_prune_task() -> dict[str, int]:
+    """Retention: delete settled events and refused-request counts past their time."""
+    pruned = retention.records_prune()
+    return {"events": pruned.events, "refused": pruned.refused}
 
 
 @shared_task

@@ -8,25 +8,17 @@ starts waiting just after the worker finished returns at once. Without Redis (th
 defaults) the request polls the database from the event loop instead.
 """
 import asyncio
-import functools
 import logging
-import os
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 import redis
-import redis.asyncio
-from django.conf import settings
 from django.db import transaction
+
+from payment import redisconn
 
 logger = logging.getLogger(__name__)
 
 KEY_TTL = 60
-_server_loops: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
-_loop_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis]" = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def _key(event_id: int) -> str:
@@ -35,19 +27,13 @@ def _key(event_id: int) -> str:
 
 def events_settled(*, event_ids: list[int]) -> None:
     """Wake whoever waits for these events, once the current transaction commits."""
-    if event_ids and settings.PAYMENT_WAKEUP_REDIS_URL:
+    if event_ids and redisconn.enabled():
         transaction.on_commit(lambda: _push(event_ids))
-
-
-@functools.cache
-def _sync_client(pid: int) -> redis.Redis:
-    return redis.Redis.from_url(settings.PAYMENT_WAKEUP_REDIS_URL, socket_timeout=2,
-                                socket_connect_timeout=2)
 
 
 def _push(event_ids: list[int]) -> None:
     try:
-        pipe = _sync_client(os.getpid()).pipeline(transaction=False)
+        pipe = redisconn.sync_client().pipeline(transaction=False)
         for event_id in event_ids:
             pipe.rpush(_key(event_id), 1)
             pipe.expire(_key(event_id), KEY_TTL)
@@ -69,10 +55,10 @@ def workers_wake_claim() -> bool:
     one adds only an empty task; under a burst those took the workers' whole CPU. The flag
     expires, so a wake-up lost on its way cannot hold the next one back for long.
     """
-    if not settings.PAYMENT_WAKEUP_REDIS_URL:
+    if not redisconn.enabled():
         return True
     try:
-        return bool(_sync_client(os.getpid()).set(WAKE_PENDING, 1, nx=True,
+        return bool(redisconn.sync_client().set(WAKE_PENDING, 1, nx=True,
                                                   px=WAKE_PENDING_TTL_MS))
     except redis.RedisError:
         return True
@@ -80,43 +66,11 @@ def workers_wake_claim() -> bool:
 
 def workers_wake_taken() -> None:
     """A wake-up's task has started: the next event needs a wake-up of its own."""
-    if settings.PAYMENT_WAKEUP_REDIS_URL:
+    if redisconn.enabled():
         try:
-            _sync_client(os.getpid()).delete(WAKE_PENDING)
+            redisconn.sync_client().delete(WAKE_PENDING)
         except redis.RedisError:
             pass
-
-
-def server_loop_started(loop: asyncio.AbstractEventLoop) -> None:
-    """The ASGI server's long-lived loop: its Redis client and connections are kept."""
-    _server_loops.add(loop)
-
-
-async def server_loop_stopping(loop: asyncio.AbstractEventLoop) -> None:
-    client = _loop_clients.pop(loop, None)
-    if client is not None:
-        await client.aclose()
-
-
-@asynccontextmanager
-async def _async_client() -> AsyncIterator[redis.asyncio.Redis]:
-    loop = asyncio.get_running_loop()
-    if loop in _server_loops:
-        client = _loop_clients.get(loop)
-        if client is None:
-            client = _loop_clients[loop] = redis.asyncio.Redis.from_url(
-                settings.PAYMENT_WAKEUP_REDIS_URL, socket_connect_timeout=2,
-                max_connections=1000, lib_name=None, lib_version=None,
-            )
-        yield client
-        return
-    # A loop made for one request (an async view under a WSGI server): nothing is kept.
-    client = redis.asyncio.Redis.from_url(settings.PAYMENT_WAKEUP_REDIS_URL,
-                                          socket_connect_timeout=2)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def event_settled_wait(
@@ -125,11 +79,11 @@ async def event_settled_wait(
     """Return when the event is settled or `timeout` seconds have passed."""
     if timeout <= 0:
         return
-    if not settings.PAYMENT_WAKEUP_REDIS_URL:
+    if not redisconn.enabled():
         await _poll(timeout, is_settled)
         return
     try:
-        async with _async_client() as client:
+        async with redisconn.async_client() as client:
             item = await client.blpop([_key(event_id)], timeout=timeout)
             if item is not None:
                 # Passed on to the next request waiting for the same event.

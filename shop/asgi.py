@@ -21,7 +21,7 @@ django.setup(set_prefix=False)
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 
-from payment import fastpath, wakeups  # noqa: E402
+from payment import fastpath, redisconn  # noqa: E402
 from payment.alipay import keys_require  # noqa: E402
 
 keys_require()
@@ -56,10 +56,10 @@ async def _lifespan(receive: Any, send: Any) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
-            wakeups.server_loop_started(asyncio.get_running_loop())
+            redisconn.server_loop_started(asyncio.get_running_loop())
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            await wakeups.server_loop_stopping(asyncio.get_running_loop())
+            await redisconn.server_loop_stopping(asyncio.get_running_loop())
             await fastpath.pools_close()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -155,14 +155,23 @@ RECONCILE_AFTER = timedelta(seconds=env.int("RECONCILE_AFTER", default=120))
 RECONCILE_INTERVAL = env.float("RECONCILE_INTERVAL", default=60.0)
 RECONCILE_BATCH_SIZE = env.int("RECONCILE_BATCH_SIZE", default=200)
 RECONCILE_CONCURRENCY = env.int("RECONCILE_CONCURRENCY", default=32)
+# Per-client throttles of the payment endpoints (payment/throttle.py), in `limits`' notation.
+PAYMENT_STATUS_RATE = env.str("PAYMENT_STATUS_RATE", default="120/minute")
+PAYMENT_REFUSED_RATE = env.str("PAYMENT_REFUSED_RATE", default="30/minute")
+# Retention (payment/retention.py): settled events and refused-request counts are deleted
+# after these many days; events waiting or dead are kept until an operator settles them.
+PAYMENT_EVENT_RETENTION_DAYS = env.int("PAYMENT_EVENT_RETENTION_DAYS", default=400)
+PAYMENT_REFUSED_RETENTION_DAYS = env.int("PAYMENT_REFUSED_RETENTION_DAYS", default=30)
+PAYMENT_RETENTION_INTERVAL = env.float("PAYMENT_RETENTION_INTERVAL", default=3600.0)
 ORDER_PAY_TIMEOUT = timedelta(seconds=env.int("ORDER_PAY_TIMEOUT", default=30 * 60))
 
 # Celery
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
-# Workers tell waiting requests that an event is done through Redis; without Redis the web
-# falls back to polling the database without holding a thread.
-PAYMENT_WAKEUP_REDIS_URL = env.str(
-    "PAYMENT_WAKEUP_REDIS_URL",
+# Redis shared by the payment intake's processes: workers wake waiting requests through it,
+# and the intake's throttles count in it. Without Redis the web polls the database from the
+# event loop and throttles count per process.
+PAYMENT_REDIS_URL = env.str(
+    "PAYMENT_REDIS_URL",
     default=CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else "",
 )
 CELERY_BROKER_FOLDER = Path(
@@ -208,6 +217,10 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-payments": {
         "task": "payment.tasks.reconcile_dispatch_task",
         "schedule": RECONCILE_INTERVAL,
+    },
+    "prune-payment-records": {
+        "task": "payment.tasks.records_prune_task",
+        "schedule": PAYMENT_RETENTION_INTERVAL,
     },
     "expire-orders": {
         "task": "payment.tasks.orders_expire_dispatch_task",

@@ -33,6 +33,18 @@ def fast_password_hashing() -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+# Every test client is 127.0.0.1: the payment endpoints' throttles would add up across tests.
+# The throttle tests set their own rates.
+GENEROUS_RATES = {"PAYMENT_STATUS_RATE": "100000/minute", "PAYMENT_REFUSED_RATE": "100000/minute"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def generous_throttles() -> None:
+    os.environ.update(GENEROUS_RATES)
+    for name, rate in GENEROUS_RATES.items():
+        setattr(settings, name, rate)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def flush_retried_on_deadlock() -> Iterator[None]:
     """The live workers and beat keep querying while a test's data is flushed: TRUNCATE can

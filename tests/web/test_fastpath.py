@@ -10,7 +10,7 @@ import requests
 
 from alipay_sandbox.client import SandboxControl
 from payment.links import payment_link_create
-from payment.models import Payment, PaymentEvent
+from payment.models import Payment, PaymentEvent, RefusedRequest
 from shop.models import SKU, OrderInfo, User
 from tests.support import APP_ID, SELLER_ID, query_params, sign_params, wait_for
 
@@ -56,8 +56,10 @@ def test_forged_and_malformed_returns_are_refused(asgi_web: str, dev_keys: Path)
 
     refused = _put(asgi_web, forged)
     malformed = requests.put(f"{asgi_web}/payment/status/?out_trade_no=1", timeout=10)
-    not_json = requests.put(f"{asgi_web}/payment/status/", data="[" * 100_000, timeout=10,
+    not_json = requests.put(f"{asgi_web}/payment/status/", data="[" * 60_000, timeout=10,
                             headers={"Content-Type": "application/json"})
+    too_large = requests.put(f"{asgi_web}/payment/status/", data="[" * 100_000, timeout=10,
+                             headers={"Content-Type": "application/json"})
     wrong_method = requests.get(f"{asgi_web}/payment/status/", timeout=10)
     too_many = requests.put(f"{asgi_web}/payment/status/", timeout=10,
                             data="&".join(f"k{i}=v" for i in range(1500)),
@@ -66,11 +68,13 @@ def test_forged_and_malformed_returns_are_refused(asgi_web: str, dev_keys: Path)
     assert refused.status_code == 403 and refused.json()["message"]
     assert malformed.status_code == 400 and "sign" in malformed.json()["message"]
     assert not_json.status_code == 400 and not_json.json()["message"]
+    assert too_large.status_code == 413 and too_large.json()["message"]
     assert wrong_method.status_code == 405
     assert too_many.status_code == 400 and too_many.json()["message"]
-    record = PaymentEvent.objects.get(out_trade_no=order.order_id)
-    assert (record.state, record.order_id) == (PaymentEvent.State.REJECTED, None)
-    assert "signature" in record.reason
+    assert not PaymentEvent.objects.filter(out_trade_no=order.order_id).exists()
+    # One row per client and hour: the first refusal's sample, every refusal counted.
+    record = RefusedRequest.objects.get(out_trade_no=order.order_id)
+    assert "signature" in record.reason and record.count == 4
     assert OrderInfo.objects.get(pk=order.pk).status == OrderInfo.Status.UNPAID
 
 

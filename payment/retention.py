@@ -1,0 +1,68 @@
+"""Retention: how long payment events and refused-request counts are kept.
+
+Settled events (applied, recorded, rejected) older than PAYMENT_EVENT_RETENTION_DAYS are
+deleted; the payments they made stay (their `event` link becomes empty). Events still waiting
+or dead are kept whatever their age: they need the workers or an operator. Refused-request
+counts go after PAYMENT_REFUSED_RETENTION_DAYS. Deletes run in batches so that no statement
+holds many locks or a long transaction.
+"""
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from payment.models import PaymentEvent, RefusedRequest
+
+logger = logging.getLogger(__name__)
+
+State = PaymentEvent.State
+PRUNABLE_STATES = (State.APPLIED, State.RECORDED, State.REJECTED)
+BATCH_SIZE = 2000
+
+
+@dataclass(frozen=True)
+class Pruned:
+    events: int
+    refused: int
+
+
+def _events_prune(*, before: datetime, dry_run: bool) -> int:
+    stale = PaymentEvent.objects.filter(state__in=PRUNABLE_STATES, received_at__lt=before)
+    if dry_run:
+        return stale.count()
+    deleted = 0
+    while ids := list(stale.order_by("id").values_list("id", flat=True)[:BATCH_SIZE]):
+        with transaction.atomic():
+            # Django sets the payments' `event` to NULL first (on_delete=SET_NULL).
+            PaymentEvent.objects.filter(id__in=ids).delete()
+        deleted += len(ids)
+    return deleted
+
+
+def _refused_prune(*, before: datetime, dry_run: bool) -> int:
+    stale = RefusedRequest.objects.filter(last_seen__lt=before)
+    if dry_run:
+        return stale.count()
+    deleted = 0
+    while ids := list(stale.order_by("id").values_list("id", flat=True)[:BATCH_SIZE]):
+        RefusedRequest.objects.filter(id__in=ids).delete()
+        deleted += len(ids)
+    return deleted
+
+
+def records_prune(*, now: datetime | None = None, dry_run: bool = False) -> Pruned:
+    """Delete what is past its retention; with dry_run only count it."""
+    now = now or timezone.now()
+    pruned = Pruned(
+        events=_events_prune(
+            before=now - timedelta(days=settings.PAYMENT_EVENT_RETENTION_DAYS), dry_run=dry_run),
+        refused=_refused_prune(
+            before=now - timedelta(days=settings.PAYMENT_REFUSED_RETENTION_DAYS),
+            dry_run=dry_run),
+    )
+    if (pruned.events or pruned.refused) and not dry_run:
+        logger.info("payment records pruned events=%s refused=%s", pruned.events, pruned.refused)
+    return pruned
