@@ -1,6 +1,8 @@
 """The production serving stack (the Procfile's gunicorn with uvicorn workers): waiting
 returns hold no thread, so they cannot starve the other pages."""
+import socket
 import statistics
+import subprocess
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +16,7 @@ from tests.support import (
     ManagedProcess,
     free_port,
     procfile_command,
+    python_args,
     signed_return,
     wait_for_port,
 )
@@ -79,3 +82,45 @@ def test_access_log_lines_cannot_be_forged_through_the_path(
     written = log.read_text(errors="replace")[offset:]
     assert "forged-entry" in written  # the request was logged, on its own line
     assert not any(line.startswith("forged-entry") for line in written.splitlines())
+
+
+def test_slow_clients_cannot_starve_the_embedded_stack(
+    worker_env: dict[str, str], log_dir: Path, tmp_path: Path
+) -> None:
+    """`make run`'s stack (SQLite, filesystem broker, the Procfile's web): 200 connections
+    that send half a request line, and 50 that stop half-way through a body, hold nothing
+    that the next buyer needs."""
+    port = free_port()
+    env = {k: v for k, v in worker_env.items()
+           if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "PAYMENT_REDIS_URL")}
+    env.update({"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+                "CELERY_BROKER_FOLDER": str(tmp_path / "broker"),
+                "WEB_BIND": f"127.0.0.1:{port}", "DJANGO_DEBUG": "false",
+                "LOG_LEVEL": "WARNING"})
+    subprocess.run(python_args("manage.py", "migrate", "-v0"), env=env, check=True,
+                   timeout=120)
+    web = ManagedProcess("embedded-web", procfile_command("web"), env, log_dir).start()
+    base = f"http://127.0.0.1:{port}"
+    sockets: list[socket.socket] = []
+    try:
+        wait_for_port(port)
+        before = [_timed_get(f"{base}/skus/") for _ in range(20)]
+        for i in range(250):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if i < 200:
+                sock.sendall(b"GET /sk")
+            else:
+                sock.sendall(b"PUT /payment/status/ HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/x-www-form-urlencoded\r\n"
+                             b"Content-Length: 5000\r\n\r\nsign=abc&out_")
+            sockets.append(sock)
+        time.sleep(0.5)
+        during = sorted(_timed_get(f"{base}/skus/") for _ in range(50))
+    finally:
+        for sock in sockets:
+            sock.close()
+        web.stop()
+
+    p95 = during[int(0.95 * len(during))]
+    assert p95 <= max(0.2, 5 * statistics.median(before)), (
+        f"GET /skus/ p95 {p95 * 1000:.1f} ms with 250 slow clients connected")
