@@ -53,7 +53,7 @@ class UserCreateApi(APIView):
         data.is_valid(raise_exception=True)
         try:
             user = services.user_create(**data.validated_data)
-        except services.OrderError as exc:
+        except services.SignUpError as exc:
             return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         return Response(UserOutputSerializer(user).data, status=status.HTTP_201_CREATED)
 

@@ -1,4 +1,5 @@
 """Services of the shop domain: functions that write."""
+import re
 from collections import Counter
 from decimal import Decimal
 
@@ -8,21 +9,35 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from shop.models import SKU, OrderGoods, OrderInfo, User
+from shop.models import SKU, USERNAME_TAKEN, OrderGoods, OrderInfo, User
+
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{2,29}")
+USERNAME_RULE = ("A username is 3 to 30 characters: letters A-Z or a-z, digits, '.', '_' or '-', "
+                 "starting with a letter or a digit.")
 
 
 class OrderError(Exception):
     """An order cannot be placed as asked; the message is fit for the buyer."""
 
 
+class SignUpError(Exception):
+    """An account cannot be created as asked; the message is fit for the person signing up."""
+
+
 def user_create(*, username: str, password: str) -> User:
-    validate_password(password)
-    # create_user stores the NFKC form ("ｄｅｍｏ" is "demo"): check that one, not the raw name.
+    # The NFKC form is what is stored and checked ("ｄｅｍｏ" is "demo"); fullwidth letters
+    # fold to ASCII here, other scripts are refused so that no look-alike name can be made.
     username = User.normalize_username(username)
-    with transaction.atomic():
-        if User.objects.filter(username=username).exists():
-            raise OrderError("This username is taken.")
-        return User.objects.create_user(username=username, password=password)
+    if not USERNAME_PATTERN.fullmatch(username):
+        raise SignUpError(USERNAME_RULE)
+    validate_password(password)
+    try:
+        with transaction.atomic():
+            if User.objects.with_username(username).exists():
+                raise SignUpError(USERNAME_TAKEN)
+            return User.objects.create_user(username=username, password=password)
+    except IntegrityError as exc:  # a concurrent sign-up of the same name (any case) won
+        raise SignUpError(USERNAME_TAKEN) from exc
 
 
 def token_for_user(*, user: User) -> str:
