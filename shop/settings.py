@@ -157,6 +157,10 @@ RECONCILE_BATCH_SIZE = env.int("RECONCILE_BATCH_SIZE", default=200)
 RECONCILE_CONCURRENCY = env.int("RECONCILE_CONCURRENCY", default=32)
 ORDER_PAY_TIMEOUT = timedelta(seconds=env.int("ORDER_PAY_TIMEOUT", default=30 * 60))
 
+# Unpaid orders one account may hold at once (each holds stock until paid or expired);
+# 0: no cap.
+ORDER_MAX_UNPAID = env.int("ORDER_MAX_UNPAID", default=5)
+
 # Celery
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 # Workers tell waiting requests that an event is done through Redis; without Redis the web
