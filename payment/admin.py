@@ -15,6 +15,15 @@ State = PaymentEvent.State
 NEEDS_ATTENTION = (State.DEAD, State.REJECTED)
 
 
+def operator_may(request: HttpRequest, codename: str) -> bool:
+    """Whether the signed-in user holds one of the operator's action permissions.
+
+    Viewing the admin is not enough to act: each action that changes or sends something has
+    its own permission (see the models' Meta), which a superuser holds implicitly.
+    """
+    return request.user.has_perm(f"payment.{codename}")
+
+
 def _pretty_json(data: Any) -> str:
     return format_html(
         '<pre class="raw-data">{}</pre>',
@@ -84,7 +93,11 @@ class PaymentEventAdmin(admin.ModelAdmin):
     def short_error(self, obj: PaymentEvent) -> str:
         return obj.last_error[:80]
 
-    @admin.action(description="Re-process event (dead or received events)")
+    def has_reprocess_event_permission(self, request: HttpRequest) -> bool:
+        return operator_may(request, "reprocess_event")
+
+    @admin.action(description="Re-process event (dead or received events)",
+                  permissions=["reprocess_event"])
     def reprocess_events(self, request: HttpRequest, queryset: QuerySet) -> None:
         done: list[int] = []
         skipped: list[int] = []
@@ -107,6 +120,7 @@ class PaymentEventAdmin(admin.ModelAdmin):
             **(extra_context or {}),
             "dead_count": PaymentEvent.objects.filter(state=State.DEAD).count(),
             "attention_count": PaymentEvent.objects.filter(state__in=NEEDS_ATTENTION).count(),
+            "can_reprocess": self.has_reprocess_event_permission(request),
         }
         return super().changelist_view(request, extra_context)
 
@@ -163,7 +177,11 @@ class PaymentAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.action(description="Refund (payments waiting for a refund)")
+    def has_refund_payment_permission(self, request: HttpRequest) -> bool:
+        return operator_may(request, "refund_payment")
+
+    @admin.action(description="Refund (payments waiting for a refund)",
+                  permissions=["refund_payment"])
     def refund_payments(self, request: HttpRequest, queryset: QuerySet) -> None:
         for payment in queryset:
             if payment.status == Payment.Status.REFUND_PENDING:

@@ -25,6 +25,7 @@ class PaymentAttempt(models.Model):
 
     class Meta:
         verbose_name = "payment attempt"
+        permissions = [("query_alipay", "Can ask Alipay about an order now")]
 
     def __str__(self) -> str:
         return f"attempt {self.order_id}"
@@ -77,6 +78,7 @@ class PaymentEvent(models.Model):
     class Meta:
         verbose_name = "payment event"
         ordering = ["-received_at", "-id"]
+        permissions = [("reprocess_event", "Can re-process a dead or stuck event")]
         indexes = [
             models.Index(fields=["state", "received_at"], name="paymentevent_state_recv"),
             models.Index(fields=["next_attempt_at", "id"], name="paymentevent_due",
@@ -118,6 +120,7 @@ class Payment(models.Model):
     class Meta:
         verbose_name = "payment"
         ordering = ["-created_at"]
+        permissions = [("refund_payment", "Can send a pending refund to Alipay")]
         constraints = [
             models.UniqueConstraint(
                 fields=["order"],

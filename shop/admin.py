@@ -4,7 +4,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from payment import operator
-from payment.admin import PaymentEventInline, PaymentInline
+from payment.admin import PaymentEventInline, PaymentInline, operator_may
 from shop.models import SKU, OrderGoods, OrderInfo, User
 
 admin.site.register(User, UserAdmin)
@@ -43,7 +43,10 @@ class OrderInfoAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
-    @admin.action(description="Query Alipay now")
+    def has_query_alipay_permission(self, request: HttpRequest) -> bool:
+        return operator_may(request, "query_alipay")
+
+    @admin.action(description="Query Alipay now", permissions=["query_alipay"])
     def query_alipay_now(self, request: HttpRequest, queryset: QuerySet) -> None:
         for order_id in queryset.values_list("order_id", flat=True):
             try:

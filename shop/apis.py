@@ -5,7 +5,7 @@ from typing import Any, cast
 from django.contrib.auth import authenticate
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -53,7 +53,7 @@ class UserCreateApi(APIView):
         data.is_valid(raise_exception=True)
         try:
             user = services.user_create(**data.validated_data)
-        except services.OrderError as exc:
+        except services.SignUpError as exc:
             return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         return Response(UserOutputSerializer(user).data, status=status.HTTP_201_CREATED)
 
@@ -91,13 +91,20 @@ class OrderListCreateApi(APIView):
         orders = selectors.order_list(user=authenticated_user(request))[:100]
         return Response(OrderSerializer(orders, many=True).data)
 
-    @extend_schema(request=OrderInputSerializer, responses={201: OrderSerializer})
+    @extend_schema(
+        request=OrderInputSerializer,
+        responses={201: OrderSerializer, 400: OpenApiResponse(description="{message}"),
+                   409: OpenApiResponse(description="{message}: ORDER_MAX_UNPAID unpaid "
+                                        "orders already; pay one or let it expire")},
+    )
     def post(self, request: Request) -> Response:
         data = OrderInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         items = [(item["sku_id"], item["count"]) for item in data.validated_data["items"]]
         try:
             order = services.order_create(user=authenticated_user(request), items=items)
+        except services.UnpaidOrdersLimitError as exc:
+            return Response({"message": str(exc)}, status=status.HTTP_409_CONFLICT)
         except services.OrderError as exc:
             return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         logger.info("order created order_id=%s user_id=%s", order.order_id, request.user.pk)

@@ -1,13 +1,41 @@
 from decimal import Decimal
+from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import UserManager as DjangoUserManager
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models import Value
+from django.db.models.functions import Lower
+
+USERNAME_TAKEN = "This username is taken."
+
+
+class UserManager(DjangoUserManager["User"]):
+    def with_username(self, username: str) -> "models.QuerySet[User]":
+        """The user of this name, whatever its case or Unicode form ("DEMO", "ｄｅｍｏ": "demo")."""
+        # LOWER() on both sides, as in the unique constraint, so that its index is used.
+        return self.alias(username_lower=Lower("username")).filter(
+            username_lower=Lower(Value(self.model.normalize_username(username)))
+        )
+
+    def get_by_natural_key(self, username: str | None) -> "User":
+        # Authentication (API token, storefront and admin sign-in) finds "demo" from "DEMO".
+        return self.with_username(username or "").get()
 
 
 class User(AbstractUser):
     """The shop's user; a custom model from day one so that it can grow without migrations pain."""
+
+    objects: ClassVar[UserManager] = UserManager()
+
+    class Meta(AbstractUser.Meta):  # type: ignore[name-defined]  # missing from the stubs
+        constraints = [
+            # "Demo" beside "demo" is one name: two sign-ups cannot both have it.
+            models.UniqueConstraint(Lower("username"), name="shop_user_username_lower_unique",
+                                    violation_error_message=USERNAME_TAKEN),
+        ]
 
 
 class SKU(models.Model):

@@ -1,28 +1,48 @@
 """Services of the shop domain: functions that write."""
+import re
 from collections import Counter
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from shop.models import SKU, OrderGoods, OrderInfo, User
+from shop.models import SKU, USERNAME_TAKEN, OrderGoods, OrderInfo, User
+
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{2,29}")
+USERNAME_RULE = ("A username is 3 to 30 characters: letters A-Z or a-z, digits, '.', '_' or '-', "
+                 "starting with a letter or a digit.")
 
 
 class OrderError(Exception):
     """An order cannot be placed as asked; the message is fit for the buyer."""
 
 
+class UnpaidOrdersLimitError(OrderError):
+    """The account holds as many unpaid orders as it may; one must be paid or expire first."""
+
+
+class SignUpError(Exception):
+    """An account cannot be created as asked; the message is fit for the person signing up."""
+
+
 def user_create(*, username: str, password: str) -> User:
-    validate_password(password)
-    # create_user stores the NFKC form ("ｄｅｍｏ" is "demo"): check that one, not the raw name.
+    # The NFKC form is what is stored and checked ("ｄｅｍｏ" is "demo"); fullwidth letters
+    # fold to ASCII here, other scripts are refused so that no look-alike name can be made.
     username = User.normalize_username(username)
-    with transaction.atomic():
-        if User.objects.filter(username=username).exists():
-            raise OrderError("This username is taken.")
-        return User.objects.create_user(username=username, password=password)
+    if not USERNAME_PATTERN.fullmatch(username):
+        raise SignUpError(USERNAME_RULE)
+    validate_password(password)
+    try:
+        with transaction.atomic():
+            if User.objects.with_username(username).exists():
+                raise SignUpError(USERNAME_TAKEN)
+            return User.objects.create_user(username=username, password=password)
+    except IntegrityError as exc:  # a concurrent sign-up of the same name (any case) won
+        raise SignUpError(USERNAME_TAKEN) from exc
 
 
 def token_for_user(*, user: User) -> str:
@@ -56,6 +76,7 @@ def order_create(*, user: User, items: list[tuple[int, int]]) -> OrderInfo:
 
 
 def _order_insert(*, user: User, counts: Counter[int]) -> OrderInfo:
+    _unpaid_orders_check(user)
     skus = {sku.pk: sku for sku in SKU.objects.filter(pk__in=counts.keys())}
     missing = sorted(set(counts) - set(skus))
     if missing:
@@ -77,6 +98,27 @@ def _order_insert(*, user: User, counts: Counter[int]) -> OrderInfo:
         for sku_id, count in sorted(counts.items())
     )
     return order
+
+
+def _unpaid_orders_check(user: User) -> None:
+    """Refuse a new order to an account that holds ORDER_MAX_UNPAID unpaid ones already.
+
+    Call inside the order's transaction: the lock on the user's row makes one account's
+    placements wait for each other, so two at once cannot both take the last free slot.
+    """
+    limit = settings.ORDER_MAX_UNPAID
+    if limit <= 0:
+        return
+    # NO KEY UPDATE makes placements wait for each other, not rows that merely refer to the user.
+    User.objects.select_for_update(no_key=True).filter(pk=user.pk).values_list("pk").get()
+    unpaid = OrderInfo.objects.filter(user=user, status=OrderInfo.Status.UNPAID).count()
+    if unpaid >= limit:
+        minutes = round(settings.ORDER_PAY_TIMEOUT.total_seconds() / 60)
+        raise UnpaidOrdersLimitError(
+            f"You have {unpaid} unpaid orders, the most one account may hold. Pay one of them "
+            f"(see My orders) or wait until it expires ({minutes} minutes after it was "
+            "placed), then order again."
+        )
 
 
 def order_stock_return(*, order: OrderInfo) -> None:

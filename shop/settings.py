@@ -165,6 +165,10 @@ PAYMENT_REFUSED_RETENTION_DAYS = env.int("PAYMENT_REFUSED_RETENTION_DAYS", defau
 PAYMENT_RETENTION_INTERVAL = env.float("PAYMENT_RETENTION_INTERVAL", default=3600.0)
 ORDER_PAY_TIMEOUT = timedelta(seconds=env.int("ORDER_PAY_TIMEOUT", default=30 * 60))
 
+# Unpaid orders one account may hold at once (each holds stock until paid or expired);
+# 0: no cap.
+ORDER_MAX_UNPAID = env.int("ORDER_MAX_UNPAID", default=5)
+
 # Celery
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 # Redis shared by the payment intake's processes: workers wake waiting requests through it,

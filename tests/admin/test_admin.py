@@ -1,9 +1,11 @@
 """Operators in the Django admin: dead events, re-processing, asking Alipay, refunds."""
 import re
+import time
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils import timezone
 
@@ -22,6 +24,12 @@ pytestmark = [
 ]
 
 EVENTS_URL = "/admin/payment/paymentevent/"
+ORDERS_URL = "/admin/shop/orderinfo/"
+PAYMENTS_URL = "/admin/payment/payment/"
+VIEW_PERMISSIONS = ["shop.view_orderinfo", "payment.view_paymentevent", "payment.view_payment",
+                    "payment.view_paymentattempt"]
+ACTION_PERMISSIONS = ["payment.reprocess_event", "payment.query_alipay",
+                      "payment.refund_payment"]
 
 
 @pytest.fixture(autouse=True)
@@ -30,13 +38,27 @@ def reconciliation_out_of_the_way(settings: Any) -> None:
     settings.RECONCILE_AFTER = timedelta(hours=1)
 
 
-@pytest.fixture
-def operator_client() -> Client:
-    staff = User.objects.create_user(username="operator", password="op-pass-123",
-                                     is_staff=True, is_superuser=True)
+def _staff_client(username: str, permissions: list[str]) -> Client:
+    staff = User.objects.create_user(username=username, password="op-pass-123", is_staff=True)
+    for name in permissions:
+        app_label, codename = name.split(".")
+        staff.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename))
     client = Client()
     client.force_login(staff)
     return client
+
+
+@pytest.fixture
+def operator_client() -> Client:
+    """Staff who may look at everything and run the operator's actions; not a superuser."""
+    return _staff_client("operator", VIEW_PERMISSIONS + ACTION_PERMISSIONS)
+
+
+@pytest.fixture
+def viewer_client() -> Client:
+    """Staff who may look at orders, events and payments, and do nothing else."""
+    return _staff_client("viewer", VIEW_PERMISSIONS)
 
 
 def _paid_at_alipay(sandbox: SandboxControl, username: str) -> tuple[OrderInfo, dict]:
@@ -116,7 +138,7 @@ def test_query_alipay_now_applies_a_payment_nobody_told_us_about(
     assert _status(order) == OrderInfo.Status.UNPAID
 
     response = operator_client.post(
-        "/admin/shop/orderinfo/",
+        ORDERS_URL,
         {"action": "query_alipay_now", "_selected_action": [order.order_id]}, follow=True,
     )
 
@@ -143,7 +165,7 @@ def test_refund_action_refunds_pending_payments_and_explains_applied_ones(
                                      amount=other.total_amount, source="return")
 
     response = operator_client.post(
-        "/admin/payment/payment/",
+        PAYMENTS_URL,
         {"action": "refund_payments", "_selected_action": [pending.pk, applied.pk]},
         follow=True,
     )
@@ -155,3 +177,95 @@ def test_refund_action_refunds_pending_payments_and_explains_applied_ones(
              20, 0.1)
     assert sandbox.trade(order.order_id)["refund_fee"] in ("35.00", 35.0)
     assert Payment.objects.get(pk=applied.pk).status == Payment.Status.APPLIED
+
+
+def _offered_actions(client: Client, url: str) -> set[str]:
+    response = client.get(url)
+    assert response.status_code == 200
+    form = response.context["action_form"]
+    return {name for name, _ in form.fields["action"].choices if name} if form else set()
+
+
+@pytest.mark.parametrize(
+    ("url", "action", "permission"),
+    [(EVENTS_URL, "reprocess_events", "payment.reprocess_event"),
+     (ORDERS_URL, "query_alipay_now", "payment.query_alipay"),
+     (PAYMENTS_URL, "refund_payments", "payment.refund_payment")],
+    ids=["reprocess", "query-alipay", "refund"],
+)
+def test_each_action_is_offered_only_with_its_own_permission(
+    url: str, action: str, permission: str
+) -> None:
+    viewer = _staff_client("viewer", VIEW_PERMISSIONS)
+    others = [p for p in ACTION_PERMISSIONS if p != permission]
+    with_the_others = _staff_client("otheroperator", VIEW_PERMISSIONS + others)
+    with_it = _staff_client("oneoperator", [*VIEW_PERMISSIONS, permission])
+
+    assert action not in _offered_actions(viewer, url)
+    assert action not in _offered_actions(with_the_others, url)
+    assert action in _offered_actions(with_it, url)
+
+
+def test_view_only_staff_cannot_reprocess_a_dead_event(
+    viewer_client: Client, operator_client: Client, sandbox: SandboxControl,
+    alipay_settings: dict,
+) -> None:
+    order, paid = _paid_at_alipay(sandbox, "deadforviewer")
+    stored = event_store(source=PaymentEvent.Source.RETURN,
+                         params=query_params(paid["return_url"]), state=PaymentEvent.State.DEAD)
+    PaymentEvent.objects.filter(pk=stored.id).update(
+        state=PaymentEvent.State.DEAD, attempts=10, reason="gave up: too many attempts")
+
+    page = viewer_client.get(EVENTS_URL).content.decode()
+    assert 'id="dead-count">1<' in page  # the viewer still sees what needs attention
+    assert "run “Re-process event”" not in page
+    assert "run “Re-process event”" in operator_client.get(EVENTS_URL).content.decode()
+    response = viewer_client.post(
+        EVENTS_URL, {"action": "reprocess_events", "_selected_action": [stored.id]}, follow=True)
+
+    assert response.status_code == 200
+    assert not any("Sent" in m for m in _messages(response))
+    event = PaymentEvent.objects.get(pk=stored.id)
+    assert (event.state, event.attempts) == (PaymentEvent.State.DEAD, 10)
+    assert _status(order) == OrderInfo.Status.UNPAID
+    assert not Payment.objects.filter(order=order).exists()
+
+
+def test_view_only_staff_cannot_query_alipay(
+    viewer_client: Client, sandbox: SandboxControl, alipay_settings: dict
+) -> None:
+    order, _ = _paid_at_alipay(sandbox, "queryforviewer")
+
+    response = viewer_client.post(
+        ORDERS_URL, {"action": "query_alipay_now", "_selected_action": [order.order_id]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    assert not any("Alipay reports" in m for m in _messages(response))
+    assert _status(order) == OrderInfo.Status.UNPAID
+    assert not Payment.objects.filter(order=order).exists()
+    assert not PaymentEvent.objects.filter(order=order).exists()
+
+
+def test_view_only_staff_cannot_refund(
+    viewer_client: Client, sandbox: SandboxControl, alipay_settings: dict
+) -> None:
+    order, paid = _paid_at_alipay(sandbox, "refundforviewer")
+    OrderInfo.objects.filter(pk=order.pk).update(status=OrderInfo.Status.CANCELED)
+    pending = Payment.objects.create(
+        order=order, trade_id=paid["trade_no"], amount=order.total_amount, source="query",
+        status=Payment.Status.REFUND_PENDING, note="order was CANCELED",
+    )
+
+    response = viewer_client.post(
+        PAYMENTS_URL, {"action": "refund_payments", "_selected_action": [pending.pk]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    assert not any("sent to the workers" in m for m in _messages(response))
+    time.sleep(2)  # a refund sent to the workers would be done by now
+    pending.refresh_from_db()
+    assert (pending.status, pending.refund_tried_at) == (Payment.Status.REFUND_PENDING, None)
+    assert float(sandbox.trade(order.order_id).get("refund_fee") or 0) == 0
