@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('payment', '0004_event_next_attempt'),
+        ('payment', '0005_refusedrequest'),
     ]
 
     operations = [
