@@ -7,15 +7,17 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.permissions import AllowAny
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from shop import selectors, services
+from shop import selectors, services, signin
 from shop.models import User
 from shop.serializers import (
+    AuthorizationOutputSerializer,
     CredentialsSerializer,
     OrderDetailSerializer,
     OrderInputSerializer,
@@ -58,23 +60,55 @@ class UserCreateApi(APIView):
         return Response(UserOutputSerializer(user).data, status=status.HTTP_201_CREATED)
 
 
-class AuthorizationCreateApi(APIView):
-    permission_classes = [AllowAny]
-    authentication_classes: list[type] = []
+class AuthorizationApi(APIView):
+    """Signing in gives each API client a token of its own; signing out revokes it."""
 
-    @extend_schema(request=CredentialsSerializer, responses={200: dict})
+    def get_authenticators(self) -> list[BaseAuthentication]:
+        # Signing in reads the body only: a stale token sent along must not stand in its way.
+        # (drf-spectacular asks once before it has set a request.)
+        if getattr(self.request, "method", None) == "DELETE":
+            return [signin.ExpiringTokenAuthentication()]
+        return []
+
+    def get_permissions(self) -> list[BasePermission]:
+        return [IsAuthenticated()] if self.request.method == "DELETE" else [AllowAny()]
+
+    @extend_schema(
+        request=CredentialsSerializer,
+        responses={
+            200: AuthorizationOutputSerializer,
+            400: OpenApiResponse(description="{message}: wrong username or password"),
+            429: OpenApiResponse(description="{message}: too many failed sign-ins for the "
+                                             "account or from the address; see Retry-After"),
+        },
+    )
     def post(self, request: Request) -> Response:
         data = CredentialsSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         user = authenticate(request, **data.validated_data)
+        if signin.request_locked_out(request):
+            return Response(
+                {"message": signin.lockout_message()},
+                status=status.HTTP_429_TOO_MANY_REQUESTS,
+                headers={"Retry-After": str(signin.lockout_seconds())},
+            )
         if user is None or not user.is_active:
             return Response(
                 {"message": "Wrong username or password."}, status=status.HTTP_400_BAD_REQUEST
             )
-        return Response(
-            {"token": services.token_for_user(user=user), "user_id": user.pk,
-             "username": user.get_username()}
-        )
+        auth_token, token = services.token_create(user=user)
+        return Response(AuthorizationOutputSerializer({
+            "token": token, "expiry": auth_token.expiry, "user_id": user.pk,
+            "username": user.get_username(),
+        }).data)
+
+    @extend_schema(
+        request=None,
+        responses={204: None, 401: OpenApiResponse(description="{message}: no valid token")},
+    )
+    def delete(self, request: Request) -> Response:
+        services.token_revoke(auth_token=request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class SKUListApi(APIView):

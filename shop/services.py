@@ -8,7 +8,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from shop.models import SKU, USERNAME_TAKEN, OrderGoods, OrderInfo, User
 
@@ -45,9 +45,17 @@ def user_create(*, username: str, password: str) -> User:
         raise SignUpError(USERNAME_TAKEN) from exc
 
 
-def token_for_user(*, user: User) -> str:
-    token, _ = Token.objects.get_or_create(user=user)
-    return token.key
+@transaction.atomic
+def token_create(*, user: User) -> tuple[AuthToken, str]:
+    """A new API token for one client of the user (its expiry from REST_KNOX's TOKEN_TTL), and
+    the token itself: only its digest is stored. The user's expired tokens are deleted."""
+    AuthToken.objects.filter(user=user, expiry__lte=timezone.now()).delete()
+    auth_token, token = AuthToken.objects.create(user=user)
+    return auth_token, token
+
+
+def token_revoke(*, auth_token: AuthToken) -> None:
+    auth_token.delete()
 
 
 def _order_id_new(user: User) -> str:

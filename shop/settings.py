@@ -25,7 +25,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
+    "axes",
     "drf_spectacular",
     "shop",
     "payment",
@@ -41,6 +42,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a locked-out sign-in form into the lockout page (shop.signin.lockout_page).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "shop.urls"
@@ -106,7 +109,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "shop.signin.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -121,6 +124,32 @@ SPECTACULAR_SETTINGS = {
         "payment.schema.intake_paths",
     ],
 }
+
+# Sign-in protection and API tokens (shop/signin.py) -----------------------------------------
+# Failed sign-ins are counted in the database per account and per client address; at either
+# limit every sign-in of that account or from that address, a correct one too, is answered 429
+# until no failure is younger than the cool-off.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURES_PER_ACCOUNT", default=5)
+LOGIN_FAILURES_PER_CLIENT = env.int("LOGIN_FAILURES_PER_CLIENT", default=20)
+AXES_COOLOFF_TIME = timedelta(seconds=env.int("LOGIN_LOCKOUT_SECONDS", default=15 * 60))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_HANDLER = "shop.signin.FailedSignInHandler"
+AXES_LOCKOUT_CALLABLE = "shop.signin.lockout_page"
+# A success must not clear the failures its address made on other accounts.
+AXES_RESET_ON_SUCCESS = False
+# Failures are kept for the cool-off only; successful sign-ins are not logged row by row.
+AXES_DISABLE_ACCESS_LOG = True
+# Each sign-in at POST /authorizations/ gets its own token, stored as a digest.
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(seconds=env.int("API_TOKEN_TTL", default=7 * 24 * 3600)),
+    "AUTH_HEADER_PREFIX": "Token",
+    "AUTO_REFRESH": False,
+}
+# --------------------------------------------------------------------------------------------
 
 # Alipay
 ALIPAY_APPID = env.str("ALIPAY_APPID", default="2021000000000001")

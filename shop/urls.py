@@ -12,7 +12,7 @@ register_converter(OrderIdConverter, "order_id")
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("users/", shop_apis.UserCreateApi.as_view(), name="user-create"),
-    path("authorizations/", shop_apis.AuthorizationCreateApi.as_view(), name="authorizations"),
+    path("authorizations/", shop_apis.AuthorizationApi.as_view(), name="authorizations"),
     path("skus/", shop_apis.SKUListApi.as_view(), name="sku-list"),
     path("orders/", shop_apis.OrderListCreateApi.as_view(), name="order-list"),
     path("orders/<order_id:order_id>/", shop_apis.OrderDetailApi.as_view(), name="order-detail"),
