@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,11 @@ ROWS = {
     "reconcile": "7. reconciliation: 10,000 stale orders, 1,000 paid, 100 ms per query",
     "memory": "8. memory: RSS of web and worker trees",
 }
+
+
+def link_expires() -> datetime:
+    """time_expire for a benchmark's pay link: well after the run."""
+    return datetime.now(UTC) + timedelta(hours=1)
 
 
 @dataclass
@@ -483,7 +488,8 @@ def paid_returns(bench: Bench, tag: str, count: int) -> tuple[list[str], list[st
 
     def pay(order_id: str) -> str:
         url = alipay.page_pay_url(out_trade_no=order_id, total_amount=AMOUNT,
-                                  subject=f"bench {order_id}")
+                                  subject=f"bench {order_id}",
+                                  time_expire=link_expires())
         return_url = bench.control.pay(url)["return_url"]
         return f"/payment/status/?{urllib.parse.urlsplit(return_url).query}"
 
@@ -786,7 +792,8 @@ def pay_at_sandbox(bench: Bench, ids: list[str]) -> None:
 
     def pay(order_id: str) -> None:
         bench.control.pay(alipay.page_pay_url(out_trade_no=order_id, total_amount=AMOUNT,
-                                              subject=f"bench {order_id}"))
+                                              subject=f"bench {order_id}",
+                                  time_expire=link_expires()))
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(pay, ids))

@@ -12,10 +12,12 @@ import re
 import threading
 import urllib.error
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import urllib3
 from alipay import AliPay
@@ -192,18 +194,28 @@ def _app_private_key() -> rsa.RSAPrivateKey:
     return key
 
 
-def _rsa2_valid(message: str, signature: str) -> bool:
+def _rsa2_valid(message: str, signature: str, encoding: str = "utf-8") -> bool:
     try:
         raw_signature = base64.b64decode(signature, validate=True)
-    except (binascii.Error, ValueError):
+        signed = message.encode(encoding)
+    except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
         return False
     try:
-        _alipay_public_key().verify(
-            raw_signature, message.encode(), padding.PKCS1v15(), hashes.SHA256()
-        )
+        _alipay_public_key().verify(raw_signature, signed, padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:
         return False
     return True
+
+
+# The charsets Alipay sends in (the `charset` parameter, that of our request); GB18030 reads
+# GBK and GB2312 alike.
+CHARSETS = {"utf-8": "utf-8", "utf8": "utf-8", "gbk": "gb18030", "gb2312": "gb18030",
+            "gb18030": "gb18030"}
+
+
+def charset_codec(name: str | None) -> str | None:
+    """The codec for Alipay's `charset` parameter (UTF-8 when absent); None if unknown."""
+    return CHARSETS.get((name or "utf-8").strip().lower())
 
 
 def client_warm() -> None:
@@ -221,13 +233,24 @@ def clients_reset() -> None:
     _app_private_key.cache_clear()
 
 
-def page_pay_url(*, out_trade_no: str, total_amount: Decimal, subject: str) -> str:
+BEIJING = ZoneInfo("Asia/Shanghai")
+
+
+def beijing_time(moment: datetime) -> str:
+    """Alipay's `yyyy-MM-dd HH:mm:ss`, in Beijing time whatever the server's zone."""
+    return moment.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def page_pay_url(*, out_trade_no: str, total_amount: Decimal, subject: str,
+                 time_expire: datetime) -> str:
+    """The signed page-pay URL; Alipay refuses payment after `time_expire`."""
     query = _client().api_alipay_trade_page_pay(
         subject=subject,
         out_trade_no=out_trade_no,
         total_amount=f"{total_amount:.2f}",
         return_url=settings.ALIPAY_RETURN_URL,
         notify_url=settings.ALIPAY_NOTIFY_URL,
+        time_expire=beijing_time(time_expire),
     )
     return f"{settings.ALIPAY_GATEWAY}?{query}"
 
@@ -235,17 +258,22 @@ def page_pay_url(*, out_trade_no: str, total_amount: Decimal, subject: str) -> s
 def signature_valid(params: dict[str, str]) -> bool:
     """Check Alipay's RSA2 signature of return or notification parameters.
 
-    Signed over every parameter but `sign` and `sign_type`, sorted, raw values.
+    Alipay signs every parameter it sends but `sign` and `sign_type`, empty ones included
+    (`isv_ticket=`), sorted, raw values; dropping the empty ones fails its real signatures.
     """
     signature = params.get("sign", "")
     if params.get("sign_type", "RSA2") != "RSA2" or not signature:
         return False
+    codec = charset_codec(params.get("charset"))
+    if codec is None:
+        return False
     message = "&".join(
         f"{key}={value}"
         for key, value in sorted(params.items())
-        if key not in ("sign", "sign_type") and value != ""
+        if key not in ("sign", "sign_type")
     )
-    return _rsa2_valid(message, signature)
+    # Signed over the text as encoded in the charset it was sent in.
+    return _rsa2_valid(message, signature, codec)
 
 
 AMOUNT = re.compile(r"[0-9]{1,13}\.[0-9]{2}")

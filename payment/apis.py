@@ -102,7 +102,12 @@ def alipay_notify(request: HttpRequest) -> HttpResponse:
     remote_addr = _remote_addr(request)
     params: dict[str, str] = {}
     try:
-        params = intake.params_clean(dict(request.POST.lists()))
+        content_type = request.content_type or ""
+        if content_type not in (intake.FORM, ""):
+            raise PaymentError("A notification is a form.")
+        # Parsed by the intake, not request.POST: a GBK notification is decoded as GBK.
+        params = intake.params_clean(intake.params_parse(query=b"", body=request.body,
+                                                         content_type=content_type))
         intake.notification_receive(params=params, remote_addr=remote_addr)
     except PaymentError as exc:
         try:

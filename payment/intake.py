@@ -44,9 +44,23 @@ def params_parse(*, query: str | bytes, body: bytes, content_type: str) -> dict[
         raise PaymentError("Too many parameters.") from None
 
 
+CHARSET_PARAM = re.compile(r"(?:^|&)charset=([^&]{0,20})")
+
+
+def _codec(raw: str | bytes) -> str:
+    """The codec of a form or query Alipay sent: its own `charset` parameter says (GBK when
+    the request that started the trade was GBK), UTF-8 when there is none."""
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+    match = CHARSET_PARAM.search(text)
+    codec = alipay.charset_codec(match.group(1) if match else None)
+    if codec is None:
+        raise PaymentError("The charset is not one Alipay uses.")
+    return codec
+
+
 def _params_parse(query: str | bytes, body: bytes, content_type: str) -> dict[str, Any]:
     try:
-        params: dict[str, Any] = dict(QueryDict(query).lists())
+        params: dict[str, Any] = dict(QueryDict(query, encoding=_codec(query)).lists())
     except (ValueError, UnicodeDecodeError):
         raise PaymentError("The query string cannot be read.") from None
     if not body:
@@ -61,7 +75,7 @@ def _params_parse(query: str | bytes, body: bytes, content_type: str) -> dict[st
         params.update(data)
     elif content_type in (FORM, "") or content_type.startswith("text/"):
         try:
-            params.update(QueryDict(body).lists())
+            params.update(QueryDict(body, encoding=_codec(body)).lists())
         except (ValueError, UnicodeDecodeError):
             raise PaymentError("The request body cannot be read.") from None
     else:

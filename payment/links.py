@@ -1,5 +1,6 @@
 """Pay links: the signed Alipay page-pay URL for an order, and the attempt it records."""
 import logging
+from datetime import datetime
 
 from django.conf import settings
 from django.db.models import F
@@ -13,6 +14,15 @@ from shop.models import OrderInfo, User
 logger = logging.getLogger(__name__)
 
 
+def order_pay_deadline(order: OrderInfo) -> datetime:
+    """When the order stops being payable: ORDER_PAY_TIMEOUT after it was placed.
+
+    The pay link carries it as Alipay's `time_expire`, so a link kept open past it cannot be
+    paid at Alipay either.
+    """
+    return order.created_at + settings.ORDER_PAY_TIMEOUT
+
+
 def payment_link_create(*, user: User, order_id: str) -> str:
     """The signed Alipay page-pay URL for the user's unpaid order; records the attempt."""
     order = OrderInfo.objects.filter(
@@ -21,12 +31,18 @@ def payment_link_create(*, user: User, order_id: str) -> str:
     if order is None:
         # One message for missing, foreign and no-longer-unpaid orders, as in the seed.
         raise PaymentError("Order not found or not awaiting payment.")
+    now = timezone.now()
+    deadline = order_pay_deadline(order)
+    if deadline <= now:
+        # Expiry cancels it soon; until then it is no longer payable either.
+        raise PaymentError("Order not found or not awaiting payment: its time to pay has "
+                           "passed.")
     url = alipay.page_pay_url(
         out_trade_no=order.order_id,
         total_amount=order.total_amount,
         subject=f"{settings.ALIPAY_SUBJECT_PREFIX}{order.order_id}",
+        time_expire=deadline,
     )
-    now = timezone.now()
     attempt, created = PaymentAttempt.objects.get_or_create(
         order=order,
         defaults={

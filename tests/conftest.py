@@ -22,6 +22,7 @@ from tests.support import (
     ManagedProcess,
     ShopClient,
     free_port,
+    procfile_command,
     python_args,
     wait_for_port,
 )
@@ -274,3 +275,16 @@ def beat_paused(celery_beat: ManagedProcess) -> Iterator[None]:
 @pytest.fixture
 def shop(web: str, sandbox: SandboxControl) -> ShopClient:
     return ShopClient(web)
+
+
+@pytest.fixture(scope="session")
+def asgi_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
+    """The Procfile's web process (gunicorn with uvicorn workers, the ASGI fast path) on the
+    test database and broker."""
+    port = free_port()
+    env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "PAYMENT_STATUS_WAIT": "5",
+           "DJANGO_DEBUG": "false"}
+    web = ManagedProcess("asgi-web", procfile_command("web"), env, log_dir).start()
+    wait_for_port(port)
+    yield f"http://127.0.0.1:{port}"
+    web.stop()

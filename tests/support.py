@@ -50,10 +50,11 @@ def sign_params(params: dict[str, str], private_key_pem: bytes) -> dict[str, str
     """Sign return/notify parameters the way Alipay does, with a test's own key."""
     key = serialization.load_pem_private_key(private_key_pem, password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
-    message = "&".join(
-        f"{k}={v}" for k, v in sorted(params.items()) if k not in ("sign", "sign_type") and v
-    )
-    signature = key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())
+    # Every parameter but sign and sign_type, empty ones included, in the request's charset.
+    message = "&".join(f"{k}={v}" for k, v in sorted(params.items())
+                       if k not in ("sign", "sign_type"))
+    encoding = "gb18030" if params.get("charset", "").lower() in ("gbk", "gb2312") else "utf-8"
+    signature = key.sign(message.encode(encoding), padding.PKCS1v15(), hashes.SHA256())
     return {**params, "sign_type": "RSA2", "sign": base64.b64encode(signature).decode()}
 
 
