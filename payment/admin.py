@@ -9,7 +9,15 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from payment import operator
-from payment.models import Payment, PaymentAttempt, PaymentEvent, RefusedRequest
+from payment.models import (
+    BillEntry,
+    BillFinding,
+    BillReport,
+    Payment,
+    PaymentAttempt,
+    PaymentEvent,
+    RefusedRequest,
+)
 
 State = PaymentEvent.State
 NEEDS_ATTENTION = (State.DEAD, State.REJECTED)
@@ -229,6 +237,81 @@ class RefusedRequestAdmin(admin.ModelAdmin):
     @admin.display(description="sample (first request of the hour, no signature)")
     def sample_pretty(self, obj: RefusedRequest) -> str:
         return _pretty_json(obj.sample)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class BillFindingInline(admin.TabularInline):
+    model = BillFinding
+    extra = 0
+    can_delete = False
+    readonly_fields = fields = ("outcome", "trade_no", "out_trade_no", "out_request_no",
+                                "alipay_amount", "our_amount", "note")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class HasFindingsFilter(admin.SimpleListFilter):
+    title = "findings"
+    parameter_name = "findings"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "With findings"), ("no", "Balanced")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(findings__gt=0)
+        if self.value() == "no":
+            return queryset.filter(findings=0)
+        return queryset
+
+
+@admin.register(BillReport)
+class BillReportAdmin(admin.ModelAdmin):
+    """Each day against Alipay's bill: totals side by side, days with findings first."""
+
+    list_display = ["bill_date", "state", "alipay_trades", "our_trades", "alipay_trade_amount",
+                    "our_trade_amount", "alipay_refund_amount", "our_refund_amount", "matched",
+                    "findings", "finished_at"]
+    list_filter = [HasFindingsFilter, "state"]
+    ordering = ["-findings", "-bill_date"]
+    date_hierarchy = "bill_date"
+    inlines = [BillFindingInline]
+    readonly_fields = fields = (
+        "bill_date", "state", "error", "alipay_trades", "our_trades", "alipay_trade_amount",
+        "our_trade_amount", "alipay_refunds", "our_refunds", "alipay_refund_amount",
+        "our_refund_amount", "matched", "findings", "entries_link", "runs", "started_at",
+        "finished_at")
+
+    @admin.display(description="bill lines")
+    def entries_link(self, obj: BillReport) -> str:
+        url = reverse("admin:payment_billentry_changelist") + f"?report__id__exact={obj.pk}"
+        return format_html('<a href="{}">{} lines of the bill</a>', url,
+                           obj.alipay_trades + obj.alipay_refunds)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(BillEntry)
+class BillEntryAdmin(admin.ModelAdmin):
+    list_display = ["trade_no", "out_trade_no", "kind", "amount", "out_request_no",
+                    "finished_at", "report"]
+    list_filter = ["kind"]
+    search_fields = ["trade_no", "out_trade_no", "out_request_no"]
+    list_select_related = ["report"]
+    show_full_result_count = False
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -377,3 +377,37 @@ def trade_refund(
         fund_change=response.get("fund_change") == "Y",
         raw=response,
     )
+
+
+def bill_download_url(*, bill_date: str, bill_type: str = "trade") -> str | None:
+    """The short-lived (about 30 s) URL of a day's bill; None when Alipay has no bill for it
+    (no trades that day, or not generated yet: bills are ready T+1 around 10:00 Beijing)."""
+    try:
+        response = _call("server_api", api_name="alipay.data.dataservice.bill.downloadurl.query",
+                         biz_content={"bill_type": bill_type, "bill_date": bill_date})
+    except GatewayRejected as exc:
+        if exc.sub_code.endswith("bill_not_exist"):
+            return None
+        raise
+    return str(response.get("bill_download_url", ""))
+
+
+def bill_download(*, url: str, into: Any) -> int:
+    """Stream the bill at `url` into the binary file `into`; the bytes written."""
+    try:
+        response = _gateway_pool().request("GET", url, preload_content=False,
+                                           timeout=settings.ALIPAY_TIMEOUT * 6)
+    except urllib3.exceptions.HTTPError as exc:
+        raise GatewayUnavailable(f"bill download: {type(exc).__name__}") from None
+    try:
+        if response.status >= 400:
+            raise GatewayUnavailable(f"bill download: HTTP {response.status}")
+        size = 0
+        for chunk in response.stream(64 * 1024):
+            into.write(chunk)
+            size += len(chunk)
+        return size
+    except urllib3.exceptions.HTTPError as exc:
+        raise GatewayUnavailable(f"bill download: {type(exc).__name__}") from None
+    finally:
+        response.release_conn()

@@ -47,8 +47,8 @@ def _digest(params: dict[str, str]) -> str:
 
 
 def dedupe_key(source: str, params: dict[str, str]) -> str:
-    if source == Source.QUERY:
-        return f"query:{params.get('trade_no', '')}:{params.get('trade_status', '')}"[:200]
+    if source in (Source.QUERY, Source.BILL):
+        return f"{source}:{params.get('trade_no', '')}:{params.get('trade_status', '')}"[:200]
     if source == Source.NOTIFY and params.get("notify_id"):
         notify_id = params["notify_id"]
         if len(notify_id) <= 128:

@@ -43,6 +43,7 @@ class PaymentEvent(models.Model):
         QUERY = "query", "trade query"
         EXPIRY = "expiry", "order expiry"
         OPERATOR = "operator", "operator"
+        BILL = "bill", "Alipay's daily bill"
 
     class State(models.TextChoices):
         RECEIVED = "received"
@@ -161,3 +162,89 @@ class RefusedRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.count} refused {self.source} from {self.remote_addr or 'unknown'}"
+
+
+class BillReport(models.Model):
+    """One day's reconciliation against Alipay's trade bill: totals on both sides, findings.
+
+    The bill's lines are kept as BillEntry rows and the findings as BillFinding rows; a rerun
+    of the same day replaces both and applies nothing twice.
+    """
+
+    class State(models.TextChoices):
+        DONE = "done"
+        NO_BILL = "no_bill", "no bill (no trades at Alipay)"
+        FAILED = "failed"
+
+    bill_date = models.DateField(unique=True)
+    state = models.CharField(max_length=10, choices=State.choices)
+    alipay_trades = models.PositiveIntegerField(default=0)
+    alipay_trade_amount = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    alipay_refunds = models.PositiveIntegerField(default=0)
+    alipay_refund_amount = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    our_trades = models.PositiveIntegerField(default=0)
+    our_trade_amount = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    our_refunds = models.PositiveIntegerField(default=0)
+    our_refund_amount = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    matched = models.PositiveIntegerField(default=0)
+    findings = models.PositiveIntegerField(default=0, db_index=True)
+    runs = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "bill reconciliation"
+        ordering = ["-bill_date"]
+
+    def __str__(self) -> str:
+        return f"bill {self.bill_date}: {self.findings} findings"
+
+
+class BillEntry(models.Model):
+    """A detail line of Alipay's trade bill, as downloaded."""
+
+    class Kind(models.TextChoices):
+        TRADE = "trade"
+        REFUND = "refund"
+
+    report = models.ForeignKey(BillReport, on_delete=models.CASCADE, related_name="entries")
+    kind = models.CharField(max_length=6, choices=Kind.choices)
+    trade_no = models.CharField(max_length=64, db_index=True)
+    out_trade_no = models.CharField(max_length=64)
+    out_request_no = models.CharField(max_length=64, blank=True)
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    finished_at = models.CharField(max_length=20, blank=True)
+
+    class Meta:
+        verbose_name = "bill entry"
+        verbose_name_plural = "bill entries"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.trade_no} {self.amount}"
+
+
+class BillFinding(models.Model):
+    """Where our books and Alipay's bill disagree, for one trade or refund."""
+
+    class Outcome(models.TextChoices):
+        MISSING_HERE = "missing_here", "paid at Alipay, unknown or unpaid here"
+        MISSING_AT_ALIPAY = "missing_at_alipay", "paid here, absent from the bill"
+        AMOUNT_MISMATCH = "amount_mismatch", "amounts differ"
+        REFUND_MISMATCH = "refund_mismatch", "refunds differ"
+
+    report = models.ForeignKey(BillReport, on_delete=models.CASCADE, related_name="lines")
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    trade_no = models.CharField(max_length=64, blank=True)
+    out_trade_no = models.CharField(max_length=64, blank=True)
+    out_request_no = models.CharField(max_length=64, blank=True)
+    alipay_amount = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    our_amount = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        verbose_name = "bill finding"
+        ordering = ["outcome", "trade_no"]
+
+    def __str__(self) -> str:
+        return f"{self.outcome} {self.trade_no or self.out_request_no}"

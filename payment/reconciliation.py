@@ -159,13 +159,15 @@ class FoundApplied:
     refunds: list[int]
 
 
-def trades_found_apply(*, trades: list[tuple[str, alipay.TradeStatus]]) -> FoundApplied:
-    """Record paid trades a query found, and apply them through the common batch path."""
+def trades_found_apply(*, trades: list[tuple[str, alipay.TradeStatus]],
+                       source: str = Source.QUERY) -> FoundApplied:
+    """Record paid trades a query found (for reconciliation, or to confirm a line of the
+    bill), and apply them through the common batch path."""
     ids: dict[int, str] = {}
     for order_id, trade in trades:
         params = {k: str(v) for k, v in trade.raw.items() if not isinstance(v, list | dict)}
         params.setdefault("out_trade_no", order_id)
-        stored = events.event_store(source=Source.QUERY, params=params)
+        stored = events.event_store(source=source, params=params)
         ids[stored.id] = order_id
     try:
         batch = events_process(limit=len(ids), event_ids=list(ids))

@@ -3,8 +3,9 @@
 Settled events (applied, recorded, rejected) older than PAYMENT_EVENT_RETENTION_DAYS are
 deleted; the payments they made stay (their `event` link becomes empty). Events still waiting
 or dead are kept whatever their age: they need the workers or an operator. Refused-request
-counts go after PAYMENT_REFUSED_RETENTION_DAYS. Deletes run in batches so that no statement
-holds many locks or a long transaction.
+counts go after PAYMENT_REFUSED_RETENTION_DAYS, the lines of downloaded bills after
+BILL_ENTRY_RETENTION_DAYS (their reports and findings stay). Deletes run in batches so that
+no statement holds many locks or a long transaction.
 """
 import logging
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from payment import bills
 from payment.models import PaymentEvent, RefusedRequest
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ BATCH_SIZE = 2000
 class Pruned:
     events: int
     refused: int
+    bill_entries: int = 0
 
 
 def _events_prune(*, before: datetime, dry_run: bool) -> int:
@@ -62,7 +65,10 @@ def records_prune(*, now: datetime | None = None, dry_run: bool = False) -> Prun
         refused=_refused_prune(
             before=now - timedelta(days=settings.PAYMENT_REFUSED_RETENTION_DAYS),
             dry_run=dry_run),
+        bill_entries=0 if dry_run else bills.entries_prune(
+            before=(now - timedelta(days=settings.BILL_ENTRY_RETENTION_DAYS)).date()),
     )
-    if (pruned.events or pruned.refused) and not dry_run:
-        logger.info("payment records pruned events=%s refused=%s", pruned.events, pruned.refused)
+    if (pruned.events or pruned.refused or pruned.bill_entries) and not dry_run:
+        logger.info("payment records pruned events=%s refused=%s bill_entries=%s",
+                    pruned.events, pruned.refused, pruned.bill_entries)
     return pruned

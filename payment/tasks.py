@@ -4,7 +4,7 @@ Every task is idempotent (late acks are safe). A payments message is a wake-up: 
 claims whatever is due, so lost or repeated messages change nothing.
 """
 import logging
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from celery import Task, shared_task
@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from payment import expiry, reconciliation, refunds, retention, sweeper, wakeups
+from payment import bills, expiry, reconciliation, refunds, retention, sweeper, wakeups
 from payment.alipay import GatewayUnavailable
 from payment.processing import events_process
 from payment.retry import retry_policy
@@ -109,6 +109,27 @@ def order_expire_task(order_id: str) -> dict[str, str]:
     result = expiry.order_expire(order_id=order_id)
     _refunds_send(result.refunds)
     return result.counts_by_order
+
+
+@shared_task(base=LoggedGiveUp, autoretry_for=(GatewayUnavailable, *DATABASE_ERRORS), **_RETRY)
+def bill_reconcile_task(bill_date: str) -> dict[str, object]:
+    """Reconcile one day against Alipay's trade bill (idempotent: a rerun replaces it)."""
+    result = bills.bill_reconcile(day=date.fromisoformat(bill_date))
+    _refunds_send(result.refunds)
+    return {"state": result.report.state, "findings": result.report.findings,
+            "applied": result.applied}
+
+
+@shared_task
+def bills_reconcile_dispatch_task() -> list[str]:
+    """The last BILL_RECONCILE_DAYS days (bills are T+1); a bill late one day, or a day whose
+    reconciliation failed, is done again by the next run."""
+    today = timezone.now().astimezone(bills.alipay.BEIJING).date()
+    days = [(today - timedelta(days=n)).isoformat()
+            for n in range(1, settings.BILL_RECONCILE_DAYS + 1)]
+    for day in days:
+        bill_reconcile_task.delay(day)
+    return days
 
 
 def _refunds_send(payment_ids: list[int]) -> None:

@@ -18,6 +18,8 @@ from payment.models import PaymentEvent
 
 Source = PaymentEvent.Source
 
+# Events holding a trade query's answer, whose signature the client checked on arrival.
+TRADE_QUERY_SOURCES = frozenset({Source.QUERY, Source.BILL})
 RETURN_METHODS = frozenset({"alipay.trade.page.pay.return", "alipay.trade.wap.pay.return"})
 
 
@@ -60,7 +62,7 @@ def event_verify(
     arrived: only its order and amount are checked. `order_amounts` maps our order ids to
     their amounts (fetched once per batch).
     """
-    if source != Source.QUERY:
+    if source not in TRADE_QUERY_SOURCES:
         event_authenticate(source=source, params=params)
     order_id = params.get("out_trade_no", "")
     order_amount = order_amounts.get(order_id)

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -192,6 +193,12 @@ PAYMENT_REFUSED_RATE = env.str("PAYMENT_REFUSED_RATE", default="30/minute")
 PAYMENT_EVENT_RETENTION_DAYS = env.int("PAYMENT_EVENT_RETENTION_DAYS", default=400)
 PAYMENT_REFUSED_RETENTION_DAYS = env.int("PAYMENT_REFUSED_RETENTION_DAYS", default=30)
 PAYMENT_RETENTION_INTERVAL = env.float("PAYMENT_RETENTION_INTERVAL", default=3600.0)
+# Daily reconciliation against Alipay's trade bill (payment/bills.py): bills are T+1, ready
+# about 09:00-10:00 Beijing time; each run redoes the last BILL_RECONCILE_DAYS days.
+BILL_RECONCILE_HOUR = env.int("BILL_RECONCILE_HOUR", default=10)
+BILL_RECONCILE_MINUTE = env.int("BILL_RECONCILE_MINUTE", default=30)
+BILL_RECONCILE_DAYS = env.int("BILL_RECONCILE_DAYS", default=3)
+BILL_ENTRY_RETENTION_DAYS = env.int("BILL_ENTRY_RETENTION_DAYS", default=90)
 ORDER_PAY_TIMEOUT = timedelta(seconds=env.int("ORDER_PAY_TIMEOUT", default=30 * 60))
 
 # Unpaid orders one account may hold at once (each holds stock until paid or expired);
@@ -254,6 +261,11 @@ CELERY_BEAT_SCHEDULE = {
     "prune-payment-records": {
         "task": "payment.tasks.records_prune_task",
         "schedule": PAYMENT_RETENTION_INTERVAL,
+    },
+    "reconcile-bills": {
+        "task": "payment.tasks.bills_reconcile_dispatch_task",
+        # CELERY_TIMEZONE is the shop's, Asia/Shanghai: Alipay's day.
+        "schedule": crontab(hour=BILL_RECONCILE_HOUR, minute=BILL_RECONCILE_MINUTE),
     },
     "expire-orders": {
         "task": "payment.tasks.orders_expire_dispatch_task",
