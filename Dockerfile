@@ -23,5 +23,6 @@ USER app
 RUN python manage.py collectstatic --noinput --verbosity 0
 
 EXPOSE 8000 8090
-CMD ["gunicorn", "shop.wsgi", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", \
-     "--workers", "2", "--threads", "16", "--access-logfile", "-"]
+# The Procfile's web command; docker-compose.yml names each service's command itself.
+CMD ["gunicorn", "shop.asgi:application", "--bind", "0.0.0.0:8000", \
+     "--worker-class", "shop.serving.Worker", "--workers", "2", "--access-logfile", "-"]

@@ -23,8 +23,10 @@ from django.core.handlers.exception import convert_exception_to_response  # noqa
 
 from payment import fastpath, redisconn  # noqa: E402
 from payment.alipay import keys_require  # noqa: E402
+from shop.checks import checks_require  # noqa: E402
 
 keys_require()
+checks_require()
 
 
 class LeanASGIHandler(ASGIHandler):

@@ -5,8 +5,10 @@ parameters (with their signature) arrive in it: the query string is cut before i
 """
 import logging
 import re
+import sys
 from typing import Any
 
+from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -33,3 +35,13 @@ class Worker(UvicornWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         logging.getLogger("uvicorn.access").addFilter(QuerylessAccessLog())
+
+    def load_wsgi(self) -> None:
+        try:
+            super().load_wsgi()
+        except SystemExit as exc:
+            # A start-up guard refused (key files, production settings). gunicorn restarts a
+            # worker that exits otherwise, forever; its boot error code stops the server.
+            if exc.code is not None and not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr, flush=True)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)

@@ -13,9 +13,19 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="dev-only-insecure-secret-key-change-me")
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["*"])
+# development (the default: `make run`, the tests) or production, where shop/checks.py
+# refuses to start without the settings below; any other value is refused too, and meanwhile
+# gets production's protections.
+DJANGO_ENV = env.str("DJANGO_ENV", default="development")
+PRODUCTION = DJANGO_ENV != "development"
+# Known to everyone who reads this file: development only, refused in production.
+DEVELOPMENT_SECRET_KEY = "dev-only-insecure-secret-key-change-me"
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="" if PRODUCTION else DEVELOPMENT_SECRET_KEY)
+ALLOWED_HOSTS = env.list(
+    "DJANGO_ALLOWED_HOSTS", default=[] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]"]
+)
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -291,3 +301,24 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
     },
 }
+
+# Deployment: request size, HTTPS and browser protections. In production TLS ends at the
+# reverse proxy (deploy/nginx.conf), which sets X-Forwarded-Proto; `manage.py check --deploy`
+# is clean with the production profile of docker-compose.yml.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=256 * 1024)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_SECURE = PRODUCTION
+CSRF_COOKIE_SECURE = PRODUCTION
+# Only the proxy reaches the web in production; without one a client could claim HTTPS.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if PRODUCTION else None
+SECURE_SSL_REDIRECT = PRODUCTION and env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=31536000) if PRODUCTION else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = PRODUCTION and env.bool(
+    "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True
+)
+SECURE_HSTS_PRELOAD = PRODUCTION and env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
+# Development serves static files from the apps' folders, collected or not; production from
+# STATIC_ROOT, which the image fills with collectstatic.
+WHITENOISE_USE_FINDERS = not PRODUCTION

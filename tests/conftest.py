@@ -282,8 +282,8 @@ def asgi_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     """The Procfile's web process (gunicorn with uvicorn workers, the ASGI fast path) on the
     test database and broker."""
     port = free_port()
-    env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "PAYMENT_STATUS_WAIT": "5",
-           "DJANGO_DEBUG": "false"}
+    # The settings' own defaults otherwise: development mode, DEBUG off, local host names.
+    env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "PAYMENT_STATUS_WAIT": "5"}
     web = ManagedProcess("asgi-web", procfile_command("web"), env, log_dir).start()
     wait_for_port(port)
     yield f"http://127.0.0.1:{port}"

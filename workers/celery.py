@@ -26,10 +26,13 @@ app.autodiscover_tasks()
 
 
 @signals.worker_init.connect
-def _worker_init(**kwargs: Any) -> None:
+@signals.beat_init.connect
+def _startup_require(**kwargs: Any) -> None:
     from payment.alipay import keys_require
+    from shop.checks import checks_require
 
     keys_require()
+    checks_require()
 
 
 @signals.worker_process_init.connect

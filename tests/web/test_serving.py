@@ -39,7 +39,7 @@ def test_64_waiting_returns_do_not_slow_other_pages(
     port = free_port()
     idle_broker = worker_env["CELERY_BROKER_URL"].rsplit("/", 1)[0] + "/12"
     env = {**worker_env, "CELERY_BROKER_URL": idle_broker, "PAYMENT_STATUS_WAIT": "4",
-           "WEB_BIND": f"127.0.0.1:{port}", "DJANGO_DEBUG": "false", "LOG_LEVEL": "WARNING"}
+           "WEB_BIND": f"127.0.0.1:{port}", "LOG_LEVEL": "WARNING"}
     web = ManagedProcess("serving-web", procfile_command("web"), env, log_dir).start()
     base = f"http://127.0.0.1:{port}"
     key = (dev_keys / "alipay_private_key.pem").read_bytes()

@@ -1,7 +1,8 @@
 from decimal import Decimal
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from shop.models import SKU, User
@@ -18,6 +19,9 @@ class Command(BaseCommand):
     help = "Create demo data: user demo/demo-pass, operator admin/admin-pass, a few SKUs."
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if settings.PRODUCTION:
+            raise CommandError("the demo users' passwords are published: seed_demo does not run "
+                               "with DJANGO_ENV=production")
         with transaction.atomic():
             demo, created = User.objects.get_or_create(username="demo")
             if created:
