@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
-from payment.models import PaymentEvent
+from payment.models import RefusedRequest
 from shop.models import User
 from tests.compose import PRODUCTION_VARIABLES, service_environment
 from tests.support import (
@@ -157,7 +157,8 @@ def _forged_return(dev_keys: Path) -> tuple[str, str]:
 
 
 def _recorded_sender(out_trade_no: str) -> Any:
-    return PaymentEvent.objects.get(out_trade_no=out_trade_no).remote_addr
+    """The client a refused request is counted against."""
+    return RefusedRequest.objects.get(out_trade_no=out_trade_no).remote_addr
 
 
 def test_the_web_records_the_client_the_proxy_saw_not_the_one_a_client_claims(
