@@ -4,7 +4,6 @@ and the notifications they cause."""
 from __future__ import annotations
 
 import json
-import random
 import secrets
 import sqlite3
 from dataclasses import dataclass
@@ -18,14 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from . import signing
 from .config import Config
 from .errors import ApiError, TradeExpired, business, trade_not_exist
-from .notifier import Notifier, new_notify_id
+from .messages import Messages
+from .notifier import Notifier
 from .runtime import CHINA, Runtime, parse_cn_time
 from .store import Store
 
 MAX_AMOUNT = Decimal("100000000")
 PAID = ("TRADE_SUCCESS", "TRADE_FINISHED")
-# Parameters Alipay sends empty now and then (it signs them all the same).
-EMPTY_PARAMS = ("passback_params", "isv_ticket")
 SWEEP_BATCH = 500
 
 
@@ -66,14 +64,6 @@ def new_trade_no(moment: datetime) -> str:
     return moment.strftime("%Y%m%d") + "22001" + f"{secrets.randbelow(10**15):015d}"
 
 
-def in_charset(params: dict[str, str], charset: str) -> dict[str, str]:
-    """The values as the receiver will read them in ``charset`` (unmappable characters: ?)."""
-    codec = signing.codec_for(charset) or "utf-8"
-    if codec == "utf-8":
-        return params
-    return {k: v.encode(codec, "replace").decode(codec) for k, v in params.items()}
-
-
 def return_url_for(trade: dict[str, Any]) -> str:
     """The full signed return URL of a paid trade ('' without a return_url)."""
     base = trade.get("return_url") or ""
@@ -108,6 +98,7 @@ class TradeService:
         self.store = store
         self.notifier = notifier
         self.runtime = runtime
+        self.messages = Messages(config, alipay_key, runtime)
 
     # -- lookup ---------------------------------------------------------------------------
     def find(self, biz: dict[str, Any], conn: sqlite3.Connection | None = None) -> dict[str, Any]:
@@ -237,21 +228,7 @@ class TradeService:
             "finish_at": now + settings.refund_window_s,
         }
         trade.update(changes)
-        charset = trade["charset"] or "utf-8"
-        params = {
-            "charset": charset,
-            "out_trade_no": trade["out_trade_no"],
-            "method": trade["method"] + ".return",
-            "total_amount": trade["total_amount"],
-            "trade_no": trade["trade_no"],
-            "auth_app_id": trade["app_id"],
-            "version": "1.0",
-            "app_id": trade["app_id"],
-            "sign_type": trade["sign_type"],
-            "seller_id": self.config.seller_id,
-            "timestamp": paid_at,
-        }
-        params = self._sign(self._maybe_empty(in_charset(params, charset)), trade)
+        params = self.messages.return_params(trade, paid_at)
         changes["return_params"] = json.dumps(params, ensure_ascii=False)
         trade["return_params"] = changes["return_params"]
         self.store.update_trade(conn, trade["out_trade_no"], **changes)
@@ -443,69 +420,13 @@ class TradeService:
         return applied
 
     # -- notifications --------------------------------------------------------------------
-    def _maybe_empty(self, params: dict[str, str]) -> dict[str, str]:
-        """Now and then (empty_param_rate) an empty parameter, as Alipay sends them."""
-        rate = self.runtime.snapshot().empty_param_rate
-        if rate > 0 and random.random() < rate:
-            name = random.choice([n for n in EMPTY_PARAMS if n not in params] or ["isv_ticket"])
-            params = {**params, name: ""}
-        return params
-
-    def _sign(self, params: dict[str, str], trade: dict[str, Any]) -> dict[str, str]:
-        codec = signing.codec_for(params.get("charset", "utf-8")) or "utf-8"
-        signature = signing.sign_params(self.key, params, trade["sign_type"], encoding=codec)
-        return {**params, "sign": signature}
-
     def _notify(
         self, conn: sqlite3.Connection, trade: dict[str, Any], status: str, out_biz_no: str = ""
     ) -> None:
         url = trade.get("notify_url") or ""
         if not url:
             return
-        moment = self.runtime.cn_now()
-        paid = bool(trade["gmt_payment"])
-        total = trade["total_amount"]
-        received = total if paid else ""
-        refund_fee = trade["refund_fee"] if Decimal(trade["refund_fee"]) > 0 else ""
-        charset = trade.get("charset") or "utf-8"
-        params = {
-            "notify_time": moment.strftime("%Y-%m-%d %H:%M:%S"),
-            "notify_type": "trade_status_sync",
-            "notify_id": new_notify_id(moment),
-            "app_id": trade["app_id"],
-            "auth_app_id": trade["app_id"],
-            "charset": charset,
-            "version": "1.0",
-            "sign_type": trade["sign_type"],
-            "trade_no": trade["trade_no"] or "",
-            "out_trade_no": trade["out_trade_no"],
-            "out_biz_no": out_biz_no,
-            "buyer_id": trade["buyer_id"],
-            "buyer_logon_id": trade["buyer_logon_id"],
-            "seller_id": self.config.seller_id,
-            "seller_email": self.config.seller_email,
-            "trade_status": status,
-            "total_amount": total,
-            "receipt_amount": received,
-            "invoice_amount": received,
-            "buyer_pay_amount": received,
-            "point_amount": "0.00" if paid else "",
-            "refund_fee": refund_fee,
-            "subject": trade["subject"],
-            "gmt_create": trade["gmt_create"],
-            "gmt_payment": trade["gmt_payment"],
-            "gmt_refund": trade["gmt_refund"] if refund_fee else "",
-            "gmt_close": trade["gmt_close"],
-            "fund_bill_list": json.dumps(
-                [{"amount": total, "fundChannel": "ALIPAYACCOUNT"}],
-                ensure_ascii=False,
-                separators=(",", ":"),
-            )
-            if paid
-            else "",
-        }
-        params = {key: value for key, value in params.items() if value}
-        params = self._sign(self._maybe_empty(in_charset(params, charset)), trade)
+        params = self.messages.notification(trade, status, out_biz_no)
         self.notifier.enqueue(
             conn, out_trade_no=trade["out_trade_no"], trade_status=status, url=url, params=params
         )
