@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qsl, unquote
+import threading
+from urllib.parse import unquote
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -13,13 +14,15 @@ from .config import Config
 from .control import Control, json_reply
 from .errors import ApiError
 from .faults import Faults
-from .gateway import PAGE_METHODS, Gateway, Reply
+from .gateway import PAGE_METHODS, Gateway, Reply, decode_params
 from .notifier import Notifier
+from .runtime import Runtime, settings_from
 from .store import Store
-from .trades import TradeService
+from .trades import SWEEP_BATCH, TradeService
 
 log = logging.getLogger("alipay_sandbox")
 HTML = "text/html;charset=utf-8"
+SWEEP_INTERVAL_S = 0.2
 
 
 def html(status: int, text: str, headers: dict[str, str] | None = None) -> Reply:
@@ -33,30 +36,45 @@ class Sandbox:
         self.config = config
         self.store = Store(config.store)
         self.faults = Faults()
+        self.runtime = Runtime(settings_from(config))
         self.notifier = Notifier(self.store, self.faults, config.time_factor)
-        self.trades = TradeService(config, alipay_key, self.store, self.notifier)
-        self.bills = Bills(self.store, config.seller_id)
+        self.trades = TradeService(config, alipay_key, self.store, self.notifier, self.runtime)
+        self.bills = Bills(self.store, config.seller_id, self.runtime)
         self.gateway = Gateway(
             config, alipay_key, app_public_key, self.faults, self.trades, self.bills
         )
         self.control = Control(self) if config.control else None
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
 
     def set_base_url(self, url: str) -> None:
         self.gateway.base_url = url.rstrip("/")
 
     def start(self) -> None:
         self.notifier.start()
+        self._sweeper.start()
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._sweeper.is_alive():
+            self._sweeper.join(timeout=5)
         self.notifier.stop()
         self.store.close()
 
+    def _sweep_loop(self) -> None:
+        """Close trades past their time_expire and finish those past their refund window,
+        without waiting for anyone to ask about them."""
+        while not self._stop.wait(SWEEP_INTERVAL_S):
+            try:
+                while self.trades.sweep() >= SWEEP_BATCH and not self._stop.is_set():
+                    pass
+            except Exception:  # keep sweeping whatever one bad row does
+                log.exception("trade sweeper error")
+
     def route(self, method: str, path: str, query: str, body: bytes, content_type: str) -> Reply:
         if path == "/gateway.do" and method in ("GET", "POST"):
-            params = dict(parse_qsl(query, keep_blank_values=True))
-            if method == "POST" and "x-www-form-urlencoded" in content_type:
-                form = body.decode("utf-8", "replace")
-                params.update(parse_qsl(form, keep_blank_values=True))
+            form = body if method == "POST" and "x-www-form-urlencoded" in content_type else b""
+            params = decode_params(query, form)
             if params.get("method") in PAGE_METHODS:
                 return self.page_pay(params)
             return self.gateway.handle(params)
@@ -66,9 +84,9 @@ class Sandbox:
             found = self.bills.download(path[len("/bills/") : -len(".zip")])
             if found is None:
                 return html(404, cashier.not_found_page())
-            name, data = found
+            name, chunks = found
             headers = {"Content-Disposition": f'attachment; filename="{name}"'}
-            return Reply(200, data, "application/zip", headers)
+            return Reply(200, b"", "application/zip", headers, stream=chunks)
         if path.startswith("/_sandbox/"):
             if self.control is None:
                 return json_reply(404, {"error": "control API is off (start with --control)"})
@@ -88,14 +106,14 @@ class Sandbox:
         parts = rest.split("/")
         out_trade_no = unquote(parts[0])
         action = parts[1] if len(parts) > 1 else ""
-        trade = self.store.get_trade(out_trade_no)
-        if trade is None or len(parts) > 2:
+        trade = self.trades.refresh(out_trade_no) if len(parts) <= 2 else None
+        if trade is None:
             return html(404, cashier.not_found_page())
         if method == "GET" and action == "":
             if trade["gmt_payment"]:
                 return html(200, cashier.paid_page(trade))
             if trade["status"] == "TRADE_CLOSED":
-                error = ApiError("40004", "ACQ.TRADE_HAS_CLOSE", "交易已经关闭")
+                error = self.trades.closed_error(trade)
                 return html(400, cashier.error_page(error))
             return html(200, cashier.cashier_page(trade))
         if method == "POST" and action == "pay":

@@ -1,4 +1,9 @@
-"""Trade bills: short-lived download tokens and zips of GBK-encoded CSV, like Alipay's."""
+"""Trade bills: short-lived download URLs to zips of GBK-encoded CSV, like Alipay's.
+
+A bill is for a past day (``yyyy-MM-dd``) or month (``yyyy-MM``), Beijing time (T+1). The zip
+is built while it is sent: rows come from two index-ordered cursors and leave compressed in
+chunks, so a day of 100,000 trades never sits in memory.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,21 @@ import secrets
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from .errors import business
+from .errors import ApiError, business
+from .runtime import Runtime
 from .store import Store
-from .trades import cn_time, money
+from .trades import money
 
-TOKEN_TTL_S = 60.0
-DATE_RE = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")
+DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MONTH_RE = re.compile(r"^\d{4}-\d{2}$")
+CHUNK = 64 * 1024
+ROWS_PER_WRITE = 500
 COLUMNS = [
     "支付宝交易号",
     "商户订单号",
@@ -45,121 +56,257 @@ COLUMNS = [
     "分润（元）",
     "备注",
 ]
+SUMMARY_COLUMNS = [
+    "门店编号",
+    "门店名称",
+    "交易订单总笔数",
+    "退款订单总笔数",
+    "订单金额（元）",
+    "商家实收（元）",
+    "支付宝优惠（元）",
+    "商家优惠（元）",
+    "卡消费金额（元）",
+    "服务费（元）",
+    "分润（元）",
+    "实收净额（元）",
+]
+# The markers exactly as Alipay's files carry them (the dash counts differ).
+DETAIL_START = (
+    "#-----------------------------------------业务明细列表----------------------------------------"
+)
+DETAIL_END = (
+    "#-----------------------------------------业务明细列表结束------------------------------------"
+)
+SUMMARY_START = (
+    "#-----------------------------------------业务汇总列表----------------------------------------"
+)
+SUMMARY_END = (
+    "#----------------------------------------业务汇总列表结束-------------------------------------"
+)
+NEWLINE = "\r\n"
+
+
+def _invalid(message: str) -> ApiError:
+    return business("isv.invalid_arguments", message)
+
+
+def bill_period(bill_date: str) -> tuple[date, date]:
+    """``[start, end)`` of a ``yyyy-MM-dd`` day or ``yyyy-MM`` month; isv.invalid_arguments."""
+    try:
+        if DAY_RE.match(bill_date):
+            day = datetime.strptime(bill_date, "%Y-%m-%d").date()
+            return day, day + timedelta(days=1)
+        if MONTH_RE.match(bill_date):
+            first = datetime.strptime(bill_date, "%Y-%m").date()
+            following = (first + timedelta(days=32)).replace(day=1)
+            return first, following
+    except ValueError:
+        pass
+    raise _invalid("账单日期格式不正确，日账单为 yyyy-MM-dd，月账单为 yyyy-MM")
+
+
+class _Sink(io.RawIOBase):
+    """An unseekable file the zip is written to; its bytes are taken out chunk by chunk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: list[bytes] = []
+        self.pending = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any, /) -> int:
+        chunk = bytes(data)
+        self._chunks.append(chunk)
+        self.pending += len(chunk)
+        return len(chunk)
+
+    def take(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self.pending = 0
+        return data
+
+
+class _GbkName(zipfile.ZipInfo):
+    """An entry whose name is stored in GBK without the UTF-8 flag, as in Alipay's zips.
+
+    zipfile stores non-ASCII names as UTF-8 and has no public way to write another encoding;
+    readers open Alipay's bills with ``metadata_encoding="gbk"`` (Python) or a GBK charset.
+    """
+
+    def _encodeFilenameFlags(self) -> tuple[bytes, int]:  # noqa: N802 (zipfile's name)
+        return self.filename.encode("gbk"), self.flag_bits
+
+
+@dataclass
+class _Totals:
+    trades: int = 0
+    refunds: int = 0
+    received: Decimal = Decimal("0")
+    refunded: Decimal = Decimal("0")
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y年%m月%d日 %H:%M:%S")
+
+
+def _heading(title: str, account: str, start: date, end: date) -> str:
+    return NEWLINE.join(
+        [
+            title,
+            f"#账号：[{account}]",
+            f"#起始日期：[{start:%Y年%m月%d日} 00:00:00]   终止日期：[{end:%Y年%m月%d日} 00:00:00]",
+            "",
+        ]
+    )
+
+
+def _row(kind: str, row: Any) -> list[str]:
+    """One detail line; the trailing tabs are Alipay's (readers strip them)."""
+    amount = row["amount"] if kind == "trade" else "-" + row["amount"]
+    return [
+        f"{row['trade_no'] or ''}\t",
+        f"{row['out_trade_no']}\t",
+        "交易\t" if kind == "trade" else "退款\t",
+        row["subject"],
+        row["gmt_create"],
+        row["finished"],
+        "\t",
+        "\t",
+        "\t",
+        "\t",
+        f"{row['buyer_logon_id']}\t",
+        amount,
+        amount,
+        "0.00",
+        "0.00",
+        "0.00",
+        "0.00",
+        "0.00",
+        "",
+        "0.00\t",
+        "0.00",
+        f"{row['out_request_no']}\t",
+        "0.00",
+        "0.00",
+        "",
+    ]
 
 
 class Bills:
-    def __init__(self, store: Store, seller_id: str) -> None:
+    def __init__(self, store: Store, seller_id: str, runtime: Runtime) -> None:
         self.store = store
         self.seller_id = seller_id
+        self.runtime = runtime
         self._tokens: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
+
+    @property
+    def account(self) -> str:
+        return f"{self.seller_id}0156"
 
     def issue(self, biz: dict[str, Any], base_url: str) -> dict[str, Any]:
         bill_type = str(biz.get("bill_type") or "")
         bill_date = str(biz.get("bill_date") or "")
         if bill_type != "trade":
-            raise business("isp.bill_type_not_exist", "账单类型不存在，仅支持 trade")
-        if not DATE_RE.match(bill_date):
-            raise business("isp.bill_date_format_error", "账单日期格式不正确")
+            raise _invalid("账单类型不支持，仅支持 trade")
+        start, end = bill_period(bill_date)
+        today = self.runtime.cn_now().date()
+        if end > (today if DAY_RE.match(bill_date) else today.replace(day=1)):
+            raise _invalid("不支持下载当日或当月及以后的账单 (T+1)")
+        if not self.store.has_activity(start.isoformat(), end.isoformat()):
+            raise business("isp.bill_not_exist", "账单不存在")
         token = secrets.token_urlsafe(24)
         now = time.monotonic()
+        ttl = self.runtime.snapshot().bill_url_ttl_s
         with self._lock:
             self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
-            self._tokens[token] = (bill_date, now + TOKEN_TTL_S)
+            self._tokens[token] = (bill_date, now + ttl)
         return {
             "code": "10000",
             "msg": "Success",
             "bill_download_url": f"{base_url}/bills/{token}.zip",
         }
 
-    def download(self, token: str) -> tuple[str, bytes] | None:
-        """``(file name, zip bytes)`` for a valid token, else None."""
+    def download(self, token: str) -> tuple[str, Iterator[bytes]] | None:
+        """``(file name, zip bytes in chunks)`` for a token still valid, else None."""
         with self._lock:
             entry = self._tokens.get(token)
         if entry is None or entry[1] <= time.monotonic():
             return None
         bill_date = entry[0]
-        compact = bill_date.replace("-", "")
-        stem = f"{self.seller_id}0156_{compact}"
-        detail, summary = self._render(bill_date)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(f"{stem}_业务明细.csv", detail.encode("gbk", "replace"))
-            archive.writestr(f"{stem}_业务明细(汇总).csv", summary.encode("gbk", "replace"))
-        return f"{stem}.csv.zip", buffer.getvalue()
+        stem = f"{self.account}_{bill_date.replace('-', '')}"
+        return f"{stem}.csv.zip", self._archive(stem, *bill_period(bill_date))
 
-    def _render(self, bill_date: str) -> tuple[str, str]:
-        rows: list[list[str]] = []
-        paid_total = Decimal("0")
-        refund_total = Decimal("0")
-        trades = self.store.trades_paid_on(bill_date)
-        for trade in trades:
-            paid_total += Decimal(trade["total_amount"])
-            rows.append(self._row(trade, "交易", trade["gmt_payment"], trade["total_amount"], ""))
-        refunds = self.store.refunds_on(bill_date)
-        for refund in refunds:
-            refund_total += Decimal(refund["refund_amount"])
-            amount = "-" + refund["refund_amount"]
-            rows.append(
-                self._row(refund, "退款", refund["gmt_refund"], amount, refund["out_request_no"])
-            )
-        out = io.StringIO()
-        out.write("#支付宝业务明细查询\n")
-        out.write(f"#账号：[{self.seller_id}0156]\n")
-        out.write(f"#起始日期：[{bill_date}]   终止日期：[{bill_date}]\n")
-        out.write(
-            "#-----------------------------------------业务明细列表----------------------------------------\n"
-        )
-        writer = csv.writer(out, lineterminator="\n")
+    def _archive(self, stem: str, start: date, end: date) -> Iterator[bytes]:
+        exported = self.runtime.cn_now()
+        sink = _Sink()
+        totals = _Totals()
+        with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as archive:
+            detail = _GbkName(f"{stem}_业务明细.csv", exported.timetuple()[:6])
+            detail.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(detail, "w") as out:
+                for text in self._detail(start, end, totals, exported):
+                    out.write(text.encode("gbk", "replace"))
+                    if sink.pending >= CHUNK:
+                        yield sink.take()
+            summary = _GbkName(f"{stem}_业务明细(汇总).csv", exported.timetuple()[:6])
+            summary.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(summary, "w") as out:
+                out.write(self._summary(start, end, totals, exported).encode("gbk", "replace"))
+        yield sink.take()
+
+    def _detail(self, start: date, end: date, totals: _Totals, exported: datetime) -> Iterator[str]:
+        yield _heading("#支付宝业务明细查询", self.account, start, end)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator=NEWLINE)
+        buffer.write(DETAIL_START + NEWLINE)
         writer.writerow(COLUMNS)
-        writer.writerows(rows)
-        out.write(
-            "#-----------------------------------------业务明细列表结束------------------------------------\n"
+        pending = 0
+        for kind, row in self.store.bill_rows(start.isoformat(), end.isoformat()):
+            if kind == "trade":
+                totals.trades += 1
+                totals.received += Decimal(row["amount"])
+            else:
+                totals.refunds += 1
+                totals.refunded += Decimal(row["amount"])
+            writer.writerow(_row(kind, row))
+            pending += 1
+            if pending >= ROWS_PER_WRITE:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+                pending = 0
+        refunded = f"-{money(totals.refunded)}" if totals.refunds else "0.00"
+        buffer.write(
+            NEWLINE.join(
+                [
+                    DETAIL_END,
+                    f"#交易合计：{totals.trades}笔，商家实收共{money(totals.received)}元，"
+                    "商家优惠共0.00元",
+                    f"#退款合计：{totals.refunds}笔，商家实收退款共{refunded}元，"
+                    "商家优惠退款共0.00元",
+                    f"#导出时间：[{_stamp(exported)}]",
+                    "",
+                ]
+            )
         )
-        out.write(
-            f"#交易合计：{len(trades)}笔，商家实收：{money(paid_total)}元，商家优惠：0.00元\n"
-        )
-        out.write(
-            f"#退款合计：{len(refunds)}笔，商家实收：-{money(refund_total)}元，商家优惠：0.00元\n"
-        )
-        out.write(f"#导出时间：[{cn_time()}]\n")
-        summary = io.StringIO()
-        summary.write("#支付宝业务汇总查询\n")
-        summary_writer = csv.writer(summary, lineterminator="\n")
-        summary_writer.writerow(["交易笔数", "退款笔数", "订单金额（元）", "商家实收（元）"])
-        summary_writer.writerow(
-            [len(trades), len(refunds), money(paid_total), money(paid_total - refund_total)]
-        )
-        return out.getvalue(), summary.getvalue()
+        yield buffer.getvalue()
 
-    @staticmethod
-    def _row(
-        item: dict[str, Any], kind: str, finished: str, received: str, request_no: str
-    ) -> list[str]:
-        return [
-            item["trade_no"] or "",
-            item["out_trade_no"],
-            kind,
-            item["subject"],
-            item["gmt_create"],
-            finished,
-            "",
-            "",
-            "",
-            "",
-            item.get("buyer_logon_id", ""),
-            item["total_amount"],
-            received,
-            "0.00",
-            "0.00",
-            "0.00",
-            "0.00",
-            "0.00",
-            "",
-            "0.00",
-            "0.00",
-            request_no,
-            "0.00",
-            "0.00",
-            "",
-        ]
+    def _summary(self, start: date, end: date, totals: _Totals, exported: datetime) -> str:
+        net = money(totals.received - totals.refunded)
+        buffer = io.StringIO()
+        buffer.write(_heading("#支付宝业务汇总查询", self.account, start, end))
+        buffer.write(SUMMARY_START + NEWLINE)
+        writer = csv.writer(buffer, lineterminator=NEWLINE)
+        writer.writerow(SUMMARY_COLUMNS)
+        zero = "0.00"
+        writer.writerow(
+            ["合计\t", "\t", totals.trades, totals.refunds, net, net, zero, zero, zero, zero, zero]
+            + [net]
+        )
+        buffer.write(SUMMARY_END + NEWLINE)
+        buffer.write(f"#导出时间：[{_stamp(exported)}]" + NEWLINE)
+        return buffer.getvalue()

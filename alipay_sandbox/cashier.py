@@ -6,7 +6,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from .errors import ApiError
+from .errors import ApiError, TradeExpired
 
 STYLE = (
     "body{font-family:sans-serif;max-width:36em;margin:3em auto;color:#222}"
@@ -37,7 +37,13 @@ def cashier_page(trade: dict[str, Any]) -> str:
         f'<tr><td>Order</td><td class="code" id="out-trade-no">'
         f"{escape(trade['out_trade_no'])}</td></tr>"
         f'<tr><td>Status</td><td id="trade-status">{escape(trade["status"])}</td></tr>'
-        "</table>"
+        + (
+            f'<tr><td>Pay before</td><td id="time-expire">{escape(trade["time_expire"])}'
+            " (Beijing time)</td></tr>"
+            if trade.get("time_expire")
+            else ""
+        )
+        + "</table>"
         f'<form method="post" action="{escape(path)}/pay" style="display:inline">'
         '<button type="submit" id="pay-button">Pay</button></form>'
         f'<form method="post" action="{escape(path)}/cancel" style="display:inline">'
@@ -47,8 +53,16 @@ def cashier_page(trade: dict[str, Any]) -> str:
 
 
 def error_page(error: ApiError) -> str:
-    body = (
-        "<h1>Payment request refused</h1>"
+    if isinstance(error, TradeExpired):
+        heading = (
+            '<h1 id="payment-expired">Payment link expired</h1>'
+            f'<p>This payment had to be made before <span id="time-expire">'
+            f"{escape(error.time_expire)}</span> (Beijing time). It can no longer be paid: "
+            "ask the shop for a new order.</p>"
+        )
+    else:
+        heading = "<h1>Payment request refused</h1>"
+    body = heading + (
         f'<p>code <span class="code" id="error-code">{escape(error.code)}</span> '
         f"{escape(error.msg)}</p>"
         f'<p>sub_code <span class="code" id="error-sub-code">{escape(error.sub_code)}</span></p>'

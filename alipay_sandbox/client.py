@@ -4,6 +4,8 @@ control = SandboxControl("http://127.0.0.1:8090")
 control.reset()
 result = control.pay(pay_url)          # {"trade_no", "out_trade_no", "return_url", ...}
 control.set_faults(notify_drop=True)
+control.set_settings(refund_window_s=1, empty_param_rate=0.5)
+control.generate_trades("2024-05-01", 100000, refunds=1000)
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ class SandboxControl:
         """The gateway URL to give the SDK (``client._gateway``)."""
         return self.base_url + "/gateway.do"
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         data = json.dumps(body).encode("utf-8") if body is not None else None
         request = urllib.request.Request(
             self.base_url + path,
@@ -45,7 +53,7 @@ class SandboxControl:
             headers={"Content-Type": "application/json"},
         )
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=timeout or self.timeout) as response:
                 return json.loads(response.read().decode("utf-8"))
         except urllib.error.HTTPError as exc:
             raw = exc.read().decode("utf-8", "replace")
@@ -74,6 +82,33 @@ class SandboxControl:
 
     def clear_faults(self) -> dict:
         return self._call("DELETE", "/_sandbox/faults")
+
+    def settings(self) -> dict:
+        return self._call("GET", "/_sandbox/settings")
+
+    def set_settings(self, **settings: Any) -> dict:
+        """refund_window_s, bill_url_ttl_s, empty_param_rate, clock_offset_s (real seconds)."""
+        return self._call("POST", "/_sandbox/settings", settings)
+
+    def clear_settings(self) -> dict:
+        """Back to the start-up settings."""
+        return self._call("DELETE", "/_sandbox/settings")
+
+    def generate_trades(
+        self,
+        date: str,
+        count: int,
+        *,
+        refunds: int = 0,
+        amount: str | list[str] | None = None,
+        prefix: str | None = None,
+        width: int | None = None,
+    ) -> dict:
+        """Bulk-insert ``count`` paid trades (and ``refunds`` partial refunds) on ``date``."""
+        body: dict[str, Any] = {"date": date, "count": count, "refunds": refunds}
+        optional = {"amount": amount, "prefix": prefix, "width": width}
+        body.update({name: value for name, value in optional.items() if value is not None})
+        return self._call("POST", "/_sandbox/trades/generate", body, timeout=max(self.timeout, 120))
 
     def trade(self, out_trade_no: str) -> dict:
         quoted = urllib.parse.quote(out_trade_no, safe="")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ class Config:
     control: bool = False
     public_url: str = ""
     log_level: str = "WARNING"
+    refund_window_days: float = 365.0
+    bill_url_ttl_s: float = 30.0
+    empty_param_rate: float = 0.0
 
     def base_url(self, bound_port: int | None = None) -> str:
         """The URL the sandbox advertises for its own links."""
@@ -91,6 +95,24 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="base URL for the sandbox's own links (default http://host:port)",
     )
     parser.add_argument(
+        "--refund-window-days",
+        type=float,
+        default=float(get("ALIPAY_SANDBOX_REFUND_WINDOW_DAYS", "365")),
+        help="days a paid trade stays refundable before TRADE_FINISHED (times the time factor)",
+    )
+    parser.add_argument(
+        "--bill-url-ttl",
+        type=float,
+        default=float(get("ALIPAY_SANDBOX_BILL_URL_TTL", "30")),
+        help="seconds a bill download URL stays valid (times the time factor, at least 2 s)",
+    )
+    parser.add_argument(
+        "--empty-param-rate",
+        type=float,
+        default=float(get("ALIPAY_SANDBOX_EMPTY_PARAM_RATE", "0")),
+        help="probability (0..1) that a notification or return carries an empty parameter",
+    )
+    parser.add_argument(
         "--log-level",
         default=get("ALIPAY_SANDBOX_LOG_LEVEL", "WARNING"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -107,6 +129,12 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         parser.error("--app-id needs at least one app id")
     if args.time_factor <= 0:
         parser.error("--time-factor must be positive")
+    if not math.isfinite(args.refund_window_days) or args.refund_window_days <= 0:
+        parser.error("--refund-window-days must be positive")
+    if not math.isfinite(args.bill_url_ttl) or args.bill_url_ttl <= 0:
+        parser.error("--bill-url-ttl must be positive")
+    if not 0.0 <= args.empty_param_rate <= 1.0:
+        parser.error("--empty-param-rate must be between 0 and 1")
     return Config(
         host=args.host,
         port=args.port,
@@ -119,4 +147,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         control=bool(args.control),
         public_url=args.public_url,
         log_level=args.log_level,
+        refund_window_days=args.refund_window_days,
+        bill_url_ttl_s=args.bill_url_ttl,
+        empty_param_rate=args.empty_param_rate,
     )

@@ -8,7 +8,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .errors import ApiError
 from .faults import FaultError
-from .gateway import Reply
+from .gateway import Reply, decode_params
+from .runtime import SettingsError
+from .synthetic import SyntheticError, generate, plan_from
 from .trades import return_url_for
 
 if TYPE_CHECKING:
@@ -60,6 +62,8 @@ class Control:
             return self.reset()
         if sub == "pay" and method == "POST":
             return self.pay(payload)
+        if sub == "trades/generate" and method == "POST":
+            return self.generate(payload)
         if sub.startswith("trades/") and method == "GET":
             return self.trade(unquote(sub[len("trades/") :]))
         if sub == "notifications" and method == "GET":
@@ -77,19 +81,37 @@ class Control:
                     return json_reply(200, faults.update(payload))
                 except FaultError as exc:
                     return _error(400, str(exc))
+        if sub == "settings":
+            runtime = self.sandbox.runtime
+            if method == "GET":
+                return json_reply(200, runtime.as_dict())
+            if method == "DELETE":
+                return json_reply(200, runtime.reset())
+            if method == "POST":
+                try:
+                    return json_reply(200, runtime.update(payload))
+                except SettingsError as exc:
+                    return _error(400, str(exc))
         return _error(404, f"no control endpoint {method} {path}")
 
     def reset(self) -> Reply:
         self.sandbox.store.reset()
         self.sandbox.faults.clear()
+        self.sandbox.runtime.reset()
         return json_reply(200, {"ok": True})
+
+    def generate(self, payload: dict[str, Any]) -> Reply:
+        try:
+            plan = plan_from(payload, self.sandbox.config.app_ids[0])
+            return json_reply(200, generate(self.sandbox.store, plan))
+        except SyntheticError as exc:
+            return _error(400, str(exc))
 
     def pay(self, payload: dict[str, Any]) -> Reply:
         trades = self.sandbox.trades
         try:
             if payload.get("pay_url"):
-                query = urlsplit(str(payload["pay_url"])).query
-                params = dict(parse_qsl(query, keep_blank_values=True))
+                params = decode_params(urlsplit(str(payload["pay_url"])).query)
                 trade = self.sandbox.gateway.open_page_pay(params, allow_paid=True)
                 out_trade_no = trade["out_trade_no"]
             elif payload.get("out_trade_no"):

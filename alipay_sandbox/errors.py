@@ -48,3 +48,13 @@ def invalid(what: str, sub_msg: str) -> ApiError:
 
 def trade_not_exist() -> ApiError:
     return business("ACQ.TRADE_NOT_EXIST", "交易不存在")
+
+
+class TradeExpired(ApiError):
+    """A pay link or trade past its ``time_expire``: it can no longer be paid."""
+
+    def __init__(self, time_expire: str) -> None:
+        super().__init__(
+            "40004", "ACQ.TRADE_HAS_CLOSE", f"交易已超时关闭 (time_expire {time_expire})"
+        )
+        self.time_expire = time_expire

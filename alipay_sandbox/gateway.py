@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -16,7 +17,8 @@ from .bills import Bills
 from .config import Config
 from .errors import ApiError, invalid, missing
 from .faults import Faults
-from .trades import TIME_FORMAT, TradeService
+from .runtime import TIME_FORMAT
+from .trades import TradeService
 
 PAGE_METHODS = ("alipay.trade.page.pay", "alipay.trade.wap.pay")
 SERVER_METHODS = (
@@ -36,6 +38,27 @@ REQUIRED = (
 JSON_TYPE = "application/json;charset=utf-8"
 
 
+def decode_params(query: str, form: bytes = b"") -> dict[str, str]:
+    """Request parameters, percent-decoded in the charset the request names.
+
+    Alipay's SDKs encode every parameter in the merchant's charset (utf-8, gbk or gb2312) and
+    say which in ``charset``; an unknown charset is read as utf-8 (and refused by verify).
+    Form fields win over query fields of the same name.
+    """
+    # latin-1 keeps the raw bytes; they are decoded once the charset is known.
+    raw = parse_qsl(query, keep_blank_values=True, encoding="latin-1")
+    if form:
+        raw += parse_qsl(form.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+    declared = dict(raw).get("charset", "utf-8")
+    codec = signing.codec_for(declared) or "utf-8"
+    return {
+        key.encode("latin-1").decode(codec, "replace"): value.encode("latin-1").decode(
+            codec, "replace"
+        )
+        for key, value in raw
+    }
+
+
 @dataclass
 class Reply:
     status: int
@@ -43,6 +66,7 @@ class Reply:
     content_type: str = JSON_TYPE
     headers: dict[str, str] = field(default_factory=dict)
     hang_s: float | None = None  # sleep, then close the connection without answering
+    stream: Iterator[bytes] | None = None  # sent chunked instead of body
 
 
 @dataclass
@@ -52,6 +76,7 @@ class Verified:
     sign_type: str
     params: dict[str, str]
     biz: dict[str, Any]
+    charset: str = "utf-8"
 
 
 def response_key(method: str) -> str:
@@ -79,7 +104,7 @@ class Gateway:
         self.trades = trades
         self.bills = bills
         self.base_url = config.base_url()
-        self._signatures: dict[tuple[str, str], str] = {}
+        self._signatures: dict[tuple[str, str, str], str] = {}
         self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "alipay.trade.query": trades.query,
             "alipay.trade.close": trades.close,
@@ -112,10 +137,10 @@ class Gateway:
         except ValueError:
             raise invalid("timestamp", "非法的时间戳参数，格式应为 yyyy-MM-dd HH:mm:ss") from None
         charset = params.get("charset", "utf-8")
-        if charset.lower() not in ("utf-8", "utf8"):
-            raise invalid("charset", f"字符集 {charset} 不支持，请使用 utf-8")
-        unsigned = signing.string_to_sign(params, exclude=("sign",))
-        if not signing.verify(self.app_public_key, unsigned, params["sign"], sign_type):
+        codec = signing.codec_for(charset)
+        if codec is None:
+            raise invalid("charset", f"字符集 {charset} 不支持，请使用 utf-8、gbk 或 gb2312")
+        if not signing.verify_request(self.app_public_key, params, sign_type, codec):
             raise invalid(
                 "signature",
                 "验签出错，建议检查签名字符串或签名私钥与应用公钥是否匹配",
@@ -129,7 +154,7 @@ class Gateway:
             ) from None
         if not isinstance(biz, dict):
             raise ApiError("40002", "isv.invalid-parameter", "biz_content 应为 JSON 对象")
-        return Verified(method, app_id, sign_type, params, biz)
+        return Verified(method, app_id, sign_type, params, biz, charset)
 
     # -- server APIs ----------------------------------------------------------------------
     def handle(self, params: dict[str, str]) -> Reply:
@@ -144,11 +169,12 @@ class Gateway:
                 return fault_reply
             request = self.verify(params, method)
             node = self._handlers[method](request.biz)
-            return self.signed(method, node, request.sign_type)
+            return self.signed(method, node, request.sign_type, request.charset)
         except ApiError as exc:
+            charset = params.get("charset", "")
             if exc.signed:
-                return self.signed(method, exc.node(), sign_type)
-            return self.unsigned(method, exc.node())
+                return self.signed(method, exc.node(), sign_type, charset)
+            return self.unsigned(method, exc.node(), charset)
 
     def _apply_faults(self, method: str) -> Reply | None:
         current = self.faults.applies_to(method)
@@ -171,26 +197,32 @@ class Gateway:
         }
         return self.unsigned(method, node)
 
-    def signed(self, method: str, node: dict[str, Any], sign_type: str) -> Reply:
-        text = _dumps(node)
-        signature = self._sign_cached(text, sign_type)
+    def signed(
+        self, method: str, node: dict[str, Any], sign_type: str, charset: str = "utf-8"
+    ) -> Reply:
+        """The envelope in the request's charset, signed over the node's bytes in it."""
+        codec = signing.codec_for(charset) or "utf-8"
+        text = _dumps(node).encode(codec, "replace").decode(codec)
+        signature = self._sign_cached(text, sign_type, codec)
         body = '{"' + response_key(method) + '":' + text + ',"sign":"' + signature + '"}'
-        return Reply(200, body.encode("utf-8"))
+        return Reply(200, body.encode(codec), f"application/json;charset={codec}")
 
-    def _sign_cached(self, text: str, sign_type: str) -> str:
+    def _sign_cached(self, text: str, sign_type: str, codec: str) -> str:
         # PKCS#1 v1.5 signatures are deterministic: a repeated answer (polling queries)
         # can reuse its signature.
-        key = (text, sign_type)
+        key = (text, sign_type, codec)
         signature = self._signatures.get(key)
         if signature is None:
-            signature = signing.sign(self.alipay_key, text, sign_type)
+            signature = signing.sign(self.alipay_key, text, sign_type, codec)
             if len(self._signatures) >= 4096:
                 self._signatures.clear()
             self._signatures[key] = signature
         return signature
 
-    def unsigned(self, method: str, node: dict[str, Any]) -> Reply:
-        return Reply(200, _dumps({response_key(method): node}).encode("utf-8"))
+    def unsigned(self, method: str, node: dict[str, Any], charset: str = "utf-8") -> Reply:
+        codec = signing.codec_for(charset) or "utf-8"
+        body = _dumps({response_key(method): node}).encode(codec, "replace")
+        return Reply(200, body, f"application/json;charset={codec}")
 
     def _bill_url(self, biz: dict[str, Any]) -> dict[str, Any]:
         return self.bills.issue(biz, self.base_url)
@@ -207,5 +239,6 @@ class Gateway:
             return_url=params.get("return_url", ""),
             notify_url=params.get("notify_url", ""),
             sign_type=request.sign_type,
+            charset=request.charset,
             allow_paid=allow_paid,
         )

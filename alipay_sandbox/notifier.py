@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import sqlite3
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from .faults import Faults
+from .signing import codec_for
 from .store import Store
 
 log = logging.getLogger("alipay_sandbox.notifier")
@@ -29,8 +31,14 @@ MAX_DELIVERIES = len(RETRY_SCHEDULE_S) + 1
 REORDER_SPACING_S = 0.05
 
 
-def new_notify_id() -> str:
-    return uuid.uuid4().hex + uuid.uuid4().hex[:4]
+def new_notify_id(moment: datetime) -> str:
+    """34 digits like Alipay's: ``yyyyMMdd`` + ``00222`` + ``HHmmss`` + 15 random digits."""
+    return (
+        moment.strftime("%Y%m%d")
+        + "00222"
+        + moment.strftime("%H%M%S")
+        + (f"{secrets.randbelow(10**15):015d}")
+    )
 
 
 class Notifier:
@@ -147,12 +155,15 @@ class Notifier:
         try:
             faults = self.faults.snapshot()
             params = json.loads(note["params"])
-            body = urllib.parse.urlencode(params).encode("utf-8")
+            # Sent in the charset of the merchant's request (the ``charset`` parameter).
+            charset = params.get("charset", "utf-8")
+            codec = codec_for(charset) or "utf-8"
+            body = urllib.parse.urlencode(params, encoding=codec).encode("ascii")
             extra = max(0, faults.notify_duplicate)
             results: list[tuple[bool, dict[str, Any]]] = [None] * (extra + 1)  # type: ignore[list-item]
 
             def send(index: int) -> None:
-                results[index] = self._post(note["url"], body)
+                results[index] = self._post(note["url"], body, charset)
 
             threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(extra)]
             for thread in threads:
@@ -177,13 +188,13 @@ class Notifier:
                 self._inflight.discard(note["id"])
             self.wake()
 
-    def _post(self, url: str, body: bytes) -> tuple[bool, dict[str, Any]]:
+    def _post(self, url: str, body: bytes, charset: str) -> tuple[bool, dict[str, Any]]:
         request = urllib.request.Request(
             url,
             data=body,
             method="POST",
             headers={
-                "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+                "Content-Type": f"application/x-www-form-urlencoded; charset={charset}",
                 "User-Agent": "Mozilla/4.0 (alipay-sandbox notify)",
             },
         )

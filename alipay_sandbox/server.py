@@ -86,6 +86,9 @@ class Handler(BaseHTTPRequestHandler):
         self._send(reply, method)
 
     def _send(self, reply: Reply, method: str) -> None:
+        if reply.stream is not None:
+            self._send_stream(reply, method)
+            return
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
@@ -97,6 +100,35 @@ class Handler(BaseHTTPRequestHandler):
         if method != "HEAD":
             self._headers_buffer.append(reply.body)  # type: ignore[attr-defined]
         self.flush_headers()
+
+    def _send_stream(self, reply: Reply, method: str) -> None:
+        """Chunked transfer: the body is produced while it is sent."""
+        stream = reply.stream
+        assert stream is not None
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if method == "HEAD":
+                return
+            for chunk in stream:
+                if chunk:
+                    self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError as exc:  # the client went away mid-body
+            log.debug("stream to client ended: %s", type(exc).__name__)
+            self.close_connection = True
+        except Exception:
+            # Headers are out: all that is left is to end the connection mid-body.
+            log.exception("error while streaming a body")
+            self.close_connection = True
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         if log.isEnabledFor(logging.DEBUG):

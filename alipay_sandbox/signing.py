@@ -12,6 +12,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 SIGN_TYPES: dict[str, type[hashes.HashAlgorithm]] = {"RSA2": hashes.SHA256, "RSA": hashes.SHA1}
+# Request charsets Alipay accepts, and the codec each is read and signed with (GBK is a
+# superset of GB2312).
+CHARSETS = {"utf-8": "utf-8", "utf8": "utf-8", "gbk": "gbk", "gb2312": "gbk"}
 
 
 class KeyFileError(Exception):
@@ -49,13 +52,24 @@ def load_public_key(path: Path) -> rsa.RSAPublicKey:
     return key
 
 
-def string_to_sign(params: Mapping[str, str], exclude: Iterable[str] = ("sign",)) -> str:
-    """Sorted ``k=v`` pairs joined with ``&``: raw values, empty values and ``exclude`` dropped."""
+def codec_for(charset: str) -> str | None:
+    """The Python codec for a request's ``charset`` (utf-8, gbk, gb2312), else None."""
+    return CHARSETS.get(charset.strip().lower())
+
+
+def string_to_sign(
+    params: Mapping[str, str], exclude: Iterable[str] = ("sign",), keep_empty: bool = False
+) -> str:
+    """Sorted ``k=v`` pairs joined with ``&``, raw values, ``exclude`` left out.
+
+    Empty values are dropped unless ``keep_empty``: Alipay signs every parameter it sends,
+    empty ones included, while the official SDKs drop them when they sign requests.
+    """
     skip = set(exclude)
     return "&".join(
         f"{key}={value}"
         for key, value in sorted(params.items())
-        if key not in skip and value is not None and value != ""
+        if key not in skip and value is not None and (keep_empty or value != "")
     )
 
 
@@ -66,19 +80,25 @@ def _hash_for(sign_type: str) -> hashes.HashAlgorithm:
         raise ValueError(f"unsupported sign_type {sign_type!r}") from None
 
 
-def sign(key: rsa.RSAPrivateKey, message: str | bytes, sign_type: str = "RSA2") -> str:
-    """Base64 signature (no line breaks) of ``message`` (UTF-8 when a str)."""
-    data = message.encode("utf-8") if isinstance(message, str) else message
+def sign(
+    key: rsa.RSAPrivateKey, message: str | bytes, sign_type: str = "RSA2", encoding: str = "utf-8"
+) -> str:
+    """Base64 signature (no line breaks) of ``message`` (encoded with ``encoding`` when a str)."""
+    data = message.encode(encoding) if isinstance(message, str) else message
     signature = key.sign(data, padding.PKCS1v15(), _hash_for(sign_type))
     return base64.b64encode(signature).decode("ascii")
 
 
 def verify(
-    key: rsa.RSAPublicKey, message: str | bytes, signature: str, sign_type: str = "RSA2"
+    key: rsa.RSAPublicKey,
+    message: str | bytes,
+    signature: str,
+    sign_type: str = "RSA2",
+    encoding: str = "utf-8",
 ) -> bool:
     """True when ``signature`` (base64) is a valid signature of ``message``."""
-    data = message.encode("utf-8") if isinstance(message, str) else message
     try:
+        data = message.encode(encoding) if isinstance(message, str) else message
         raw = base64.b64decode("".join(signature.split()), validate=True)
         key.verify(raw, data, padding.PKCS1v15(), _hash_for(sign_type))
     except (InvalidSignature, binascii.Error, ValueError):
@@ -86,11 +106,32 @@ def verify(
     return True
 
 
+def verify_request(
+    key: rsa.RSAPublicKey, params: Mapping[str, str], sign_type: str, encoding: str = "utf-8"
+) -> bool:
+    """Verify a merchant's request: every parameter but ``sign``, ``sign_type`` included.
+
+    python-alipay-sdk signs empty parameters too (``k=``); the official SDKs leave them out.
+    Both forms are accepted: the non-empty content is the same either way.
+    """
+    signature = params.get("sign", "")
+    kept = string_to_sign(params, ("sign",), keep_empty=True)
+    if verify(key, kept, signature, sign_type, encoding):
+        return True
+    dropped = string_to_sign(params, ("sign",))
+    return dropped != kept and verify(key, dropped, signature, sign_type, encoding)
+
+
 def sign_params(
     key: rsa.RSAPrivateKey,
     params: Mapping[str, str],
     sign_type: str = "RSA2",
     exclude: Iterable[str] = ("sign", "sign_type"),
+    encoding: str = "utf-8",
 ) -> str:
-    """Signature for return / notification parameters (``sign`` and ``sign_type`` left out)."""
-    return sign(key, string_to_sign(params, exclude), sign_type)
+    """Signature for return / notification parameters, as Alipay makes it.
+
+    Every parameter but ``sign`` and ``sign_type``, empty ones included, in the charset the
+    parameters are sent in.
+    """
+    return sign(key, string_to_sign(params, exclude, keep_empty=True), sign_type, encoding)

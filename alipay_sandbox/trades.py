@@ -1,4 +1,5 @@
-"""Trade life cycle: open (cashier), pay, close, refund, and the notifications they cause."""
+"""Trade life cycle: open (cashier), pay, close, refund, time_expire and the refund window,
+and the notifications they cause."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import secrets
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlencode
@@ -15,22 +16,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import signing
 from .config import Config
-from .errors import business, trade_not_exist
-from .notifier import Notifier, new_notify_id
+from .errors import ApiError, TradeExpired, business, trade_not_exist
+from .messages import Messages
+from .notifier import Notifier
+from .runtime import CHINA, Runtime, parse_cn_time
 from .store import Store
 
-CHINA = timezone(timedelta(hours=8), "Asia/Shanghai")
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 MAX_AMOUNT = Decimal("100000000")
 PAID = ("TRADE_SUCCESS", "TRADE_FINISHED")
-
-
-def cn_now() -> datetime:
-    return datetime.now(CHINA)
-
-
-def cn_time(moment: datetime | None = None) -> str:
-    return (moment or cn_now()).strftime(TIME_FORMAT)
+SWEEP_BATCH = 500
 
 
 def money(value: Decimal) -> str:
@@ -52,8 +46,22 @@ def parse_amount(value: Any, name: str) -> Decimal:
     return amount
 
 
-def new_trade_no() -> str:
-    return cn_now().strftime("%Y%m%d") + f"{secrets.randbelow(10**22):022d}"
+def parse_time_expire(value: Any) -> tuple[str, float | None]:
+    """``(time_expire, Unix seconds)`` from biz_content; ``("", None)`` when absent."""
+    if value is None or value == "":
+        return "", None
+    text = str(value).strip()
+    try:
+        return text, parse_cn_time(text)
+    except ValueError:
+        raise business(
+            "ACQ.INVALID_PARAMETER", "参数有误 time_expire 格式应为 yyyy-MM-dd HH:mm:ss"
+        ) from None
+
+
+def new_trade_no(moment: datetime) -> str:
+    """28 digits like Alipay's: ``yyyyMMdd`` + 20 digits."""
+    return moment.strftime("%Y%m%d") + "22001" + f"{secrets.randbelow(10**15):015d}"
 
 
 def return_url_for(trade: dict[str, Any]) -> str:
@@ -61,7 +69,9 @@ def return_url_for(trade: dict[str, Any]) -> str:
     base = trade.get("return_url") or ""
     if not base or not trade.get("return_params"):
         return ""
-    query = urlencode(json.loads(trade["return_params"]))
+    params = json.loads(trade["return_params"])
+    codec = signing.codec_for(params.get("charset", "utf-8")) or "utf-8"
+    query = urlencode(params, encoding=codec)
     if base.endswith(("?", "&")):
         return base + query
     return base + ("&" if "?" in base else "?") + query
@@ -76,12 +86,19 @@ class PayOutcome:
 
 class TradeService:
     def __init__(
-        self, config: Config, alipay_key: rsa.RSAPrivateKey, store: Store, notifier: Notifier
+        self,
+        config: Config,
+        alipay_key: rsa.RSAPrivateKey,
+        store: Store,
+        notifier: Notifier,
+        runtime: Runtime,
     ) -> None:
         self.config = config
         self.key = alipay_key
         self.store = store
         self.notifier = notifier
+        self.runtime = runtime
+        self.messages = Messages(config, alipay_key, runtime)
 
     # -- lookup ---------------------------------------------------------------------------
     def find(self, biz: dict[str, Any], conn: sqlite3.Connection | None = None) -> dict[str, Any]:
@@ -96,6 +113,18 @@ class TradeService:
             raise trade_not_exist()
         return trade
 
+    def refresh(self, out_trade_no: str) -> dict[str, Any] | None:
+        """The trade, with its time_expire or refund window applied if it has passed."""
+        trade = self.store.get_trade(out_trade_no)
+        if trade is None or not self._timer_due(trade, self.runtime.now()):
+            return trade
+        with self.store.write() as conn:
+            trade = self.store.get_trade(out_trade_no, conn=conn)
+            if trade is not None:
+                self._apply_timers(conn, trade, self.runtime.now())
+        self.notifier.wake()
+        return trade
+
     # -- cashier --------------------------------------------------------------------------
     def open_trade(
         self,
@@ -106,6 +135,7 @@ class TradeService:
         return_url: str,
         notify_url: str,
         sign_type: str,
+        charset: str = "utf-8",
         allow_paid: bool = False,
     ) -> dict[str, Any]:
         out_trade_no = str(biz.get("out_trade_no") or "").strip()
@@ -115,9 +145,15 @@ class TradeService:
         if not subject:
             raise business("ACQ.INVALID_PARAMETER", "参数有误 subject 不能为空")
         amount = money(parse_amount(biz.get("total_amount"), "total_amount"))
+        time_expire, expire_at = parse_time_expire(biz.get("time_expire"))
+        failure: ApiError | None = None
         with self.store.write() as conn:
+            now = self.runtime.now()
             trade = self.store.get_trade(out_trade_no, conn=conn)
             if trade is None:
+                if expire_at is not None and expire_at <= now:
+                    # Never opened before its deadline: no trade is created.
+                    raise TradeExpired(time_expire)
                 trade = {
                     "out_trade_no": out_trade_no,
                     "app_id": app_id,
@@ -128,7 +164,10 @@ class TradeService:
                     "return_url": return_url,
                     "notify_url": notify_url,
                     "sign_type": sign_type,
-                    "gmt_create": cn_time(),
+                    "charset": charset,
+                    "gmt_create": self.runtime.cn_time(now),
+                    "time_expire": time_expire,
+                    "expire_at": expire_at,
                 }
                 self.store.insert_trade(conn, trade)
                 return self.store.get_trade(out_trade_no, conn=conn) or trade
@@ -138,61 +177,68 @@ class TradeService:
                 if allow_paid:
                     return trade
                 raise business("ACQ.TRADE_HAS_SUCCESS", "交易已被支付")
+            # The deadline is the one the trade was created with; a later link cannot move it.
+            self._apply_timers(conn, trade, now)
             if trade["status"] == "TRADE_CLOSED":
-                raise business("ACQ.TRADE_HAS_CLOSE", "交易已经关闭")
-            changes = {
-                "method": method,
-                "subject": subject,
-                "return_url": return_url,
-                "notify_url": notify_url,
-                "sign_type": sign_type,
-            }
-            self.store.update_trade(conn, out_trade_no, **changes)
-            trade.update(changes)
-            return trade
+                failure = self.closed_error(trade, now)
+            else:
+                changes = {
+                    "method": method,
+                    "subject": subject,
+                    "return_url": return_url,
+                    "notify_url": notify_url,
+                    "sign_type": sign_type,
+                    "charset": charset,
+                }
+                self.store.update_trade(conn, out_trade_no, **changes)
+                trade.update(changes)
+        if failure is not None:
+            self.notifier.wake()
+            raise failure
+        return trade
 
     def pay(self, out_trade_no: str) -> PayOutcome:
+        failure: ApiError | None = None
         with self.store.write() as conn:
             trade = self.store.get_trade(out_trade_no, conn=conn)
             if trade is None:
                 raise trade_not_exist()
             if trade["gmt_payment"]:
                 return PayOutcome(trade, return_url_for(trade), newly_paid=False)
+            now = self.runtime.now()
+            self._apply_timers(conn, trade, now)
             if trade["status"] != "WAIT_BUYER_PAY":
-                raise business("ACQ.TRADE_HAS_CLOSE", "交易已经关闭")
-            now = cn_time()
-            changes: dict[str, Any] = {
-                "status": "TRADE_SUCCESS",
-                "trade_no": new_trade_no(),
-                "gmt_payment": now,
-                "buyer_id": "2088" + f"{secrets.randbelow(10**12):012d}",
-                "buyer_logon_id": secrets.token_hex(2)[:3] + "***@sandbox.com",
-            }
-            trade.update(changes)
-            params = {
-                "charset": "utf-8",
-                "out_trade_no": out_trade_no,
-                "method": trade["method"] + ".return",
-                "total_amount": trade["total_amount"],
-                "trade_no": trade["trade_no"],
-                "auth_app_id": trade["app_id"],
-                "version": "1.0",
-                "app_id": trade["app_id"],
-                "sign_type": trade["sign_type"],
-                "seller_id": self.config.seller_id,
-                "timestamp": now,
-            }
-            params["sign"] = signing.sign_params(self.key, params, trade["sign_type"])
-            changes["return_params"] = json.dumps(params, ensure_ascii=False)
-            trade["return_params"] = changes["return_params"]
-            self.store.update_trade(conn, out_trade_no, **changes)
-            self._notify(conn, trade, "TRADE_SUCCESS")
+                failure = self.closed_error(trade, now)
+            else:
+                self._pay_locked(conn, trade, now)
         self.notifier.wake()
+        if failure is not None:
+            raise failure
         return PayOutcome(trade, return_url_for(trade), newly_paid=True)
+
+    def _pay_locked(self, conn: sqlite3.Connection, trade: dict[str, Any], now: float) -> None:
+        paid_at = self.runtime.cn_time(now)
+        settings = self.runtime.snapshot()
+        changes: dict[str, Any] = {
+            "status": "TRADE_SUCCESS",
+            "trade_no": new_trade_no(datetime.fromtimestamp(now, CHINA)),
+            "gmt_payment": paid_at,
+            "buyer_id": "2088" + f"{secrets.randbelow(10**12):012d}",
+            "buyer_logon_id": secrets.token_hex(2)[:3] + "***@sandbox.com",
+            "finish_at": now + settings.refund_window_s,
+        }
+        trade.update(changes)
+        params = self.messages.return_params(trade, paid_at)
+        changes["return_params"] = json.dumps(params, ensure_ascii=False)
+        trade["return_params"] = changes["return_params"]
+        self.store.update_trade(conn, trade["out_trade_no"], **changes)
+        self._notify(conn, trade, "TRADE_SUCCESS")
 
     # -- server APIs ----------------------------------------------------------------------
     def query(self, biz: dict[str, Any]) -> dict[str, Any]:
         trade = self.find(biz)
+        if self._timer_due(trade, self.runtime.now()):
+            trade = self.refresh(trade["out_trade_no"]) or trade
         node: dict[str, Any] = {"code": "10000", "msg": "Success"}
         paid = bool(trade["gmt_payment"])
         if paid:
@@ -218,49 +264,76 @@ class TradeService:
         return node
 
     def close(self, biz: dict[str, Any]) -> dict[str, Any]:
+        failure: ApiError | None = None
         with self.store.write() as conn:
             trade = self.find(biz, conn=conn)
+            now = self.runtime.now()
+            self._apply_timers(conn, trade, now)
             if trade["status"] != "WAIT_BUYER_PAY":
-                raise business("ACQ.TRADE_STATUS_ERROR", "交易状态不合法")
-            self.store.update_trade(
-                conn, trade["out_trade_no"], status="TRADE_CLOSED", gmt_close=cn_time()
-            )
+                failure = business("ACQ.TRADE_STATUS_ERROR", "交易状态不合法")
+            else:
+                closed = {"status": "TRADE_CLOSED", "gmt_close": self.runtime.cn_time(now)}
+                self.store.update_trade(conn, trade["out_trade_no"], **closed)
+                trade.update(closed)
+                self._notify(conn, trade, "TRADE_CLOSED")
+        self.notifier.wake()
+        if failure is not None:
+            raise failure
         return {"code": "10000", "msg": "Success", "out_trade_no": trade["out_trade_no"]}
 
     def refund(self, biz: dict[str, Any]) -> dict[str, Any]:
         amount = parse_amount(biz.get("refund_amount"), "refund_amount")
         out_request_no = str(biz.get("out_request_no") or "")
         reason = str(biz.get("refund_reason") or "")
+        failure: ApiError | None = None
+        node: dict[str, Any] = {}
         with self.store.write() as conn:
             trade = self.find(biz, conn=conn)
-            existing = self.store.get_refund(trade["out_trade_no"], out_request_no, conn=conn)
-            if existing is not None:
-                if Decimal(existing["refund_amount"]) != amount:
-                    raise business("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额与原请求不一致")
-                return self._refund_node(trade, "N", existing)
-            if trade["status"] != "TRADE_SUCCESS":
-                raise business("ACQ.TRADE_STATUS_ERROR", "交易状态不合法")
-            total = Decimal(trade["total_amount"])
-            refunded = Decimal(trade["refund_fee"])
-            if amount > total - refunded:
-                raise business("ACQ.REASON_TRADE_REFUND_FEE_ERR", "退款金额超限")
-            now = cn_time()
-            refund = {
-                "out_trade_no": trade["out_trade_no"],
-                "out_request_no": out_request_no,
-                "refund_amount": money(amount),
-                "refund_reason": reason,
-                "gmt_refund": now,
-            }
-            self.store.insert_refund(conn, refund)
-            cumulative = refunded + amount
-            changes: dict[str, Any] = {"refund_fee": money(cumulative), "gmt_refund": now}
-            if cumulative == total:
-                changes.update(status="TRADE_CLOSED", gmt_close=now)
-            self.store.update_trade(conn, trade["out_trade_no"], **changes)
-            trade.update(changes)
-            self._notify(conn, trade, trade["status"], out_biz_no=out_request_no)
+            self._apply_timers(conn, trade, self.runtime.now())
+            try:
+                node = self._refund_locked(conn, trade, amount, out_request_no, reason)
+            except ApiError as exc:  # commit what the timers changed, then answer the error
+                failure = exc
         self.notifier.wake()
+        if failure is not None:
+            raise failure
+        return node
+
+    def _refund_locked(
+        self,
+        conn: sqlite3.Connection,
+        trade: dict[str, Any],
+        amount: Decimal,
+        out_request_no: str,
+        reason: str,
+    ) -> dict[str, Any]:
+        existing = self.store.get_refund(trade["out_trade_no"], out_request_no, conn=conn)
+        if existing is not None:
+            if Decimal(existing["refund_amount"]) != amount:
+                raise business("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额与原请求不一致")
+            return self._refund_node(trade, "N", existing)
+        if trade["status"] != "TRADE_SUCCESS":
+            raise business("ACQ.TRADE_STATUS_ERROR", "交易状态不合法")
+        total = Decimal(trade["total_amount"])
+        refunded = Decimal(trade["refund_fee"])
+        if amount > total - refunded:
+            raise business("ACQ.REASON_TRADE_REFUND_FEE_ERR", "退款金额超限")
+        now = self.runtime.cn_time()
+        refund = {
+            "out_trade_no": trade["out_trade_no"],
+            "out_request_no": out_request_no,
+            "refund_amount": money(amount),
+            "refund_reason": reason,
+            "gmt_refund": now,
+        }
+        self.store.insert_refund(conn, refund)
+        cumulative = refunded + amount
+        changes: dict[str, Any] = {"refund_fee": money(cumulative), "gmt_refund": now}
+        if cumulative == total:
+            changes.update(status="TRADE_CLOSED", gmt_close=now)
+        self.store.update_trade(conn, trade["out_trade_no"], **changes)
+        trade.update(changes)
+        self._notify(conn, trade, trade["status"], out_biz_no=out_request_no)
         return self._refund_node(trade, "Y", refund)
 
     def _refund_node(
@@ -297,6 +370,55 @@ class TradeService:
             node["gmt_refund_pay"] = refund["gmt_refund"]
         return node
 
+    # -- time_expire and the refund window ------------------------------------------------
+    @staticmethod
+    def _timer_due(trade: dict[str, Any], now: float) -> bool:
+        if trade["status"] == "WAIT_BUYER_PAY":
+            return trade["expire_at"] is not None and trade["expire_at"] <= now
+        if trade["status"] == "TRADE_SUCCESS":
+            return trade["finish_at"] is not None and trade["finish_at"] <= now
+        return False
+
+    def _apply_timers(self, conn: sqlite3.Connection, trade: dict[str, Any], now: float) -> bool:
+        """Close an unpaid trade past its time_expire, finish a paid one past its refund
+        window (each with its notification). True when the trade changed."""
+        if not self._timer_due(trade, now):
+            return False
+        if trade["status"] == "WAIT_BUYER_PAY":
+            changes = {"status": "TRADE_CLOSED", "gmt_close": trade["time_expire"]}
+            status = "TRADE_CLOSED"
+        else:
+            changes = {"status": "TRADE_FINISHED", "gmt_close": self.runtime.cn_time(now)}
+            status = "TRADE_FINISHED"
+        self.store.update_trade(conn, trade["out_trade_no"], **changes)
+        trade.update(changes)
+        self._notify(conn, trade, status)
+        return True
+
+    def closed_error(self, trade: dict[str, Any], now: float | None = None) -> ApiError:
+        """Why a closed trade cannot be paid: its time_expire passed, or it was closed."""
+        now = self.runtime.now() if now is None else now
+        expired = trade["expire_at"] is not None and trade["expire_at"] <= now
+        if trade["status"] == "TRADE_CLOSED" and expired and not trade["gmt_payment"]:
+            return TradeExpired(trade["time_expire"])
+        return business("ACQ.TRADE_HAS_CLOSE", "交易已经关闭")
+
+    def sweep(self) -> int:
+        """Apply the time_expire and refund windows that have passed; the number applied."""
+        now = self.runtime.now()
+        due = self.store.due_timers(now, SWEEP_BATCH)
+        if not due:
+            return 0
+        applied = 0
+        with self.store.write() as conn:
+            for out_trade_no in due:
+                trade = self.store.get_trade(out_trade_no, conn=conn)
+                if trade is not None and self._apply_timers(conn, trade, now):
+                    applied += 1
+        if applied:
+            self.notifier.wake()
+        return applied
+
     # -- notifications --------------------------------------------------------------------
     def _notify(
         self, conn: sqlite3.Connection, trade: dict[str, Any], status: str, out_biz_no: str = ""
@@ -304,44 +426,7 @@ class TradeService:
         url = trade.get("notify_url") or ""
         if not url:
             return
-        total = trade["total_amount"]
-        refund_fee = trade["refund_fee"] if Decimal(trade["refund_fee"]) > 0 else ""
-        params = {
-            "notify_time": cn_time(),
-            "notify_type": "trade_status_sync",
-            "notify_id": new_notify_id(),
-            "app_id": trade["app_id"],
-            "auth_app_id": trade["app_id"],
-            "charset": "utf-8",
-            "version": "1.0",
-            "sign_type": trade["sign_type"],
-            "trade_no": trade["trade_no"] or "",
-            "out_trade_no": trade["out_trade_no"],
-            "out_biz_no": out_biz_no,
-            "buyer_id": trade["buyer_id"],
-            "buyer_logon_id": trade["buyer_logon_id"],
-            "seller_id": self.config.seller_id,
-            "seller_email": self.config.seller_email,
-            "trade_status": status,
-            "total_amount": total,
-            "receipt_amount": total,
-            "invoice_amount": total,
-            "buyer_pay_amount": total,
-            "point_amount": "0.00",
-            "refund_fee": refund_fee,
-            "subject": trade["subject"],
-            "gmt_create": trade["gmt_create"],
-            "gmt_payment": trade["gmt_payment"],
-            "gmt_refund": trade["gmt_refund"] if refund_fee else "",
-            "gmt_close": trade["gmt_close"],
-            "fund_bill_list": json.dumps(
-                [{"amount": total, "fundChannel": "ALIPAYACCOUNT"}],
-                ensure_ascii=False,
-                separators=(",", ":"),
-            ),
-        }
-        params = {key: value for key, value in params.items() if value}
-        params["sign"] = signing.sign_params(self.key, params, trade["sign_type"])
+        params = self.messages.notification(trade, status, out_biz_no)
         self.notifier.enqueue(
             conn, out_trade_no=trade["out_trade_no"], trade_status=status, url=url, params=params
         )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import threading
 import time
+import zipfile
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -44,8 +48,31 @@ def make_client(
     return client
 
 
+CHINA = timezone(timedelta(hours=8))
+
+
 def cn_today() -> str:
-    return datetime.now(timezone(timedelta(hours=8))).strftime("%Y-%m-%d")
+    return datetime.now(CHINA).strftime("%Y-%m-%d")
+
+
+def cn_day(days: int) -> str:
+    """The Beijing date ``days`` from today (negative: past)."""
+    return (datetime.now(CHINA) + timedelta(days=days)).strftime("%Y-%m-%d")
+
+
+def cn_time(seconds_from_now: float) -> str:
+    """Beijing time ``yyyy-MM-dd HH:mm:ss``, ``seconds_from_now`` from now (for time_expire)."""
+    moment = datetime.now(CHINA) + timedelta(seconds=seconds_from_now)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def decode_form(body: bytes) -> dict[str, str]:
+    """A form body decoded in the charset its ``charset`` field names, as a merchant must."""
+    raw = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+    charset = dict(raw).get("charset", "utf-8")
+    return {
+        k.encode("latin-1").decode(charset): v.encode("latin-1").decode(charset) for k, v in raw
+    }
 
 
 def session() -> requests.Session:
@@ -97,13 +124,14 @@ class NotifyReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode("utf-8")
+                body = self.rfile.read(length)
                 with receiver.lock:
                     receiver.received.append(
                         {
                             "path": self.path,
                             "content_type": self.headers.get("Content-Type", ""),
-                            "form": dict(parse_qsl(body, keep_blank_values=True)),
+                            "raw": body,
+                            "form": decode_form(body),
                             "at": time.time(),
                         }
                     )
@@ -134,3 +162,63 @@ class NotifyReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+BILL_METHOD = "alipay.data.dataservice.bill.downloadurl.query"
+DETAIL_START = "业务明细列表-"
+DETAIL_END = "业务明细列表结束"
+
+
+def bill_url(client: AliPay, bill_date: str) -> dict[str, Any]:
+    return client.server_api(BILL_METHOD, {"bill_type": "trade", "bill_date": bill_date})
+
+
+def download(client: AliPay, bill_date: str) -> bytes:
+    result = bill_url(client, bill_date)
+    assert result["code"] == "10000", result
+    response = session().get(result["bill_download_url"], timeout=60)
+    assert response.status_code == 200
+    return response.content
+
+
+@dataclass
+class Bill:
+    names: list[str]
+    lines: list[str]  # the detail file, decoded from GBK
+    header: list[str]
+    raw_rows: list[list[str]]  # as in the file (Alipay's padding kept)
+    footer: list[str]  # the comment lines after the detail block
+    summary: dict[str, str]  # the 合计 line of the summary file
+
+    @property
+    def records(self) -> list[dict[str, str]]:
+        return [
+            dict(zip(self.header, (v.strip() for v in row), strict=True)) for row in self.raw_rows
+        ]
+
+
+def read_bill(content: bytes) -> Bill:
+    """Read an Alipay trade bill zip the way a merchant must: GBK names, GBK CSV, markers."""
+    archive = zipfile.ZipFile(io.BytesIO(content), metadata_encoding="gbk")
+    names = archive.namelist()
+    assert all(not info.flag_bits & 0x800 for info in archive.infolist())  # no UTF-8 names
+    detail_name = next(n for n in names if n.endswith("_业务明细.csv"))
+    text = archive.read(detail_name).decode("gbk")
+    lines = text.split("\r\n")
+    start = next(i for i, line in enumerate(lines) if DETAIL_START in line)
+    end = next(i for i, line in enumerate(lines) if DETAIL_END in line)
+    assert lines[start] == (
+        "#-----------------------------------------业务明细列表"
+        "----------------------------------------"
+    )
+    assert lines[end] == (
+        "#-----------------------------------------业务明细列表结束"
+        "------------------------------------"
+    )
+    rows = list(csv.reader(lines[start + 1 : end]))
+    summary_text = archive.read(next(n for n in names if n.endswith("(汇总).csv"))).decode("gbk")
+    summary_rows = [
+        row for row in csv.reader(summary_text.split("\r\n")) if row and row[0][:1] != "#"
+    ]
+    summary = dict(zip(summary_rows[0], (v.strip() for v in summary_rows[-1]), strict=True))
+    return Bill(names, lines, rows[0], rows[1:], [x for x in lines[end + 1 :] if x], summary)

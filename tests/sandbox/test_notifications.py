@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import time
 
 from alipay import AliPay
@@ -71,6 +72,7 @@ def test_retries_until_success(
             check_signature(alipay, alipay_public_key, form)
         form = forms[0]
         assert set(form) == FIELDS
+        assert re.fullmatch(r"\d{34}", form["notify_id"])  # numeric, as Alipay issues them
         assert form["trade_status"] == "TRADE_SUCCESS"
         assert form["notify_type"] == "trade_status_sync"
         assert form["trade_no"] == paid["trade_no"]

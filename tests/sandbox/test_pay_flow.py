@@ -18,6 +18,7 @@ from tests.sandbox.support import (
     SELLER_ID,
     NotifyReceiver,
     browser_pay,
+    cn_today,
     form_action,
     open_cashier,
     session,
@@ -96,7 +97,9 @@ def test_page_pay_browser_flow(
     assert params["total_amount"] == "88.80"
     assert params["app_id"] == params["auth_app_id"] == APP_ID
     assert params["seller_id"] == SELLER_ID
-    assert re.fullmatch(r"\d{8}\d{22}", params["trade_no"])
+    # 28 digits, the first eight the Beijing date of payment, as Alipay numbers its trades.
+    assert re.fullmatch(r"\d{28}", params["trade_no"])
+    assert params["trade_no"][:8] == cn_today().replace("-", "")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", params["timestamp"])
 
     paid = query(alipay, alipay_public_key, "order-1")

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import zipfile
+import re
+import time
 
 import pytest
 from alipay import AliPay
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from alipay_sandbox.bills import COLUMNS
+from alipay_sandbox.client import SandboxError
 from alipay_sandbox.testing import SandboxProcess, check_envelope, fetch_raw
-from tests.sandbox.support import NotifyReceiver, cn_today, session
+from tests.sandbox.support import (
+    SELLER_ID,
+    NotifyReceiver,
+    bill_url,
+    cn_day,
+    cn_today,
+    download,
+    read_bill,
+    session,
+)
 
 REFUND = "alipay.trade.refund"
+BILL = "alipay.data.dataservice.bill.downloadurl.query"
 
 
 def paid_trade(
@@ -144,38 +155,116 @@ def test_bill_download(
 ) -> None:
     trade_no = paid_trade(sbx, alipay, "bill-1", "66.60")
     alipay.api_alipay_trade_refund("6.60", out_trade_no="bill-1", out_request_no="b1")
-    method = "alipay.data.dataservice.bill.downloadurl.query"
-    biz = {"bill_type": "trade", "bill_date": cn_today()}
-    result = alipay.server_api(method, biz)
+    other_no = sbx.control.pay(
+        sbx.gateway + "?" + alipay.api_alipay_trade_page_pay("账单 商品", "bill-2", "3.00")
+    )["trade_no"]
+    # Bills are T+1: today's is refused until the sandbox's clock has moved to tomorrow.
+    assert bill_url(alipay, cn_today())["sub_code"] == "isv.invalid_arguments"
+    sbx.control.set_settings(clock_offset_s=86400)
+    result = bill_url(alipay, cn_today())
     assert result["code"] == "10000"
     url = result["bill_download_url"]
     assert url.startswith(sbx.base_url + "/bills/")
-    check_envelope(fetch_raw(alipay, method, biz), method, alipay_public_key)
+    biz = {"bill_type": "trade", "bill_date": cn_today()}
+    check_envelope(fetch_raw(alipay, BILL, biz), BILL, alipay_public_key)
 
     response = session().get(url, timeout=10)
     assert response.status_code == 200
-    archive = zipfile.ZipFile(io.BytesIO(response.content))
-    detail = next(name for name in archive.namelist() if name.endswith("业务明细.csv"))
-    text = archive.read(detail).decode("gbk")
-    rows = [row for row in csv.reader(io.StringIO(text)) if row and not row[0].startswith("#")]
-    header, body = rows[0], rows[1:]
-    wanted = {"支付宝交易号", "商户订单号", "业务类型", "订单金额（元）", "商家实收（元）"}
-    assert wanted <= set(header)
-    records = [dict(zip(header, row, strict=True)) for row in body]
-    sale = next(r for r in records if r["业务类型"] == "交易")
-    assert sale["支付宝交易号"] == trade_no
-    assert sale["商户订单号"] == "bill-1"
-    assert sale["订单金额（元）"] == "66.60"
-    assert sale["商品名称"] == "Refundable"
-    refund = next(r for r in records if r["业务类型"] == "退款")
-    assert refund["商家实收（元）"] == "-6.60"
+    assert response.headers["Transfer-Encoding"] == "chunked"  # streamed, not built in memory
+    stem = f"{SELLER_ID}0156_{cn_today().replace('-', '')}"
+    assert stem + ".csv.zip" in response.headers["Content-Disposition"]
+    bill = read_bill(response.content)
+    assert sorted(bill.names) == [f"{stem}_业务明细(汇总).csv", f"{stem}_业务明细.csv"]
+    assert bill.lines[:2] == ["#支付宝业务明细查询", f"#账号：[{SELLER_ID}0156]"]
+    assert bill.lines[2].startswith("#起始日期：[")
+    assert bill.header == COLUMNS
+    records = bill.records
+    # By completion time (within one second the order is Alipay's business).
+    assert sorted((r["商户订单号"], r["业务类型"]) for r in records) == [
+        ("bill-1", "交易"),
+        ("bill-1", "退款"),
+        ("bill-2", "交易"),
+    ]
+    assert [r["完成时间"] for r in records] == sorted(r["完成时间"] for r in records)
+    sale, refund, other = sorted(records, key=lambda r: (r["商户订单号"], r["业务类型"]))
+    sale, refund = (refund, sale) if sale["业务类型"] == "退款" else (sale, refund)
+    assert sale["支付宝交易号"] == trade_no and other["支付宝交易号"] == other_no
+    assert sale["订单金额（元）"] == sale["商家实收（元）"] == "66.60"
+    assert sale["商品名称"] == "Refundable" and other["商品名称"] == "账单 商品"
+    assert sale["退款批次号/请求号"] == ""
+    assert refund["支付宝交易号"] == trade_no
+    assert refund["订单金额（元）"] == refund["商家实收（元）"] == "-6.60"
     assert refund["退款批次号/请求号"] == "b1"
-
-    other_day = alipay.server_api(method, {"bill_type": "trade", "bill_date": "2001-01-01"})
-    empty = session().get(other_day["bill_download_url"], timeout=10)
-    archive = zipfile.ZipFile(io.BytesIO(empty.content))
-    assert "bill-1" not in archive.read(archive.namelist()[0]).decode("gbk")
+    assert refund["创建时间"] == sale["创建时间"] and refund["完成时间"] >= sale["完成时间"]
+    # Alipay pads most values with a tab: the raw line keeps it, readers strip it.
+    assert bill.raw_rows[0][0] == trade_no + "\t" and bill.raw_rows[0][2] == "交易\t"
+    assert bill.footer[0] == "#交易合计：2笔，商家实收共69.60元，商家优惠共0.00元"
+    assert bill.footer[1] == "#退款合计：1笔，商家实收退款共-6.60元，商家优惠退款共0.00元"
+    assert bill.footer[2].startswith("#导出时间：[")
+    assert bill.summary["交易订单总笔数"] == "2" and bill.summary["退款订单总笔数"] == "1"
+    assert bill.summary["商家实收（元）"] == "63.00"
 
     assert session().get(sbx.base_url + "/bills/not-a-token.zip", timeout=10).status_code == 404
-    bad = alipay.server_api(method, {"bill_type": "trade", "bill_date": "yesterday"})
-    assert bad["code"] == "40004"
+
+
+def test_bills_are_t_plus_one_and_only_for_days_with_trades(
+    sbx: SandboxProcess, alipay: AliPay, alipay_public_key: rsa.RSAPublicKey
+) -> None:
+    paid_trade(sbx, alipay, "bill-3", "1.00")
+    for day in (cn_today(), cn_day(1), cn_today()[:7]):
+        refused = bill_url(alipay, day)
+        assert (refused["code"], refused["sub_code"]) == ("40004", "isv.invalid_arguments"), day
+    for bad in ("yesterday", "2024-02-30", "2024-13", ""):
+        assert bill_url(alipay, bad)["sub_code"] == "isv.invalid_arguments", bad
+    wrong_type = alipay.server_api(BILL, {"bill_type": "fund", "bill_date": cn_day(-1)})
+    assert wrong_type["sub_code"] == "isv.invalid_arguments"
+    for empty_day in (cn_day(-1), "2001-01-01", "2001-01"):
+        missing = bill_url(alipay, empty_day)
+        assert (missing["code"], missing["sub_code"]) == ("40004", "isp.bill_not_exist")
+    raw = fetch_raw(alipay, BILL, {"bill_type": "trade", "bill_date": "2001-01-01"})
+    assert check_envelope(raw, BILL, alipay_public_key)["sub_code"] == "isp.bill_not_exist"
+
+
+def test_bill_url_expires(sbx: SandboxProcess, alipay: AliPay) -> None:
+    # 30 s times the time factor (0.001 here), never under 2 s: a client can always fetch it.
+    assert sbx.control.settings()["bill_url_ttl_s"] == 2.0
+    sbx.control.generate_trades(cn_day(-3), 3)
+    sbx.control.set_settings(bill_url_ttl_s=1.0)
+    url = bill_url(alipay, cn_day(-3))["bill_download_url"]
+    assert session().get(url, timeout=10).status_code == 200
+    time.sleep(1.2)
+    assert session().get(url, timeout=10).status_code == 404
+    assert session().get(bill_url(alipay, cn_day(-3))["bill_download_url"], timeout=10).ok
+
+
+def test_synthetic_trades_make_a_monthly_and_a_daily_bill(
+    sbx: SandboxProcess, alipay: AliPay
+) -> None:
+    made = sbx.control.generate_trades(
+        "2023-03-15", 40, refunds=4, amount=["1.00", "2.50"], prefix="m-"
+    )
+    assert made["first_out_trade_no"] == "m-000000" and made["last_out_trade_no"] == "m-000039"
+    assert made["total_amount"] == "70.00" and made["refund_amount"] == "2.00"
+    sbx.control.generate_trades("2023-03-16", 2, prefix="n-")
+    daily = read_bill(download(alipay, "2023-03-15"))
+    assert len([r for r in daily.records if r["业务类型"] == "交易"]) == 40
+    refunds = [r for r in daily.records if r["业务类型"] == "退款"]
+    assert [r["退款批次号/请求号"] for r in refunds] == [
+        "m-000000-R1",
+        "m-000010-R1",
+        "m-000020-R1",
+        "m-000030-R1",
+    ]
+    assert all(r["创建时间"].startswith("2023-03-15 ") for r in daily.records)
+    assert all(re.fullmatch(r"20230315\d{20}", r["支付宝交易号"]) for r in daily.records)
+    monthly = read_bill(download(alipay, "2023-03"))
+    assert len(monthly.records) == 46
+    trade = sbx.control.trade("m-000010")
+    assert trade["status"] == "TRADE_SUCCESS" and trade["refund_fee"] == "0.50"
+    with pytest.raises(SandboxError) as caught:
+        sbx.control.generate_trades("2023-03-15", 1, prefix="m-")
+    assert caught.value.status == 400
+    for bad in ({"date": "2023-02-30", "count": 1}, {"date": "2023-03-01", "count": 0}):
+        with pytest.raises(SandboxError) as caught:
+            sbx.control._call("POST", "/_sandbox/trades/generate", bad)
+        assert caught.value.status == 400

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alipay import AliPay
 
 from alipay_sandbox.config import parse_config
 from alipay_sandbox.keys import generate_key_pair, write_dev_keys
 from alipay_sandbox.testing import start_sandbox
-from tests.sandbox.support import NotifyReceiver, make_client, wait_for
+from tests.sandbox.support import (
+    APP_ID,
+    NotifyReceiver,
+    download,
+    make_client,
+    read_bill,
+    wait_for,
+)
 
 
 def test_pending_notification_survives_restart(sbx_keys: Path, tmp_path: Path) -> None:
@@ -95,6 +104,146 @@ def test_config_flags_win_over_env() -> None:
     default = parse_config([], {})
     assert default.port == 8090 and default.control is False
     assert default.app_ids == ["2021000000000001"]
+    assert (default.refund_window_days, default.bill_url_ttl_s, default.empty_param_rate) == (
+        365.0,
+        30.0,
+        0.0,
+    )
+    behaviour = {
+        "ALIPAY_SANDBOX_REFUND_WINDOW_DAYS": "90",
+        "ALIPAY_SANDBOX_BILL_URL_TTL": "10",
+        "ALIPAY_SANDBOX_EMPTY_PARAM_RATE": "0.1",
+    }
+    configured = parse_config(["--empty-param-rate", "0.2"], behaviour)
+    assert configured.refund_window_days == 90 and configured.bill_url_ttl_s == 10
+    assert configured.empty_param_rate == 0.2
+
+
+def test_bad_behaviour_flags_stop_start_up() -> None:
+    assert parse_config(["--empty-param-rate", "1"], {}).empty_param_rate == 1.0
+    for argv in (
+        ["--empty-param-rate", "2"],
+        ["--refund-window-days", "0"],
+        ["--bill-url-ttl", "-1"],
+    ):
+        with pytest.raises(SystemExit):
+            parse_config(argv, {})
+
+
+def test_behaviour_flags_reach_the_settings(sbx_keys: Path, tmp_path: Path) -> None:
+    sandbox = start_sandbox(
+        sbx_keys,
+        tmp_path / "flags.sqlite3",
+        "--refund-window-days",
+        "2",
+        "--bill-url-ttl",
+        "5000",
+        "--empty-param-rate",
+        "0.5",
+        time_factor=0.01,
+    )
+    try:
+        settings = sandbox.control.settings()
+        assert settings["refund_window_s"] == pytest.approx(2 * 86400 * 0.01)
+        assert settings["bill_url_ttl_s"] == pytest.approx(50)
+        assert settings["empty_param_rate"] == 0.5
+    finally:
+        sandbox.stop()
+
+
+def test_synthetic_trades_from_the_command_line(sbx_keys: Path, tmp_path: Path) -> None:
+    store = tmp_path / "cli.sqlite3"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alipay_sandbox.synthetic",
+            "--store",
+            str(store),
+            "--date",
+            "2024-05-01",
+            "--count",
+            "50",
+            "--refunds",
+            "5",
+            "--prefix",
+            "cli-",
+            "--amount",
+            "1.00",
+            "--amount",
+            "3.00",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "50 trades and 5 refunds on 2024-05-01" in result.stdout
+    sandbox = start_sandbox(sbx_keys, store)
+    try:
+        bill = read_bill(download(make_client(sandbox, sbx_keys), "2024-05-01"))
+        assert len(bill.records) == 55
+        assert bill.footer[0] == "#交易合计：50笔，商家实收共100.00元，商家优惠共0.00元"
+    finally:
+        sandbox.stop()
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alipay_sandbox.synthetic",
+            "--store",
+            str(store),
+            "--date",
+            "2024-05-32",
+            "--count",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert bad.returncode == 2 and "date must be yyyy-MM-dd" in bad.stderr
+
+
+def test_store_written_by_an_older_sandbox_is_upgraded(sbx_keys: Path, tmp_path: Path) -> None:
+    store = tmp_path / "old.sqlite3"
+    with sqlite3.connect(store) as conn:
+        conn.executescript(OLD_TRADES)
+        conn.execute(
+            "INSERT INTO trades (out_trade_no, app_id, method, subject, total_amount, status,"
+            " trade_no, gmt_create, gmt_payment) VALUES ('old-1', ?, 'alipay.trade.page.pay',"
+            " 'Old', '5.00', 'TRADE_SUCCESS', '202401012200100000000000000001',"
+            " '2024-01-01 10:00:00', '2024-01-01 10:00:05')",
+            (APP_ID,),
+        )
+    sandbox = start_sandbox(sbx_keys, store)
+    try:
+        client = make_client(sandbox, sbx_keys)
+        assert client.api_alipay_trade_query(out_trade_no="old-1")["trade_status"] == (
+            "TRADE_SUCCESS"
+        )
+        refund = client.api_alipay_trade_refund("1.00", out_trade_no="old-1", out_request_no="o")
+        assert refund["fund_change"] == "Y"
+        assert len(read_bill(download(client, "2024-01-01")).records) == 1
+    finally:
+        sandbox.stop()
+
+
+# The trades table as the first release of the sandbox created it.
+OLD_TRADES = """
+CREATE TABLE trades (
+    out_trade_no TEXT PRIMARY KEY, app_id TEXT NOT NULL, method TEXT NOT NULL,
+    subject TEXT NOT NULL, total_amount TEXT NOT NULL, status TEXT NOT NULL,
+    trade_no TEXT UNIQUE, return_url TEXT NOT NULL DEFAULT '',
+    notify_url TEXT NOT NULL DEFAULT '', sign_type TEXT NOT NULL DEFAULT 'RSA2',
+    buyer_id TEXT NOT NULL DEFAULT '', buyer_logon_id TEXT NOT NULL DEFAULT '',
+    refund_fee TEXT NOT NULL DEFAULT '0.00', gmt_create TEXT NOT NULL,
+    gmt_payment TEXT NOT NULL DEFAULT '', gmt_close TEXT NOT NULL DEFAULT '',
+    gmt_refund TEXT NOT NULL DEFAULT '', return_params TEXT NOT NULL DEFAULT ''
+);
+"""
 
 
 def test_generate_key_pair_loads_in_sdk() -> None:
