@@ -75,10 +75,12 @@ def event_verify(
             f"differs from the order's {order_amount}"
         )
     trade_no = params.get("trade_no", "")
-    if not trade_no:
+    trade_status = params.get("trade_status", "")
+    if not trade_no and (source == Source.RETURN or trade_status in alipay.PAID_STATUSES):
+        # Only money needs a trade number; a closed unpaid trade may come without one.
         raise EventRejected("no trade_no")
     return Verified(event_id=event_id, source=source, order_id=order_id, trade_no=trade_no,
-                    amount=amount, trade_status=params.get("trade_status", ""))
+                    amount=amount, trade_status=trade_status)
 
 
 def paid_by_notifications(

@@ -99,6 +99,8 @@ def sandbox_server(
         "sandbox",
         python_args(
             "-m", "alipay_sandbox", "--port", str(port), "--control", "--time-factor", "0.001",
+            # Now and then an empty parameter, as Alipay sends and signs them.
+            "--empty-param-rate", "0.2",
             "--store", str(store),
             "--alipay-private-key", str(dev_keys / "alipay_private_key.pem"),
             "--app-public-key", str(dev_keys / "app_public_key.pem"),
