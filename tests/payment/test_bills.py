@@ -1,0 +1,106 @@
+"""Reconciliation against Alipay's daily trade bill, with the sandbox's real bill (a zip of GBK
+CSV), real workers and PostgreSQL."""
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from alipay_sandbox.client import SandboxControl
+from payment import alipay, bills
+from payment.links import payment_link_create
+from payment.models import BillFinding, BillReport, Payment, PaymentEvent
+from shop.models import OrderInfo, User
+from tests.support import wait_for
+
+# The web receives the sandbox's notifications; the workers apply them.
+pytestmark = [pytest.mark.django_db(transaction=True),
+              pytest.mark.usefixtures("celery_workers", "web")]
+
+Outcome = BillFinding.Outcome
+PRICE = Decimal("9.90")
+
+
+def _orders(count: int) -> list[OrderInfo]:
+    user = User.objects.create_user(username=f"biller{time.time_ns() % 10**9}",
+                                    password="x" * 12)
+    stamp = time.time_ns()
+    return OrderInfo.objects.bulk_create(
+        OrderInfo(order_id=f"{stamp}{i:06d}", user=user, total_amount=PRICE)
+        for i in range(count))
+
+
+def _pay_all(sandbox: SandboxControl, orders: list[OrderInfo]) -> None:
+    def pay(order: OrderInfo) -> None:
+        sandbox.pay(payment_link_create(user=order.user, order_id=order.order_id))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(pay, orders))
+    ids = [o.order_id for o in orders]
+    wait_for(lambda: Payment.objects.filter(order_id__in=ids).count() == len(ids), 60)
+
+
+def test_a_day_is_reconciled_against_the_bill_and_a_rerun_changes_nothing(
+    sandbox: SandboxControl,
+) -> None:
+    sandbox.set_settings(refund_window_s=10**9)  # no TRADE_FINISHED when the clock moves on
+    orders = _orders(200)
+    _pay_all(sandbox, orders)
+    today = timezone.now().astimezone(alipay.BEIJING).date()
+    sandbox.set_settings(clock_offset_s=86400)  # at Alipay it is tomorrow: today's bill is out
+
+    # Our books drift from Alipay's in three ways.
+    lost = Payment.objects.get(order=orders[0])
+    lost_trade_no = lost.trade_id
+    lost.delete()
+    OrderInfo.objects.filter(pk=orders[0].pk).update(status=OrderInfo.Status.UNPAID)
+    changed = Payment.objects.get(order=orders[1])
+    Payment.objects.filter(pk=changed.pk).update(amount=Decimal("8.80"))
+    phantom_order = _orders(1)[0]
+    OrderInfo.objects.filter(pk=phantom_order.pk).update(status=OrderInfo.Status.UNSEND)
+    Payment.objects.create(order=phantom_order, trade_id="2026010122001499999999999999",
+                           amount=PRICE, source="notify")
+
+    first = bills.bill_reconcile(day=today)
+
+    report = BillReport.objects.get(bill_date=today)
+    assert report.state == BillReport.State.DONE
+    assert (report.alipay_trades, report.alipay_trade_amount) == (200, PRICE * 200)
+    assert report.our_trades == 200  # 199 real, 1 phantom; one lost
+    assert report.matched == 198
+    findings = {(f.outcome, f.trade_no) for f in report.lines.all()}
+    assert findings == {
+        (Outcome.MISSING_HERE, lost_trade_no),
+        (Outcome.AMOUNT_MISMATCH, changed.trade_id),
+        (Outcome.MISSING_AT_ALIPAY, "2026010122001499999999999999"),
+    }
+    mismatch = report.lines.get(outcome=Outcome.AMOUNT_MISMATCH)
+    assert (mismatch.alipay_amount, mismatch.our_amount) == (PRICE, Decimal("8.80"))
+    # The payment missing here was confirmed with Alipay and applied, with source "bill".
+    assert first.applied == 1
+    restored = Payment.objects.get(trade_id=lost_trade_no)
+    assert (restored.order_id, restored.source, restored.amount) == (
+        orders[0].order_id, "bill", PRICE)
+    assert OrderInfo.objects.get(pk=orders[0].pk).status == OrderInfo.Status.UNSEND
+
+    payments = Payment.objects.count()
+    events = PaymentEvent.objects.count()
+    call_command("reconcile_bill", "--date", today.isoformat())  # the rerun, as an operator
+
+    again = BillReport.objects.get(bill_date=today)
+    assert again.runs == 2
+    assert {(f.outcome, f.trade_no) for f in again.lines.all()} == findings
+    assert (Payment.objects.count(), PaymentEvent.objects.count()) == (payments, events)
+    assert again.lines.get(outcome=Outcome.MISSING_HERE).note.startswith(
+        "applied from the bill")
+
+
+def test_a_day_without_a_bill_reports_what_we_hold(sandbox: SandboxControl) -> None:
+    yesterday = timezone.now().astimezone(alipay.BEIJING).date() - timezone.timedelta(days=1)
+
+    result = bills.bill_reconcile(day=yesterday)
+
+    assert result.report.state == BillReport.State.NO_BILL
+    assert (result.report.alipay_trades, result.report.findings) == (0, 0)
