@@ -1,11 +1,16 @@
 """The operators' view of payments: history per order, dead events, and the few safe actions."""
 import json
+from decimal import Decimal
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from payment import operator
@@ -16,8 +21,12 @@ from payment.models import (
     Payment,
     PaymentAttempt,
     PaymentEvent,
+    Refund,
     RefusedRequest,
 )
+from payment.refund_requests import RefundError, refund_request
+from payment.refunds import refunds_committed
+from shop.models import User
 
 State = PaymentEvent.State
 NEEDS_ATTENTION = (State.DEAD, State.REJECTED)
@@ -168,6 +177,42 @@ class PaymentInline(admin.TabularInline):
         return False
 
 
+class RefundInline(admin.TabularInline):
+    """The refunds of a payment (or an order), in the ledger's words."""
+
+    model = Refund
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ["requested_at", "id"]
+    fields = ("out_request_no", "amount", "state", "sub_code", "source", "requested_by",
+              "reason", "attempts", "queries", "last_error", "requested_at", "succeeded_at",
+              "failed_at")
+    readonly_fields = fields
+    verbose_name_plural = "refunds"
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Whoever may see payments sees their refunds.
+        return request.user.has_perm("payment.view_payment") or super().has_view_permission(
+            request, obj)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class RefundForm(forms.Form):
+    amount = forms.DecimalField(max_digits=10, decimal_places=2, min_value=Decimal("0.01"),
+                                help_text="Yuan; at most what is left to refund.")
+    reason = forms.CharField(
+        max_length=256, widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+        help_text="For the buyer: sent to Alipay as refund_reason and shown in the order's "
+                  "payment status.",
+    )
+
+
 @admin.register(Payment)
 class PaymentAdmin(admin.ModelAdmin):
     list_display = ["trade_id", "order", "amount", "source", "status", "created_at",
@@ -177,7 +222,9 @@ class PaymentAdmin(admin.ModelAdmin):
     list_select_related = ["order"]
     readonly_fields = ["order", "trade_id", "amount", "source", "status", "event",
                        "refund_request_no", "note", "created_at", "refunded_at"]
+    inlines = [RefundInline]
     actions = ["refund_payments"]
+    change_form_template = "admin/payment/payment/change_form.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -187,6 +234,58 @@ class PaymentAdmin(admin.ModelAdmin):
 
     def has_refund_payment_permission(self, request: HttpRequest) -> bool:
         return operator_may(request, "refund_payment")
+
+    def get_urls(self) -> list[URLPattern]:
+        refund = path("<int:object_id>/refund/", self.admin_site.admin_view(self.refund_view),
+                      name="payment_payment_refund")
+        return [refund, *super().get_urls()]
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict | None = None) -> HttpResponse:
+        payment = self.get_object(request, object_id)
+        extra_context = {
+            **(extra_context or {}),
+            "can_refund": payment is not None and payment.status == Payment.Status.APPLIED
+            and self.has_refund_payment_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def refund_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """Refund part or all of a payment that paid its order: amount and reason."""
+        if not (self.has_view_permission(request)
+                and self.has_refund_payment_permission(request)):
+            raise PermissionDenied
+        payment = get_object_or_404(Payment.objects.select_related("order"), pk=object_id)
+        change_url = reverse("admin:payment_payment_change", args=[payment.pk])
+        form = RefundForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            user = request.user
+            try:
+                requested = refund_request(
+                    order_id=payment.order_id, amount=form.cleaned_data["amount"],
+                    reason=form.cleaned_data["reason"],
+                    requested_by=user if isinstance(user, User) else None,
+                    source=Refund.Source.OPERATOR, payment_id=payment.pk,
+                )
+            except RefundError as exc:
+                form.add_error(None, str(exc))
+            else:
+                refund = requested.refund
+                self.message_user(
+                    request, f"Refund {refund.out_request_no} of {refund.amount} sent to the "
+                    "workers; its state shows below.", messages.SUCCESS)
+                return HttpResponseRedirect(change_url)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Refund payment {payment.trade_id}",
+            "opts": self.model._meta,
+            "payment": payment,
+            "left": payment.amount - refunds_committed(payment_id=payment.pk),
+            "refundable": payment.status == Payment.Status.APPLIED,
+            "form": form,
+            "change_url": change_url,
+        }
+        return TemplateResponse(request, "admin/payment/payment/refund_form.html", context)
 
     @admin.action(description="Refund (payments waiting for a refund)",
                   permissions=["refund_payment"])
@@ -200,13 +299,40 @@ class PaymentAdmin(admin.ModelAdmin):
                 )
             elif payment.status == Payment.Status.APPLIED:
                 self.message_user(
-                    request, f"{payment.trade_id} paid its order: refunding an applied payment "
-                    "is not done from here (it needs the order cancelled first).",
+                    request, f"{payment.trade_id} paid its order: refund it with an amount and "
+                    "a reason from its page (Refund…).",
                     messages.WARNING,
                 )
             else:
                 self.message_user(request, f"{payment.trade_id} is already refunded.",
                                   messages.INFO)
+
+
+@admin.register(Refund)
+class RefundAdmin(admin.ModelAdmin):
+    """The refund ledger; read-only: refunds are asked for from a payment's page or the API."""
+
+    list_display = ["out_request_no", "order", "amount", "state", "sub_code", "source",
+                    "requested_by", "attempts", "requested_at", "succeeded_at"]
+    list_filter = ["state", "source"]
+    search_fields = ["out_request_no", "order__order_id", "payment__trade_id"]
+    date_hierarchy = "requested_at"
+    list_select_related = ["order", "requested_by"]
+    readonly_fields = fields = (
+        "order", "payment", "amount", "reason", "out_request_no", "idempotency_key", "state",
+        "sub_code", "source", "requested_by", "attempts", "queries", "last_error",
+        "confirmed_by", "next_attempt_at", "requested_at", "updated_at", "sent_at",
+        "succeeded_at", "failed_at",
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(PaymentAttempt)

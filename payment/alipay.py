@@ -72,6 +72,26 @@ class RefundResult:
     raw: dict[str, Any] = field(repr=False)
 
 
+@dataclass(frozen=True)
+class RefundQueryResult:
+    """What `alipay.trade.fastpay.refund.query` knows of one refund request."""
+
+    out_request_no: str
+    refund_status: str  # REFUND_SUCCESS, another status, or "" (older APIs, or not found)
+    refund_amount: Decimal | None  # present only when Alipay has the refund
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def found(self) -> bool:
+        return bool(self.refund_status) or self.refund_amount is not None
+
+    def succeeded(self, amount: Decimal) -> bool:
+        """Refunded, for this amount: REFUND_SUCCESS, or (older APIs) no status but the amount."""
+        if self.refund_status:
+            return self.refund_status == "REFUND_SUCCESS" and self.refund_amount in (None, amount)
+        return self.refund_amount == amount
+
+
 def _read_key(path: Path) -> str:
     try:
         text = Path(path).read_text()
@@ -375,6 +395,21 @@ def trade_refund(
         trade_no=str(response.get("trade_no", "")),
         refund_fee=parse_amount(response.get("refund_fee")) or Decimal("0.00"),
         fund_change=response.get("fund_change") == "Y",
+        raw=response,
+    )
+
+
+def trade_refund_query(*, out_trade_no: str, out_request_no: str) -> RefundQueryResult:
+    """Ask Alipay about one refund request; code 10000 only means the question was answered."""
+    response = _call(
+        "api_alipay_trade_fastpay_refund_query",
+        out_request_no=out_request_no,
+        out_trade_no=out_trade_no,
+    )
+    return RefundQueryResult(
+        out_request_no=str(response.get("out_request_no", "")),
+        refund_status=str(response.get("refund_status", "")),
+        refund_amount=parse_amount(response.get("refund_amount")),
         raw=response,
     )
 

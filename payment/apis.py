@@ -2,6 +2,7 @@
 lean Django views (no DRF, no session or CSRF machinery): they are authenticated by Alipay's
 signature, record what arrived and hand it to the workers."""
 import logging
+import re
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -9,8 +10,10 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,7 +21,15 @@ from rest_framework.views import APIView
 from payment import intake, selectors, wakeups
 from payment.errors import PaymentError, Throttled
 from payment.links import payment_link_create
-from payment.models import PaymentEvent
+from payment.models import PaymentEvent, Refund
+from payment.refund_requests import (
+    IdempotencyKeyReused,
+    RefundConflict,
+    RefundError,
+    RefundOrderNotFound,
+    refund_request,
+)
+from payment.serializers import RefundInputSerializer, RefundSerializer
 from shop.apis import authenticated_user
 
 logger = logging.getLogger(__name__)
@@ -126,3 +137,66 @@ def _not_stored(params: dict[str, str], exc: DatabaseError) -> HttpResponse:
     logger.error("notification not stored out_trade_no=%s error=%s",
                  params.get("out_trade_no"), type(exc).__name__)
     return HttpResponse("fail", content_type="text/plain", status=503)
+
+
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+class StaffMayRefund(BasePermission):
+    """Staff holding the operators' refund permission (`payment.refund_payment`)."""
+
+    message = "Only staff allowed to refund payments may ask for a refund."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        return bool(user and user.is_staff and user.has_perm("payment.refund_payment"))
+
+
+class OrderRefundsApi(APIView):
+    permission_classes = [IsAuthenticated, StaffMayRefund]
+
+    @extend_schema(
+        summary="Refund part or all of an order's payment (staff)",
+        request=RefundInputSerializer,
+        parameters=[OpenApiParameter(
+            "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+            description="1 to 200 visible ASCII characters; a repeat of the same request "
+                        "with the same key returns the refund it made (200), never a second",
+        )],
+        responses={
+            201: RefundSerializer,
+            200: OpenApiResponse(RefundSerializer, description="the refund an earlier request "
+                                                               "with this Idempotency-Key made"),
+            400: OpenApiResponse(description="{message}: bad amount, reason or key"),
+            403: OpenApiResponse(description="{message}: not staff with payment.refund_payment"),
+            404: OpenApiResponse(description="{message}: no such order"),
+            409: OpenApiResponse(description="{message}: the order is not paid, or the amount "
+                                             "is more than is left to refund"),
+            422: OpenApiResponse(description="{message}: the Idempotency-Key was used for "
+                                             "another request"),
+        },
+    )
+    def post(self, request: Request, order_id: str) -> Response:
+        key = request.headers.get("Idempotency-Key", "")
+        if key and not IDEMPOTENCY_KEY.fullmatch(key):
+            return Response({"message": "Idempotency-Key must be 1 to 200 visible ASCII "
+                                        "characters."}, status=status.HTTP_400_BAD_REQUEST)
+        data = RefundInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            requested = refund_request(
+                order_id=order_id, amount=data.validated_data["amount"],
+                reason=data.validated_data["reason"], requested_by=authenticated_user(request),
+                source=Refund.Source.STAFF_API, idempotency_key=key,
+            )
+        except RefundOrderNotFound as exc:
+            return Response({"message": str(exc)}, status=status.HTTP_404_NOT_FOUND)
+        except RefundConflict as exc:
+            return Response({"message": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except IdempotencyKeyReused as exc:
+            return Response({"message": str(exc)},
+                            status=status.HTTP_422_UNPROCESSABLE_ENTITY)
+        except RefundError as exc:
+            return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(RefundSerializer(requested.refund).data,
+                        status=status.HTTP_201_CREATED if requested.created else status.HTTP_200_OK)

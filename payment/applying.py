@@ -2,7 +2,8 @@
 
 Under row locks on the orders, each verified paid trade becomes one `Payment` (unique
 `trade_id`); the orders it pays move UNPAID -> UNSEND with one conditional UPDATE. A trade
-for an order that can no longer take it is kept as REFUND_PENDING, to be refunded.
+for an order that can no longer take it is kept as REFUND_PENDING, with a refund of it in the
+ledger, in the same transaction.
 """
 import logging
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from payment.models import Payment
+from payment.refunds import late_payment_refunds_create
 from payment.verification import Verified
 from shop.models import OrderInfo
 
@@ -19,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Applied:
-    """Per event: `reason` is empty for a fresh payment; refunds lists new refund-pending ids."""
+    """Per event: `reason` is empty for a fresh payment; `refunds`: the new late-payment refunds."""
 
     reasons: dict[int, str] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)
@@ -71,9 +73,10 @@ def payments_apply(*, items: list[Verified]) -> Applied:
     OrderInfo.objects.filter(order_id__in=paying, status=OrderInfo.Status.UNPAID).update(
         status=OrderInfo.Status.UNSEND, updated_at=timezone.now()
     )
+    late = [payment for payment in created if payment.status == Payment.Status.REFUND_PENDING]
+    result.refunds.extend(late_payment_refunds_create(payments=late))
     for payment in created:
         if payment.status == Payment.Status.REFUND_PENDING:
-            result.refunds.append(payment.pk)
             logger.warning(
                 "payment for order that cannot take it order_id=%s trade_no=%s: %s",
                 payment.order_id, payment.trade_id, payment.note,

@@ -27,7 +27,7 @@ from django.db.models import Count, Exists, OuterRef, Q, Sum
 from django.utils import timezone
 
 from payment import alipay
-from payment.models import BillEntry, BillFinding, BillReport, Payment, PaymentEvent
+from payment.models import BillEntry, BillFinding, BillReport, Payment, PaymentEvent, Refund
 from payment.reconciliation import trades_found_apply
 from payment.verification import query_pool
 
@@ -136,7 +136,7 @@ def _batched(rows: Iterable[BillRow], size: int) -> Iterator[list[BillRow]]:
 class BillReconciled:
     report: BillReport
     applied: int
-    refunds: list[int]  # late payments the bill brought in, to be refunded
+    refunds: list[int]  # ledger refunds of late payments the bill brought in, to be sent
 
 
 def bill_reconcile(*, day: date) -> BillReconciled:
@@ -238,33 +238,43 @@ def _compare(report: BillReport, day: date) -> None:
 
 
 def _refund_findings(report: BillReport, day: date) -> list[BillFinding]:
-    """Refunds in the bill against ours (the late-payment refunds kept on Payment)."""
+    """Refunds in the bill against the refund ledger, by out_request_no and amount."""
     findings: list[BillFinding] = []
     start, end = day_window(day)
-    ours = {p.refund_request_no: p for p in Payment.objects.filter(
-        status=Payment.Status.REFUNDED, refunded_at__gte=start, refunded_at__lt=end)}
-    report.our_refunds = len(ours)
-    report.our_refund_amount = sum((p.amount for p in ours.values()), Decimal("0"))
-    for entry in BillEntry.objects.filter(report=report, kind=Kind.REFUND).iterator():
-        payment = ours.pop(entry.out_request_no, None)
-        if payment is None:
-            known = Payment.objects.filter(refund_request_no=entry.out_request_no).first()
-            if known is not None and known.amount == entry.amount:
-                continue  # refunded here on another day (around midnight)
-            findings.append(BillFinding(
-                report=report, outcome=Outcome.REFUND_MISMATCH, trade_no=entry.trade_no,
-                out_trade_no=entry.out_trade_no, out_request_no=entry.out_request_no,
-                alipay_amount=entry.amount, note="refund unknown here"))
-        elif payment.amount != entry.amount:
-            findings.append(BillFinding(
-                report=report, outcome=Outcome.REFUND_MISMATCH, trade_no=entry.trade_no,
-                out_trade_no=entry.out_trade_no, out_request_no=entry.out_request_no,
-                alipay_amount=entry.amount, our_amount=payment.amount, note="amounts differ"))
-    for request_no, payment in ours.items():
+    ours = Refund.objects.filter(state=Refund.State.SUCCEEDED, succeeded_at__gte=start,
+                                 succeeded_at__lt=end)
+    totals = ours.aggregate(n=Count("id"), amount=Sum("amount"))
+    report.our_refunds = totals["n"]
+    report.our_refund_amount = totals["amount"] or Decimal("0")
+    ledger = Refund.objects.filter(out_request_no=OuterRef("out_request_no"))
+    entries = BillEntry.objects.filter(report=report, kind=Kind.REFUND).annotate(
+        ours=Exists(ledger),
+        matched=Exists(ledger.filter(state=Refund.State.SUCCEEDED, amount=OuterRef("amount"))),
+    ).filter(matched=False)
+    for entry in entries.iterator():
+        refund = (Refund.objects.filter(out_request_no=entry.out_request_no).first()
+                  if entry.ours else None)
+        if refund is None:
+            note = "refunded at Alipay, unknown here"
+        elif refund.amount != entry.amount:
+            note = "amounts differ"
+        else:
+            note = f"refunded at Alipay, {refund.state} here"
         findings.append(BillFinding(
-            report=report, outcome=Outcome.REFUND_MISMATCH, trade_no=payment.trade_id,
-            out_trade_no=payment.order_id, out_request_no=request_no,
-            our_amount=payment.amount, note="refunded here, absent from the bill"))
+            report=report, outcome=Outcome.REFUND_MISMATCH, trade_no=entry.trade_no,
+            out_trade_no=entry.out_trade_no, out_request_no=entry.out_request_no,
+            alipay_amount=entry.amount, our_amount=refund.amount if refund else None,
+            note=note))
+    # Refunded here that day, and in no bill we hold (one just after midnight may be in the
+    # previous day's).
+    in_a_bill = BillEntry.objects.filter(kind=Kind.REFUND,
+                                         out_request_no=OuterRef("out_request_no"))
+    for refund in ours.annotate(billed=Exists(in_a_bill)).filter(billed=False).select_related(
+            "payment").iterator():
+        findings.append(BillFinding(
+            report=report, outcome=Outcome.REFUND_MISMATCH, trade_no=refund.payment.trade_id,
+            out_trade_no=refund.order_id, out_request_no=refund.out_request_no,
+            our_amount=refund.amount, note="refunded here, absent from the bill"))
     return findings
 
 

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 
 from shop.models import OrderInfo
@@ -112,6 +113,7 @@ class Payment(models.Model):
     event = models.ForeignKey(
         PaymentEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="payments"
     )
+    # A late payment's refund: mirrors of its row in the ledger (`Refund`, source late payment).
     refund_request_no = models.CharField(max_length=64, blank=True)
     refund_tried_at = models.DateTimeField(null=True, blank=True)
     note = models.CharField(max_length=200, blank=True)
@@ -121,7 +123,7 @@ class Payment(models.Model):
     class Meta:
         verbose_name = "payment"
         ordering = ["-created_at"]
-        permissions = [("refund_payment", "Can send a pending refund to Alipay")]
+        permissions = [("refund_payment", "Can refund payments")]
         constraints = [
             models.UniqueConstraint(
                 fields=["order"],
@@ -132,6 +134,85 @@ class Payment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.trade_id} ({self.order_id})"
+
+
+class Refund(models.Model):
+    """The refund ledger: one row per refund asked for, stored before Alipay is asked.
+
+    `out_request_no` is chosen when the row is created and sent on every try, so a refund
+    whose answer was lost is confirmed with Alipay's refund query (or sent again with the same
+    number, which Alipay treats as the same refund), never made twice. Refunds that are not
+    failed count against the payment: together they never exceed its amount.
+    """
+
+    class State(models.TextChoices):
+        REQUESTED = "requested"  # stored; to be sent to Alipay (again, with the same number)
+        SENT = "sent"  # Alipay accepted it; to be confirmed with the refund query
+        UNKNOWN = "unknown"  # sent, no usable answer (lost, time-out, busy): ask Alipay
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"  # Alipay refused it (sub_code); no money moved
+
+    class Source(models.TextChoices):
+        OPERATOR = "operator", "operator (admin)"
+        STAFF_API = "staff_api", "staff API"
+        LATE_PAYMENT = "late_payment", "late payment"
+
+    OPEN_STATES = (State.REQUESTED, State.SENT, State.UNKNOWN)
+
+    order = models.ForeignKey(OrderInfo, on_delete=models.PROTECT, related_name="refunds")
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    amount = models.DecimalField(max_digits=10, decimal_places=2)
+    reason = models.CharField(max_length=256)
+    out_request_no = models.CharField(max_length=64, unique=True)
+    idempotency_key = models.CharField(max_length=200, blank=True)
+    state = models.CharField(
+        max_length=10, choices=State.choices, default=State.REQUESTED, db_index=True
+    )
+    sub_code = models.CharField(max_length=64, blank=True)  # Alipay's, when it refused
+    source = models.CharField(max_length=12, choices=Source.choices)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="+",
+    )
+    attempts = models.PositiveIntegerField(default=0)  # refund requests sent to Alipay
+    queries = models.PositiveIntegerField(default=0)  # refund queries asked
+    last_error = models.TextField(blank=True)
+    confirmed_by = models.CharField(max_length=12, blank=True)  # query or notification
+    # When a worker may next take it: the retry schedule and the claim lease in one field.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    succeeded_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "refund"
+        ordering = ["requested_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(amount__gt=0),
+                                   name="refund_amount_positive"),
+            models.UniqueConstraint(fields=["idempotency_key"],
+                                    condition=~models.Q(idempotency_key=""),
+                                    name="refund_idempotency_key_unique"),
+            # A late payment is refunded whole, once: a second row only after a failed one.
+            models.UniqueConstraint(
+                fields=["payment"],
+                condition=models.Q(source="late_payment") & ~models.Q(state="failed"),
+                name="refund_one_per_late_payment",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["next_attempt_at"], name="refund_open_due",
+                         condition=models.Q(state__in=["requested", "sent", "unknown"])),
+        ]
+
+    def __str__(self) -> str:
+        return f"refund {self.out_request_no} ({self.amount})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in self.OPEN_STATES
 
 
 class RefusedRequest(models.Model):
@@ -219,6 +300,10 @@ class BillEntry(models.Model):
     class Meta:
         verbose_name = "bill entry"
         verbose_name_plural = "bill entries"
+        indexes = [
+            models.Index(fields=["out_request_no"], name="billentry_refund_request",
+                         condition=models.Q(kind="refund")),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.trade_no} {self.amount}"

@@ -6,7 +6,8 @@ from django.utils import timezone
 
 from payment.models import Payment, PaymentAttempt, PaymentEvent
 from payment.reconciliation import order_reconcile
-from payment.tasks import events_process_task, payment_refund_task
+from payment.refunds import late_payment_refund_ensure
+from payment.tasks import events_process_task, refund_process_task
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
@@ -28,9 +29,16 @@ def event_reprocess(*, event_id: int) -> bool:
     return bool(updated)
 
 
-def payment_refund_retry(*, payment: Payment) -> None:
-    """Send a pending refund to the workers again."""
-    transaction.on_commit(lambda: payment_refund_task.delay(payment.pk))
+def payment_refund_retry(*, payment: Payment) -> bool:
+    """Send the refund of a payment waiting for one to the workers now; a refused one is
+    asked for again. False when the payment is not waiting for a refund."""
+    refund_id = late_payment_refund_ensure(payment_id=payment.pk)
+    if refund_id is None:
+        return False
+    transaction.on_commit(lambda: refund_process_task.delay(refund_id))
+    logger.info("refund sent again by operator trade_no=%s refund_id=%s", payment.trade_id,
+                refund_id)
+    return True
 
 
 def order_query_now(*, order_id: str) -> str:
@@ -46,8 +54,8 @@ def order_query_now(*, order_id: str) -> str:
                   "links_issued": 0},
     )
     result = order_reconcile(order_id=order_id)
-    for payment_id in result.refunds:
-        payment_refund_task.delay(payment_id)
+    for refund_id in result.refunds:
+        refund_process_task.delay(refund_id)
     outcome = next(iter(result.counts), "no pay link issued")
     logger.info("order queried by operator order_id=%s outcome=%s", order_id, outcome)
     return outcome

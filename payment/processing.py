@@ -22,6 +22,7 @@ from payment.applying import payments_apply
 from payment.bulk import rows_update
 from payment.errors import EventRejected
 from payment.models import Payment, PaymentEvent
+from payment.refund_notifications import RefundNotice, refund_notice, refund_notices_apply
 from payment.retry import RetryPolicy, retry_policy
 from payment.verification import (
     Verified,
@@ -49,7 +50,7 @@ class Claimed:
 class BatchResult:
     claimed: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
-    refunds: list[int] = field(default_factory=list)
+    refunds: list[int] = field(default_factory=list)  # refunds for the workers to take on
     retry_at: datetime | None = None  # the earliest deferred event's next attempt
 
     def count(self, outcome: str, n: int = 1) -> None:
@@ -117,7 +118,13 @@ def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchRe
 
     finishes: dict[int, _Finish] = {}
     deferred: dict[int, str] = {}
-    to_apply = _verify(claimed, finishes, deferred, policy)
+    notices: list[RefundNotice] = []
+    to_apply = _verify(claimed, finishes, deferred, notices, policy)
+    # Refund notifications change the ledger only; their events settle with the batch below.
+    noticed = refund_notices_apply(notices=notices)
+    for notice in notices:
+        finishes[notice.event_id] = _Finish(State.RECORDED, noticed.reasons[notice.event_id],
+                                            notice.order_id, notice.trade_no)
     with transaction.atomic():
         applied = payments_apply(items=to_apply)
         for item in to_apply:
@@ -128,7 +135,7 @@ def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchRe
                                                   item.order_id, item.trade_no)
         _events_finish(finishes)
         result.retry_at = _events_defer(deferred, claimed, policy)
-    result.refunds = applied.refunds
+    result.refunds = applied.refunds + noticed.wake
     for finish in finishes.values():
         result.count(str(finish.state))
     if deferred:
@@ -140,9 +147,10 @@ def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchRe
 
 def _verify(
     claimed: list[Claimed], finishes: dict[int, _Finish], deferred: dict[int, str],
-    policy: RetryPolicy,
+    notices: list[RefundNotice], policy: RetryPolicy,
 ) -> list[Verified]:
-    """Check every claimed event; fills `finishes`/`deferred`, returns the paid ones to apply."""
+    """Check every claimed event; fills `finishes`/`deferred` and `notices` (notifications
+    about refunds), returns the paid ones to apply."""
     order_ids = {c.params.get("out_trade_no", "") for c in claimed}
     amounts: dict[str, Decimal] = dict(
         OrderInfo.objects.filter(order_id__in=order_ids).values_list("order_id", "total_amount")
@@ -157,7 +165,12 @@ def _verify(
     to_apply: list[Verified] = []
     returns: list[tuple[Verified, Claimed]] = []
     for item, event in verified:
-        if item.source == Source.RETURN:
+        notice = refund_notice(event_id=item.event_id, order_id=item.order_id,
+                               trade_no=item.trade_no, params=event.params) if (
+            item.source == Source.NOTIFY) else None
+        if notice is not None:
+            notices.append(notice)
+        elif item.source == Source.RETURN:
             returns.append((item, event))
         elif item.is_paid:
             to_apply.append(item)

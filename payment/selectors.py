@@ -1,6 +1,11 @@
 """Selectors of the payment domain: functions that read."""
-from payment.models import Payment, PaymentEvent
+from payment.models import Payment, PaymentEvent, Refund
+from payment.serializers import BuyerRefundSerializer
 from shop.models import OrderInfo, User
+
+# A buyer is told whether the money is on its way back, not how the workers get it there.
+BUYER_REFUND_STATES: dict[str, str] = {Refund.State.SUCCEEDED: "succeeded",
+                                       Refund.State.FAILED: "failed"}
 
 
 def order_for_user(*, user: User, order_id: str) -> OrderInfo | None:
@@ -26,4 +31,19 @@ def order_payment_status(*, order: OrderInfo) -> dict[str, object]:
              "received_at": e.received_at, "deliveries": e.deliveries}
             for e in events
         ],
+        "refunds": order_refunds_for_buyer(order=order),
     }
+
+
+def order_refunds_for_buyer(*, order: OrderInfo) -> list[dict[str, object]]:
+    """The order's refunds: amount, state, reason and times.
+
+    The reason is the buyer's to read: it goes to Alipay as `refund_reason`, which Alipay
+    shows with the refund. Alipay's codes, the attempts and errors stay with the staff.
+    """
+    refunds = Refund.objects.filter(order=order).order_by("requested_at", "id")
+    return list(BuyerRefundSerializer([
+        {"amount": r.amount, "state": BUYER_REFUND_STATES.get(r.state, "processing"),
+         "reason": r.reason, "requested_at": r.requested_at, "succeeded_at": r.succeeded_at}
+        for r in refunds
+    ], many=True).data)

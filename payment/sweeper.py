@@ -6,12 +6,11 @@ events are given up on by the same policy the workers read.
 """
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
 
-from django.db.models import Q
 from django.utils import timezone
 
-from payment.models import Payment, PaymentEvent
+from payment.models import PaymentEvent
+from payment.refunds import refunds_due
 from payment.retry import retry_policy
 
 logger = logging.getLogger(__name__)
@@ -23,11 +22,11 @@ State = PaymentEvent.State
 class Swept:
     due: int  # events waiting for a worker
     dead: int
-    refunds: list[int] = field(default_factory=list)  # refunds to send again
+    refunds: list[int] = field(default_factory=list)  # refunds whose wake-up went missing
 
 
 def events_sweep(*, limit: int = 1000) -> Swept:
-    """Count due events, give up on exhausted ones, and list refunds whose try went stale."""
+    """Count due events, give up on exhausted ones, and list refunds left waiting."""
     policy = retry_policy()
     now = timezone.now()
     due_events = PaymentEvent.objects.filter(state=State.RECEIVED, next_attempt_at__lte=now)
@@ -38,13 +37,7 @@ def events_sweep(*, limit: int = 1000) -> Swept:
     if dead:
         logger.warning("payment events given up (dead) count=%s", dead)
     due = due_events.count()
-    stale = now - timedelta(seconds=policy.claim_lease)
-    refunds = list(
-        Payment.objects.filter(status=Payment.Status.REFUND_PENDING)
-        .filter(Q(refund_tried_at__lt=stale)
-                | Q(refund_tried_at__isnull=True, created_at__lt=stale))
-        .values_list("pk", flat=True)[:limit]
-    )
+    refunds = refunds_due(limit=limit)
     if due or refunds:
         logger.info("sweep found due events=%s stale refunds=%s", due, len(refunds))
     return Swept(due=due, dead=dead, refunds=refunds)

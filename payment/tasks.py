@@ -50,9 +50,22 @@ def events_process_task(event_ids: list[int] | None = None) -> dict[str, int]:
     return batch.outcomes
 
 
-@shared_task(base=LoggedGiveUp, autoretry_for=(GatewayUnavailable, *DATABASE_ERRORS), **_RETRY)
+@shared_task(base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
+def refund_process_task(refund_id: int) -> str:
+    """One step of a refund (send or confirm); it queues its own next step."""
+    step = refunds.refund_process(refund_id=refund_id)
+    if step.next_in is not None:
+        refund_process_task.apply_async((refund_id,), countdown=step.next_in)
+    return step.state
+
+
+@shared_task(base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
 def payment_refund_task(payment_id: int) -> str:
-    return str(refunds.payment_refund(payment_id=payment_id).status)
+    """A late payment's refund, as queued before the ledger: now its ledger row's first step."""
+    refund_id = refunds.late_payment_refund_ensure(payment_id=payment_id)
+    if refund_id is None:
+        return "settled"
+    return refund_process_task(refund_id)
 
 
 @shared_task(base=LoggedGiveUp)
@@ -132,6 +145,6 @@ def bills_reconcile_dispatch_task() -> list[str]:
     return days
 
 
-def _refunds_send(payment_ids: list[int]) -> None:
-    for payment_id in payment_ids:
-        payment_refund_task.delay(payment_id)
+def _refunds_send(refund_ids: list[int]) -> None:
+    for refund_id in refund_ids:
+        refund_process_task.delay(refund_id)

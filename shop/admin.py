@@ -4,7 +4,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from payment import operator
-from payment.admin import PaymentEventInline, PaymentInline, operator_may
+from payment.admin import PaymentEventInline, PaymentInline, RefundInline, operator_may
 from shop.models import SKU, OrderGoods, OrderInfo, User
 
 admin.site.register(User, UserAdmin)
@@ -34,7 +34,7 @@ class OrderInfoAdmin(admin.ModelAdmin):
     list_select_related = ["user"]
     # Only the payment services move an order away from UNPAID.
     readonly_fields = ["order_id", "user", "total_amount", "status", "created_at", "updated_at"]
-    inlines = [OrderGoodsInline, PaymentInline, PaymentEventInline]
+    inlines = [OrderGoodsInline, PaymentInline, RefundInline, PaymentEventInline]
     actions = ["query_alipay_now"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

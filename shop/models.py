@@ -64,6 +64,7 @@ class OrderInfo(models.Model):
         UNCOMMENT = 4
         FINISHED = 5
         CANCELED = 6
+        REFUNDED = 7  # paid, then refunded in full
 
     order_id = models.CharField(max_length=64, primary_key=True)
     user = models.ForeignKey(

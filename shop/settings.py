@@ -211,6 +211,12 @@ BILL_RECONCILE_DAYS = env.int("BILL_RECONCILE_DAYS", default=3)
 BILL_ENTRY_RETENTION_DAYS = env.int("BILL_ENTRY_RETENTION_DAYS", default=90)
 ORDER_PAY_TIMEOUT = timedelta(seconds=env.int("ORDER_PAY_TIMEOUT", default=30 * 60))
 
+# Refunds (payment/refunds.py) ----------------------------------------------------------------
+# Seconds between Alipay accepting a refund (or not answering) and asking it with
+# alipay.trade.fastpay.refund.query whether the refund is done; Alipay advises 10 s at least.
+REFUND_CONFIRM_DELAY = env.float("REFUND_CONFIRM_DELAY", default=10.0)
+# --------------------------------------------------------------------------------------------
+
 # Unpaid orders one account may hold at once (each holds stock until paid or expired);
 # 0: no cap.
 ORDER_MAX_UNPAID = env.int("ORDER_MAX_UNPAID", default=5)

@@ -26,6 +26,11 @@ urlpatterns = [
         payment_apis.OrderPaymentStatusApi.as_view(),
         name="order-payment-status",
     ),
+    path(
+        "orders/<order_id:order_id>/refunds/",
+        payment_apis.OrderRefundsApi.as_view(),
+        name="order-refunds",
+    ),
     path("payment/alipay/notify/", payment_apis.alipay_notify, name="alipay-notify"),
     path("payment/status/", payment_apis.payment_status, name="payment-status"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

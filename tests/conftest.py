@@ -161,6 +161,8 @@ FAST_SCHEDULE = {
     "PAYMENT_CLAIM_LEASE": 3,
     "PAYMENT_SWEEP_INTERVAL": 1,
     "ORDER_EXPIRE_INTERVAL": 1,
+    # Not a beat interval: the wait before a refund is confirmed with Alipay's refund query.
+    "REFUND_CONFIRM_DELAY": 1,
 }
 
 
@@ -169,6 +171,7 @@ def fast_schedule() -> dict[str, int]:
     """Beat's intervals in seconds, so that a test sees reconciliation and expiry at work."""
     settings.RECONCILE_AFTER = timedelta(seconds=FAST_SCHEDULE["RECONCILE_AFTER"])
     settings.PAYMENT_CLAIM_LEASE = float(FAST_SCHEDULE["PAYMENT_CLAIM_LEASE"])
+    settings.REFUND_CONFIRM_DELAY = float(FAST_SCHEDULE["REFUND_CONFIRM_DELAY"])
     return FAST_SCHEDULE
 
 

@@ -19,6 +19,7 @@ app.conf.task_default_queue = "payments"
 app.conf.task_routes = {
     "payment.tasks.events_process_task": {"queue": "payments"},
     "payment.tasks.payment_refund_task": {"queue": "payments"},
+    "payment.tasks.refund_process_task": {"queue": "payments"},
     "payment.tasks.*": {"queue": "reconcile"},
 }
 app.conf.worker_hijack_root_logger = False

@@ -2,6 +2,7 @@
 import re
 import time
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from django.utils import timezone
 from alipay_sandbox.client import SandboxControl
 from payment.events import event_store
 from payment.links import payment_link_create
-from payment.models import Payment, PaymentEvent
+from payment.models import Payment, PaymentEvent, Refund
 from shop.models import OrderInfo, User
 from shop.services import order_create
 from tests.factories import sku_create
@@ -172,7 +173,7 @@ def test_refund_action_refunds_pending_payments_and_explains_applied_ones(
 
     messages = _messages(response)
     assert any("sent to the workers" in m for m in messages)
-    assert any("not done from here" in m for m in messages)
+    assert any("refund it with an amount and a reason from its page" in m for m in messages)
     wait_for(lambda: Payment.objects.get(pk=pending.pk).status == Payment.Status.REFUNDED,
              20, 0.1)
     assert sandbox.trade(order.order_id)["refund_fee"] in ("35.00", 35.0)
@@ -269,3 +270,59 @@ def test_view_only_staff_cannot_refund(
     pending.refresh_from_db()
     assert (pending.status, pending.refund_tried_at) == (Payment.Status.REFUND_PENDING, None)
     assert float(sandbox.trade(order.order_id).get("refund_fee") or 0) == 0
+
+
+def _applied_payment(sandbox: SandboxControl, username: str) -> Payment:
+    """A payment that paid its order (its notification was lost; a query applied it)."""
+    order, paid = _paid_at_alipay(sandbox, username)
+    OrderInfo.objects.filter(pk=order.pk).update(status=OrderInfo.Status.UNSEND)
+    return Payment.objects.create(order=order, trade_id=paid["trade_no"],
+                                  amount=order.total_amount, source="query")
+
+
+def test_operator_refunds_part_of_a_payment_from_its_page(
+    operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
+) -> None:
+    payment = _applied_payment(sandbox, "adminrefund")
+    change_url = f"{PAYMENTS_URL}{payment.pk}/change/"
+    refund_url = f"{PAYMENTS_URL}{payment.pk}/refund/"
+    assert 'id="refund-link"' in operator_client.get(change_url).content.decode()
+    form = operator_client.get(refund_url)
+    assert form.status_code == 200
+    assert 'id="refund-left">35.00<' in form.content.decode()
+
+    too_much = operator_client.post(refund_url, {"amount": "35.01", "reason": "All and more"})
+    assert too_much.status_code == 200
+    assert "more than is left to refund" in too_much.content.decode()
+    assert not Refund.objects.exists()
+
+    response = operator_client.post(refund_url, {"amount": "10.00", "reason": "Scratched lid"},
+                                    follow=True)
+
+    assert any("sent to the workers" in m for m in _messages(response))
+    refund = Refund.objects.get(payment=payment)
+    assert (refund.amount, refund.reason, refund.source) == (
+        Decimal("10.00"), "Scratched lid", Refund.Source.OPERATOR)
+    assert refund.requested_by is not None and refund.requested_by.username == "operator"
+    wait_for(lambda: Refund.objects.get(pk=refund.pk).state == Refund.State.SUCCEEDED, 20, 0.1)
+    assert [r["out_request_no"] for r in sandbox.trade(payment.order_id)["refunds"]] == [
+        refund.out_request_no]
+    assert _status(payment.order) == OrderInfo.Status.UNSEND  # 25.00 is still paid
+    for page in (change_url, f"{ORDERS_URL}{payment.order_id}/change/"):
+        inline = operator_client.get(page).content.decode()
+        assert refund.out_request_no in inline and "succeeded" in inline
+
+
+def test_view_only_staff_cannot_open_the_refund_form(
+    viewer_client: Client, sandbox: SandboxControl, alipay_settings: dict
+) -> None:
+    payment = _applied_payment(sandbox, "viewerrefund")
+    refund_url = f"{PAYMENTS_URL}{payment.pk}/refund/"
+
+    page = viewer_client.get(f"{PAYMENTS_URL}{payment.pk}/change/")
+    form = viewer_client.get(refund_url)
+    post = viewer_client.post(refund_url, {"amount": "10.00", "reason": "Sneaky"})
+
+    assert page.status_code == 200 and 'id="refund-link"' not in page.content.decode()
+    assert (form.status_code, post.status_code) == (403, 403)
+    assert not Refund.objects.exists()

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl
-from payment.models import Payment, PaymentEvent, RefusedRequest
+from payment.models import Payment, PaymentEvent, Refund, RefusedRequest
 from shop.models import SKU, OrderInfo
 from tests.factories import sku_create
 from tests.support import APP_ID, SELLER_ID, ShopClient, query_params, sign_params, wait_for
@@ -203,6 +203,12 @@ def test_payment_for_a_canceled_order_is_refunded(
     assert late_return.status_code == 409, late_return.text
     assert late_return.json()["refund"] == "refunded"
     assert Payment.objects.filter(order_id=order_id).count() == 1
+    # The refund is the ledger's: the whole late payment, sent once under one number.
+    refund = Refund.objects.get(order_id=order_id)
+    assert (refund.source, refund.state, refund.amount, refund.payment_id) == (
+        Refund.Source.LATE_PAYMENT, Refund.State.SUCCEEDED, payment.amount, payment.pk)
+    assert [r["out_request_no"] for r in trade["refunds"]] == [refund.out_request_no]
+    assert payment.refund_request_no == refund.out_request_no
 
 
 def test_expiry_racing_late_payments_never_keeps_the_money(

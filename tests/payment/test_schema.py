@@ -15,3 +15,17 @@ def test_schema_documents_every_payment_endpoint(client: Client) -> None:
     assert set(put["responses"]) == {"200", "202", "400", "403", "409", "413", "429"}
     assert set(paths["/payment/alipay/notify/"]) == {"post"}
     assert "get" in paths["/orders/{order_id}/payment/"]
+
+
+@pytest.mark.django_db
+def test_schema_documents_the_staff_refund_endpoint(client: Client) -> None:
+    schema = client.get("/api/schema/", {"format": "json"}).json()
+
+    post = schema["paths"]["/orders/{order_id}/refunds/"]["post"]
+    assert {"200", "201", "400", "403", "404", "409", "422"} <= set(post["responses"])
+    assert [p["name"] for p in post["parameters"] if p["in"] == "header"] == ["Idempotency-Key"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    assert set(schema["components"]["schemas"][body]["required"]) == {"amount", "reason"}
+    created = post["responses"]["201"]["content"]["application/json"]["schema"]["$ref"]
+    refund = schema["components"]["schemas"][created.split("/")[-1]]["properties"]
+    assert {"out_request_no", "amount", "state", "sub_code"} <= set(refund)

@@ -1,0 +1,57 @@
+"""Serializers of the payment API: the staff's refund request and the refunds it shows."""
+import re
+from decimal import Decimal
+from typing import Any
+
+from rest_framework import serializers
+
+from payment.models import Refund
+
+AMOUNT_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+class AmountField(serializers.DecimalField):
+    """Yuan as a JSON number or in plain ASCII digits ("12.50"): not "1e3", not "１２"."""
+
+    default_error_messages = {"invalid": "An amount is a number of yuan, such as 12.50."}
+
+    def to_internal_value(self, data: Any) -> Decimal:
+        if isinstance(data, bool) or not isinstance(data, str | int | float):
+            self.fail("invalid")
+        if isinstance(data, str) and not AMOUNT_TEXT.fullmatch(data.strip()):
+            self.fail("invalid")
+        value: Decimal = super().to_internal_value(data)
+        return value
+
+
+class RefundInputSerializer(serializers.Serializer):
+    amount = AmountField(
+        max_digits=10, decimal_places=2, min_value=Decimal("0.01"),
+        help_text="yuan, at most two decimals; at most what is left to refund",
+    )
+    reason = serializers.CharField(
+        max_length=256,
+        help_text="for the buyer: sent to Alipay as refund_reason and shown in the order's "
+                  "payment status",
+    )
+
+
+class RefundSerializer(serializers.ModelSerializer):
+    order_id = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Refund
+        fields = ["id", "order_id", "out_request_no", "amount", "reason", "state", "sub_code",
+                  "source", "attempts", "queries", "last_error", "requested_at", "sent_at",
+                  "succeeded_at", "failed_at"]
+        read_only_fields = fields
+
+
+class BuyerRefundSerializer(serializers.Serializer):
+    """A refund as its buyer sees it in the order's payment status."""
+
+    amount = serializers.DecimalField(max_digits=10, decimal_places=2)
+    state = serializers.ChoiceField(choices=["processing", "succeeded", "failed"])
+    reason = serializers.CharField()
+    requested_at = serializers.DateTimeField()
+    succeeded_at = serializers.DateTimeField(allow_null=True)
