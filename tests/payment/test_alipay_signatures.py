@@ -1,6 +1,7 @@
 """Verifying exactly what Alipay signed: empty parameters kept, GBK notifications decoded,
 and pay links that expire with their order."""
 import json
+import time
 import urllib.parse
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,6 +13,7 @@ import requests
 from django.conf import settings
 from django.utils import timezone
 
+from alipay_sandbox.client import SandboxControl, SandboxError
 from payment import alipay
 from payment.models import Payment, PaymentEvent
 from shop.models import OrderInfo
@@ -107,3 +109,26 @@ def test_pay_link_expires_with_the_order(shop: ShopClient) -> None:
     late = shop.pay_link(order_id)
     assert late.status_code == 400
     assert "time to pay has passed" in late.json()["message"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("celery_workers")
+def test_a_pay_link_used_after_the_deadline_cannot_be_paid_at_alipay(
+    shop: ShopClient, sandbox: SandboxControl
+) -> None:
+    order_id = _order_with_link(shop, "latepayer")
+    # Placed long ago: two seconds of its time to pay are left when the link is made.
+    OrderInfo.objects.filter(pk=order_id).update(
+        created_at=timezone.now() - settings.ORDER_PAY_TIMEOUT + timedelta(seconds=2))
+    link = shop.pay_link(order_id).json()["alipay_url"]
+    time.sleep(3)
+
+    with pytest.raises(SandboxError) as refused:
+        sandbox.pay(link)
+
+    assert "TRADE_HAS_CLOSE" in str(refused.value.payload)
+    time.sleep(1)
+    # Unpaid, or already canceled by expiry when beat runs: never paid.
+    assert OrderInfo.objects.get(pk=order_id).status in (OrderInfo.Status.UNPAID,
+                                                         OrderInfo.Status.CANCELED)
+    assert not Payment.objects.filter(order_id=order_id).exists()

@@ -55,7 +55,9 @@ def _orders_with_links(count: int, price: str = "18.88") -> list[tuple[str, str]
 def _pay_all(sandbox: SandboxControl, links: list[tuple[str, str]]) -> list[dict[str, str]]:
     with ThreadPoolExecutor(8) as pool:
         paid = list(pool.map(lambda link: sandbox.pay(link[1]), links))
-    return [dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(p["return_url"]).query))
+    # Every parameter, empty ones too: Alipay signs them all.
+    return [dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(p["return_url"]).query,
+                                        keep_blank_values=True))
             for p in paid]
 
 
