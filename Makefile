@@ -44,6 +44,7 @@ test: install lint
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy shop payment workers alipay_sandbox bench
+	$(BIN)/python manage.py spectacular --validate --fail-on-warn --skip-checks --file /dev/null
 
 bench: install
 	@echo "see bench/README.md"

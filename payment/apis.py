@@ -29,7 +29,13 @@ from payment.refund_requests import (
     RefundOrderNotFound,
     refund_request,
 )
-from payment.serializers import RefundInputSerializer, RefundSerializer
+from payment.serializers import (
+    MessageSerializer,
+    PaymentLinkSerializer,
+    PaymentStatusSerializer,
+    RefundInputSerializer,
+    RefundSerializer,
+)
 from shop.apis import authenticated_user
 
 logger = logging.getLogger(__name__)
@@ -42,7 +48,11 @@ def _remote_addr(request: HttpRequest) -> str | None:
 
 
 class PaymentLinkApi(APIView):
-    @extend_schema(responses={200: dict, 400: OpenApiResponse(description="{message}")})
+    @extend_schema(responses={
+        200: PaymentLinkSerializer,
+        400: OpenApiResponse(MessageSerializer, description="missing, someone else's or not "
+                             "awaiting payment (the seed's 400, kept as its contract)"),
+    })
     def get(self, request: Request, order_id: str) -> Response:
         try:
             url = payment_link_create(user=authenticated_user(request), order_id=order_id)
@@ -94,7 +104,8 @@ def _json(answer: intake.Answer) -> JsonResponse:
 
 
 class OrderPaymentStatusApi(APIView):
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses={200: PaymentStatusSerializer,
+                              404: OpenApiResponse(MessageSerializer, description="not yours")})
     def get(self, request: Request, order_id: str) -> Response:
         order = selectors.order_for_user(user=authenticated_user(request), order_id=order_id)
         if order is None:

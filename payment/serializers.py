@@ -1,11 +1,12 @@
-"""Serializers of the payment API: the staff's refund request and the refunds it shows."""
+"""Serializers of the payment API: pay links, payment status, refunds, error bodies."""
 import re
 from decimal import Decimal
 from typing import Any
 
 from rest_framework import serializers
 
-from payment.models import Refund
+from payment.models import PaymentEvent, Refund
+from shop.models import OrderInfo
 
 AMOUNT_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
@@ -55,3 +56,40 @@ class BuyerRefundSerializer(serializers.Serializer):
     reason = serializers.CharField()
     requested_at = serializers.DateTimeField()
     succeeded_at = serializers.DateTimeField(allow_null=True)
+
+
+class MessageSerializer(serializers.Serializer):
+    """Every error body: what went wrong, fit to show the buyer."""
+
+    message = serializers.CharField()
+
+
+class PaymentLinkSerializer(serializers.Serializer):
+    alipay_url = serializers.URLField(
+        help_text="the signed page-pay URL: send the buyer's browser there; it expires with "
+                  "the order (time_expire)")
+
+
+class LatestEventSerializer(serializers.Serializer):
+    # A field named like Field.source: DRF takes declared fields off the class.
+    source = serializers.ChoiceField(choices=PaymentEvent.Source.choices)  # type: ignore[assignment]
+    state = serializers.ChoiceField(choices=PaymentEvent.State.choices)
+    received_at = serializers.DateTimeField()
+
+
+class PaymentHistorySerializer(LatestEventSerializer):
+    reason = serializers.CharField(help_text="why it was rejected or only recorded")
+    trade_no = serializers.CharField()
+    deliveries = serializers.IntegerField(help_text="how many times it arrived")
+
+
+class PaymentStatusSerializer(serializers.Serializer):
+    """An order's payment state, as the storefront polls it."""
+
+    order_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=[s.name for s in OrderInfo.Status],
+                                     help_text="the order's status by name")
+    trade_id = serializers.CharField(allow_null=True, help_text="Alipay's trade number once paid")
+    latest_event = LatestEventSerializer(allow_null=True)
+    history = PaymentHistorySerializer(many=True, help_text="the latest 50 events, newest first")
+    refunds = BuyerRefundSerializer(many=True)

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "knox",
     "axes",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "shop",
     "payment",
     "workers",
@@ -130,6 +131,17 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Shop payments API",
     "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and Redoc from the installed sidecar package, never from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "PaymentEventSourceEnum": "payment.models.PaymentEvent.Source",
+        "PaymentEventStateEnum": "payment.models.PaymentEvent.State",
+        "RefundStateEnum": "payment.models.Refund.State",
+        "RefundSourceEnum": "payment.models.Refund.Source",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "payment.schema.intake_paths",

@@ -1,6 +1,10 @@
 from django.contrib import admin
 from django.urls import path, register_converter
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerView,
+)
 
 from payment import apis as payment_apis
 from shop import apis as shop_apis
@@ -34,6 +38,8 @@ urlpatterns = [
     path("payment/alipay/notify/", payment_apis.alipay_notify, name="alipay-notify"),
     path("payment/status/", payment_apis.payment_status, name="payment-status"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
     path("", pages.storefront, name="storefront"),
     path("login/", pages.SignInView.as_view(), name="login"),
     path("logout/", pages.SignOutView.as_view(), name="logout"),
