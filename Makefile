@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export no_proxy := 127.0.0.1,localhost
 
@@ -10,13 +11,21 @@ export no_proxy := 127.0.0.1,localhost
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 
-.PHONY: install prepare run test lint bench clean
+.PHONY: install install-test prepare run test lint bench clean
 
-install: $(STAMP)
+# `make run` needs the runtime only; the test tools (pytest, Playwright, mypy, ruff, stubs,
+# schemathesis) come with `make test`.
+install: $(RUN_STAMP)
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet .
+	touch $@
+
+install-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet '.[test]'
 	touch $@
 
@@ -37,16 +46,16 @@ run: prepare
 	@echo
 	$(BIN)/honcho start -f Procfile
 
-test: install lint
+test: install-test lint
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy shop payment workers alipay_sandbox bench
 	$(BIN)/python manage.py spectacular --validate --fail-on-warn --skip-checks --file /dev/null
 
-bench: install
+bench: install-test
 	@echo "see bench/README.md"
 
 clean:
