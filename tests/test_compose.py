@@ -37,7 +37,7 @@ DEV_SERVICES = {"sandbox", "devkeys", "seed"}
 PRODUCTION_SERVICES = {"postgres", "redis", "prepare", "web", "worker", "beat", "proxy"}
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 # What the containers bind instead of the Procfile's loopback defaults.
-CONTAINER_VALUES = {"WEB_BIND": "0.0.0.0:8000", "SANDBOX_HOST": "0.0.0.0"}
+CONTAINER_VALUES = {"WEB_BIND": "0.0.0.0:8000", "SANDBOX_HOST": "0.0.0.0", "SANDBOX_PORT": "8090"}
 
 
 @pytest.fixture(scope="module")
