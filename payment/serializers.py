@@ -7,6 +7,7 @@ from rest_framework import serializers
 
 from payment.models import PaymentEvent, Refund
 from shop.models import OrderInfo
+from shop.serializers import ApiModelSerializer, UTCDateTimeField
 
 AMOUNT_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
@@ -37,7 +38,7 @@ class RefundInputSerializer(serializers.Serializer):
     )
 
 
-class RefundSerializer(serializers.ModelSerializer):
+class RefundSerializer(ApiModelSerializer):
     order_id = serializers.CharField(read_only=True)
 
     class Meta:
@@ -54,8 +55,8 @@ class BuyerRefundSerializer(serializers.Serializer):
     amount = serializers.DecimalField(max_digits=10, decimal_places=2)
     state = serializers.ChoiceField(choices=["processing", "succeeded", "failed"])
     reason = serializers.CharField()
-    requested_at = serializers.DateTimeField()
-    succeeded_at = serializers.DateTimeField(allow_null=True)
+    requested_at = UTCDateTimeField()
+    succeeded_at = UTCDateTimeField(allow_null=True)
 
 
 class MessageSerializer(serializers.Serializer):
@@ -74,7 +75,7 @@ class LatestEventSerializer(serializers.Serializer):
     # A field named like Field.source: DRF takes declared fields off the class.
     source = serializers.ChoiceField(choices=PaymentEvent.Source.choices)  # type: ignore[assignment]
     state = serializers.ChoiceField(choices=PaymentEvent.State.choices)
-    received_at = serializers.DateTimeField()
+    received_at = UTCDateTimeField()
 
 
 class PaymentHistorySerializer(LatestEventSerializer):

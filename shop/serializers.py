@@ -1,6 +1,25 @@
+from datetime import UTC
+from typing import Any
+
+from django.db import models
 from rest_framework import serializers
 
 from shop.models import SKU, OrderGoods, OrderInfo
+
+
+class UTCDateTimeField(serializers.DateTimeField):
+    """The API's one rule for times: ISO 8601 in UTC with `Z` (pages use the shop's zone)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("default_timezone", UTC)
+        super().__init__(**kwargs)
+
+
+class ApiModelSerializer(serializers.ModelSerializer):
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.DateTimeField: UTCDateTimeField,
+    }
 
 
 class CredentialsSerializer(serializers.Serializer):
@@ -10,7 +29,7 @@ class CredentialsSerializer(serializers.Serializer):
 
 class AuthorizationOutputSerializer(serializers.Serializer):
     token = serializers.CharField()
-    expiry = serializers.DateTimeField()
+    expiry = UTCDateTimeField()
     user_id = serializers.IntegerField()
     username = serializers.CharField()
 
@@ -20,7 +39,7 @@ class UserOutputSerializer(serializers.Serializer):
     username = serializers.CharField()
 
 
-class SKUSerializer(serializers.ModelSerializer):
+class SKUSerializer(ApiModelSerializer):
     class Meta:
         model = SKU
         fields = ["id", "name", "price", "stock"]
@@ -37,7 +56,7 @@ class OrderInputSerializer(serializers.Serializer):
     )
 
 
-class OrderGoodsSerializer(serializers.ModelSerializer):
+class OrderGoodsSerializer(ApiModelSerializer):
     name = serializers.CharField(source="sku.name")
 
     class Meta:
@@ -45,7 +64,7 @@ class OrderGoodsSerializer(serializers.ModelSerializer):
         fields = ["sku_id", "name", "count", "price"]
 
 
-class OrderSerializer(serializers.ModelSerializer):
+class OrderSerializer(ApiModelSerializer):
     status = serializers.CharField(source="status_name")
 
     class Meta:
