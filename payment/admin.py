@@ -43,7 +43,9 @@ def operator_may(request: HttpRequest, codename: str) -> bool:
 
 def _pretty_json(data: Any) -> str:
     return format_html(
-        '<pre class="raw-data">{}</pre>',
+        # Wrapped: a signature is one 344-character word that would overflow its box.
+        '<pre class="raw-data" style="white-space:pre-wrap;word-break:break-all;'
+        'max-width:60em">{}</pre>',
         json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False),
     )
 
@@ -65,8 +67,8 @@ class AttentionFilter(admin.SimpleListFilter):
 
 @admin.register(PaymentEvent)
 class PaymentEventAdmin(admin.ModelAdmin):
-    list_display = ["id", "received_at", "source", "order_link", "out_trade_no", "trade_no",
-                    "state", "attempts", "deliveries", "short_reason", "short_error"]
+    list_display = ["id", "received_at", "source", "order_link", "trade_no", "state",
+                    "attempts", "deliveries", "short_reason", "short_error"]
     list_filter = [AttentionFilter, "state", "source"]
     search_fields = ["out_trade_no", "trade_no", "order__order_id"]
     date_hierarchy = "received_at"
@@ -91,6 +93,9 @@ class PaymentEventAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # the record of what arrived is never thrown away
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a record: shown read-only, no Save buttons; actions have their own
+
     @admin.display(description="raw data")
     def raw_data_pretty(self, obj: PaymentEvent) -> str:
         return _pretty_json(obj.raw_data)
@@ -98,17 +103,17 @@ class PaymentEventAdmin(admin.ModelAdmin):
     @admin.display(description="order", ordering="order__order_id")
     def order_link(self, obj: PaymentEvent) -> str:
         if obj.order_id is None:
-            return "-"
+            return obj.out_trade_no or "-"  # not one of our orders
         url = reverse("admin:shop_orderinfo_change", args=[obj.order_id])
         return format_html('<a href="{}">{}</a>', url, obj.order_id)
 
     @admin.display(description="reason")
     def short_reason(self, obj: PaymentEvent) -> str:
-        return obj.reason[:80]
+        return obj.reason[:60]
 
     @admin.display(description="last error")
     def short_error(self, obj: PaymentEvent) -> str:
-        return obj.last_error[:80]
+        return obj.last_error[:60]
 
     def has_reprocess_event_permission(self, request: HttpRequest) -> bool:
         return operator_may(request, "reprocess_event")
@@ -235,6 +240,9 @@ class PaymentAdmin(admin.ModelAdmin):
     def has_refund_payment_permission(self, request: HttpRequest) -> bool:
         return operator_may(request, "refund_payment")
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a record: shown read-only, no Save buttons; actions have their own
+
     def get_urls(self) -> list[URLPattern]:
         refund = path("<int:object_id>/refund/", self.admin_site.admin_view(self.refund_view),
                       name="payment_payment_refund")
@@ -346,6 +354,9 @@ class PaymentAttemptAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a record: shown read-only, no Save buttons; actions have their own
 
 
 @admin.register(RefusedRequest)

@@ -55,10 +55,13 @@ class OrderInfoAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{order_id}: the query failed ({exc}).",
                                   messages.ERROR)
                 continue
-            level = messages.SUCCESS if outcome in ("applied", "settled") else messages.INFO
+            level = _LEVELS.get(outcome, messages.WARNING)
             self.message_user(request, f"{order_id}: {_OUTCOMES.get(outcome, outcome)}", level)
 
 
+# Failures look like failures: only a paid or settled order is a success.
+_LEVELS = {"applied": messages.SUCCESS, "settled": messages.SUCCESS, "stored": messages.SUCCESS,
+           "error": messages.ERROR, "rejected": messages.ERROR}
 _OUTCOMES = {
     "settled": "not unpaid any more; nothing to ask.",
     "applied": "Alipay reports it paid; the payment is applied.",

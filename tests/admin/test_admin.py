@@ -326,3 +326,41 @@ def test_view_only_staff_cannot_open_the_refund_form(
     assert page.status_code == 200 and 'id="refund-link"' not in page.content.decode()
     assert (form.status_code, post.status_code) == (403, 403)
     assert not Refund.objects.exists()
+
+
+def test_a_failed_query_looks_like_a_failure(
+    operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
+) -> None:
+    order, _paid = _paid_at_alipay(sandbox, "downgateway")
+    sandbox.set_faults(error_rate=1.0, error_kind="http500", methods=["alipay.trade.query"])
+
+    response = operator_client.post(
+        ORDERS_URL,
+        {"action": "query_alipay_now", "_selected_action": [order.order_id]}, follow=True,
+    )
+
+    levels = {str(m): m.level_tag for m in response.context["messages"]}
+    assert [level for text, level in levels.items() if order.order_id in text] == ["error"]
+    assert 'class="error"' in response.content.decode()
+    assert _status(order) == OrderInfo.Status.UNPAID
+
+
+def test_records_are_shown_read_only_without_save_buttons(
+    operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
+) -> None:
+    order, paid = _paid_at_alipay(sandbox, "readonly")
+    operator_client.post(ORDERS_URL, {"action": "query_alipay_now",
+                                      "_selected_action": [order.order_id]})
+    payment = Payment.objects.get(order=order)
+    event = PaymentEvent.objects.filter(order=order).first()
+    assert event is not None
+
+    for url in (f"/admin/payment/payment/{payment.pk}/change/",
+                f"/admin/payment/paymentevent/{event.pk}/change/"):
+        page = operator_client.get(url).content.decode()
+        assert 'name="_save"' not in page, url
+        assert 'name="refund_tried_at"' not in page, url
+    admin_page = Client()
+    admin_page.force_login(User.objects.create_superuser("root2", password="x" * 12))
+    page = admin_page.get(f"/admin/payment/payment/{payment.pk}/change/").content.decode()
+    assert 'name="_save"' not in page and paid["trade_no"] in page
