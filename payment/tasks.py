@@ -26,6 +26,10 @@ MAX_BATCHES_PER_RUN = 100
 class LoggedGiveUp(Task):  # type: ignore[misc]
     """Where a task gives up: what it worked on is still in the database, so a warning."""
 
+    # Expected in operation (gateway or database away): Celery logs them without the ERROR
+    # line and traceback it gives a bug; on_failure says what happens next.
+    throws = (GatewayUnavailable, *DATABASE_ERRORS)
+
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
         logger.warning("task %s gave up (%s: %s); the sweeper or the next run takes it up",
