@@ -44,7 +44,8 @@ run: prepare
 	@echo "  Sandbox    : http://127.0.0.1:8090/   (local Alipay gateway, control API on)"
 	@echo "  Ctrl-C stops everything."
 	@echo
-	$(BIN)/honcho start -f Procfile
+	@# Ctrl-C ends honcho with 130: the normal way to stop, not an error.
+	@$(BIN)/honcho start -f Procfile || [ $$? -eq 130 ]
 
 test: install-test lint
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
