@@ -455,3 +455,7 @@ class BillEntryAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+# The admin's home page leads with the payments dashboard (payment/admin_dashboard.py).
+admin.site.index_template = "admin/payment/index.html"

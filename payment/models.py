@@ -27,6 +27,10 @@ class PaymentAttempt(models.Model):
     class Meta:
         verbose_name = "payment attempt"
         permissions = [("query_alipay", "Can ask Alipay about an order now")]
+        indexes = [
+            # The dashboard's reconciliation figures: checks of the last 24 hours.
+            models.Index(fields=["last_checked_at"], name="paymentattempt_checked"),
+        ]
 
     def __str__(self) -> str:
         return f"attempt {self.order_id}"
@@ -124,6 +128,10 @@ class Payment(models.Model):
         verbose_name = "payment"
         ordering = ["-created_at"]
         permissions = [("refund_payment", "Can refund payments")]
+        indexes = [
+            # The dashboard's payments per minute, and the admin list's ordering.
+            models.Index(fields=["created_at"], name="payment_created"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["order"],
@@ -205,6 +213,8 @@ class Refund(models.Model):
         indexes = [
             models.Index(fields=["next_attempt_at"], name="refund_open_due",
                          condition=models.Q(state__in=["requested", "sent", "unknown"])),
+            # The dashboard's refunds of the last 24 hours, and the admin list's ordering.
+            models.Index(fields=["requested_at"], name="refund_requested"),
         ]
 
     def __str__(self) -> str:

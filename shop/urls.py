@@ -7,6 +7,7 @@ from drf_spectacular.views import (
 )
 
 from payment import apis as payment_apis
+from payment.admin_dashboard import dashboard_view
 from shop import apis as shop_apis
 from shop import health, pages
 from shop.converters import OrderIdConverter
@@ -14,6 +15,8 @@ from shop.converters import OrderIdConverter
 register_converter(OrderIdConverter, "order_id")
 
 urlpatterns = [
+    # The operators' dashboard, inside the admin (its sign-in and staff check).
+    path("admin/dashboard/", admin.site.admin_view(dashboard_view), name="admin-dashboard"),
     path("admin/", admin.site.urls),
     path("users/", shop_apis.UserCreateApi.as_view(), name="user-create"),
     path("authorizations/", shop_apis.AuthorizationApi.as_view(), name="authorizations"),

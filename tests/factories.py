@@ -1,8 +1,89 @@
 """Rows the tests start from, made with the ORM."""
+import itertools
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from shop.models import SKU
+from django.utils import timezone
+
+from payment.models import BillFinding, BillReport, Payment, PaymentAttempt, PaymentEvent, Refund
+from shop.models import SKU, OrderInfo, User
 
 
 def sku_create(name: str = "Keyboard", price: str = "99.50", stock: int = 100) -> SKU:
     return SKU.objects.create(name=name, price=Decimal(price), stock=stock)
+
+
+# -- payments as they stand after the fact, at chosen times (the dashboard's figures) ----------
+
+_sequence = itertools.count(1)
+
+
+def paid_order_create(
+    *, source: str = "notify", paid_at: datetime | None = None,
+    link_at: datetime | None = None, amount: str = "10.00",
+    status: str = Payment.Status.APPLIED,
+) -> Payment:
+    """An order, its pay link issued at `link_at` (none if None) and its payment at `paid_at`."""
+    n = next(_sequence)
+    user = User.objects.create_user(username=f"payer-{n}", password="x" * 12)
+    order = OrderInfo.objects.create(order_id=f"F{n:019d}", user=user,
+                                     total_amount=Decimal(amount),
+                                     status=OrderInfo.Status.UNSEND)
+    if link_at is not None:
+        PaymentAttempt.objects.create(order=order, amount=order.total_amount,
+                                      started_at=link_at, last_started_at=link_at)
+    payment = Payment.objects.create(order=order, trade_id=f"T{n:027d}", amount=order.total_amount,
+                                     source=source, status=status)
+    Payment.objects.filter(pk=payment.pk).update(created_at=paid_at or timezone.now())
+    payment.refresh_from_db()
+    return payment
+
+
+def event_create(*, state: str, received_at: datetime | None = None, source: str = "notify",
+                 last_error: str = "") -> PaymentEvent:
+    n = next(_sequence)
+    event = PaymentEvent.objects.create(
+        source=source, dedupe_key=f"factory-{n}", out_trade_no=f"F{n:019d}", raw_data={},
+        state=state, last_error=last_error,
+    )
+    PaymentEvent.objects.filter(pk=event.pk).update(received_at=received_at or timezone.now())
+    event.refresh_from_db()
+    return event
+
+
+def attempt_checked_create(*, result: str, checked_at: datetime) -> PaymentAttempt:
+    """An unpaid order whose pay link reconciliation last checked at `checked_at`."""
+    n = next(_sequence)
+    user = User.objects.create_user(username=f"checked-{n}", password="x" * 12)
+    order = OrderInfo.objects.create(order_id=f"F{n:019d}", user=user,
+                                     total_amount=Decimal("5.00"))
+    return PaymentAttempt.objects.create(
+        order=order, amount=order.total_amount, started_at=checked_at - timedelta(minutes=5),
+        last_started_at=checked_at - timedelta(minutes=5), checks=1, last_checked_at=checked_at,
+        last_check_result=result,
+    )
+
+
+def refund_create(*, payment: Payment, state: str, requested_at: datetime,
+                  amount: str = "1.00", last_error: str = "") -> Refund:
+    n = next(_sequence)
+    refund = Refund.objects.create(
+        order=payment.order, payment=payment, amount=Decimal(amount), reason="factory",
+        out_request_no=f"R{n:019d}", state=state, source=Refund.Source.OPERATOR,
+        last_error=last_error,
+    )
+    Refund.objects.filter(pk=refund.pk).update(requested_at=requested_at)
+    refund.refresh_from_db()
+    return refund
+
+
+def bill_report_create(*, day: date, findings: dict[str, int], matched: int = 0) -> BillReport:
+    now = timezone.now()
+    report = BillReport.objects.create(bill_date=day, state=BillReport.State.DONE,
+                                       matched=matched, findings=sum(findings.values()),
+                                       started_at=now, finished_at=now)
+    BillFinding.objects.bulk_create(
+        BillFinding(report=report, outcome=outcome, trade_no=f"{outcome}-{i}")
+        for outcome, count in findings.items() for i in range(count)
+    )
+    return report
