@@ -1,12 +1,45 @@
 """The storefront's HTML pages; the data they show and change goes through the JSON API."""
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.password_validation import password_validators_help_texts
 from django.contrib.auth.views import LoginView, LogoutView
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET
 
-from shop import selectors
+from payment.links import order_pay_deadline
+from shop import selectors, services
 from shop.apis import authenticated_user
+from shop.converters import OrderIdConverter
+from shop.models import OrderInfo
+
+ORDER_ID = re.compile(OrderIdConverter.regex)
+
+# What a buyer reads for each status; the API keeps the status names themselves.
+STATUS_WORDS = {
+    OrderInfo.Status.UNPAID.name: "Awaiting payment",
+    OrderInfo.Status.UNSEND.name: "Paid - preparing shipment",
+    OrderInfo.Status.UNRECEIVED.name: "Shipped",
+    OrderInfo.Status.UNCOMMENT.name: "Awaiting review",
+    OrderInfo.Status.FINISHED.name: "Completed",
+    OrderInfo.Status.CANCELED.name: "Canceled",
+    OrderInfo.Status.REFUNDED.name: "Refunded",
+}
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    order: OrderInfo
+    status_words: str
+    pay_by: datetime
+
+
+def _order_row(order: OrderInfo) -> OrderRow:
+    return OrderRow(order, STATUS_WORDS[order.status_name], order_pay_deadline(order))
 
 
 class SignInView(LoginView):
@@ -20,6 +53,23 @@ class SignOutView(LogoutView):
 
 
 @require_GET
+def sign_up(request: HttpRequest) -> HttpResponse:
+    """The form posts to the API (`POST /users/`), then signs in through the sign-in view."""
+    next_url = request.GET.get("next", "")
+    if not url_has_allowed_host_and_scheme(
+        next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        next_url = ""
+    if request.user.is_authenticated:
+        return redirect(next_url or "storefront")
+    return render(request, "shop/signup.html", {
+        "next": next_url,
+        "username_rule": services.USERNAME_RULE,
+        "password_rules": password_validators_help_texts(),
+    })
+
+
+@require_GET
 def storefront(request: HttpRequest) -> HttpResponse:
     return render(request, "shop/storefront.html", {"skus": selectors.sku_list()})
 
@@ -27,11 +77,23 @@ def storefront(request: HttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 def my_orders(request: HttpRequest) -> HttpResponse:
-    orders = selectors.order_list(user=authenticated_user(request))[:100]
-    return render(request, "shop/my_orders.html", {"orders": orders})
+    user = authenticated_user(request)
+    orders = selectors.order_list(user=user)[:100]
+    # Just placed (the storefront sends the buyer here with its number): confirm it.
+    placed_id = request.GET.get("placed", "")
+    placed = (selectors.order_get(user=user, order_id=placed_id)
+              if ORDER_ID.fullmatch(placed_id) else None)
+    return render(request, "shop/my_orders.html", {
+        "rows": [_order_row(order) for order in orders],
+        "placed": _order_row(placed) if placed is not None else None,
+        "status_words": STATUS_WORDS,
+    })
 
 
 @require_GET
 def pay_success(request: HttpRequest) -> HttpResponse:
-    """Where Alipay sends the buyer back; the page's script hands the parameters to the API."""
-    return render(request, "shop/pay_success.html")
+    """Where Alipay sends the buyer back; the page's script hands the parameters to the API.
+
+    Opened without any (a bookmark, a typed address), there is nothing to confirm.
+    """
+    return render(request, "shop/pay_success.html", {"returned": bool(request.GET)})

@@ -46,6 +46,7 @@ urlpatterns = [
     path("", pages.storefront, name="storefront"),
     path("login/", pages.SignInView.as_view(), name="login"),
     path("logout/", pages.SignOutView.as_view(), name="logout"),
+    path("signup/", pages.sign_up, name="signup"),
     path("my/orders/", pages.my_orders, name="my-orders"),
     path("pay_success.html", pages.pay_success, name="pay-success"),
     path("healthz", health.healthz, name="healthz"),

@@ -1,7 +1,7 @@
 """A buyer in a real browser: sign in, order, pay on the sandbox cashier, come back."""
 import re
 import urllib.parse
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ pytestmark = [
 ]
 
 PASSWORD = "s3cret-pass"
+Snap = Callable[[str], None]  # tests/e2e/conftest.py: checks both widths, saves screenshots
 
 
 def _sign_in(page: Page, web: str, username: str) -> User:
@@ -41,7 +42,7 @@ def _order_and_open_cashier(page: Page, web: str, user: User) -> OrderInfo:
     order = OrderInfo.objects.get(user=user)
     assert str(order.total_amount) == "97.60"
     row = page.locator(f"#order-{order.order_id}")
-    expect(row.locator(".status")).to_have_text("UNPAID")
+    expect(row.locator(".status")).to_have_text("Awaiting payment")
     row.get_by_role("button", name="Pay with Alipay").click()
     expect(page.locator("#pay-button")).to_be_visible()  # the sandbox's cashier page
     return order
@@ -52,7 +53,7 @@ def _order_status(order: OrderInfo) -> str:
 
 
 def test_buyer_pays_and_sees_the_trade_number_on_return(
-    page: Page, web: str, sandbox: SandboxControl, screenshots: Path
+    page: Page, web: str, sandbox: SandboxControl, snap: Snap
 ) -> None:
     user = _sign_in(page, web, "lampbuyer")
     order = _order_and_open_cashier(page, web, user)
@@ -66,16 +67,18 @@ def test_buyer_pays_and_sees_the_trade_number_on_return(
     expect(page.locator("#trade-no")).to_have_text(payment.trade_id)
     assert payment.trade_id == sandbox.trade(order.order_id)["trade_no"]
     assert _order_status(order) == "UNSEND"
-    page.screenshot(path=screenshots / "a_pay_success_paid.png", full_page=True)
+    snap("a_pay_success_paid")
 
     page.click("#to-my-orders")
-    expect(page.locator(f"#order-{order.order_id} .status")).to_have_text("UNSEND")
+    status = page.locator(f"#order-{order.order_id} .status")
+    expect(status).to_have_text("Paid - preparing shipment")
+    expect(status).to_have_attribute("data-status", "UNSEND")
     expect(page.locator(f"#order-{order.order_id}").get_by_role("button")).to_have_count(0)
-    page.screenshot(path=screenshots / "a_my_orders_paid.png", full_page=True)
+    snap("a_my_orders_paid")
 
 
 def test_order_list_turns_paid_by_itself_when_the_return_is_lost(
-    page: Page, web: str, sandbox: SandboxControl, screenshots: Path
+    page: Page, web: str, sandbox: SandboxControl, snap: Snap
 ) -> None:
     # No redirect back, and the notification late enough to arrive while the list is open.
     sandbox.set_faults(drop_return=True, notify_delay_s=4)
@@ -87,13 +90,13 @@ def test_order_list_turns_paid_by_itself_when_the_return_is_lost(
 
     page.goto(f"{web}/my/orders/")
     status = page.locator(f"#order-{order.order_id} .status")
-    expect(status).to_have_text("UNPAID")
+    expect(status).to_have_text("Awaiting payment")
     page.evaluate("window.notReloaded = true")
 
-    expect(status).to_have_text("UNSEND", timeout=20_000)
+    expect(status).to_have_text("Paid - preparing shipment", timeout=20_000)
     assert page.evaluate("window.notReloaded") is True
     assert Payment.objects.get(order=order).source == "notify"
-    page.screenshot(path=screenshots / "b_my_orders_paid_by_notification.png", full_page=True)
+    snap("b_my_orders_paid_by_notification")
 
 
 def _tamper_sign(url: str) -> str:
@@ -109,7 +112,7 @@ def _tamper_sign(url: str) -> str:
 
 
 def test_tampered_return_is_rejected_and_leaves_the_order_unpaid(
-    page: Page, web: str, sandbox: SandboxControl, screenshots: Path
+    page: Page, web: str, sandbox: SandboxControl, snap: Snap
 ) -> None:
     sandbox.set_faults(notify_drop=True)  # only the tampered return reaches the shop
     user = _sign_in(page, web, "tamperer")
@@ -138,11 +141,11 @@ def test_tampered_return_is_rejected_and_leaves_the_order_unpaid(
     assert "signature" in refused.reason
     assert _order_status(order) == "UNPAID"
     assert not Payment.objects.filter(order=order).exists()
-    page.screenshot(path=screenshots / "c_pay_success_rejected.png", full_page=True)
+    snap("c_pay_success_rejected")
 
 
 def test_slow_confirmation_shows_a_spinner_then_the_payment(
-    page: Page, web: str, sandbox: SandboxControl, settings: Any, screenshots: Path
+    page: Page, web: str, sandbox: SandboxControl, settings: Any, snap: Snap
 ) -> None:
     settings.PAYMENT_STATUS_WAIT = 0  # the shop answers "processing" at once
     # Without the notification the return itself must be confirmed by the workers; a
@@ -156,13 +159,13 @@ def test_slow_confirmation_shows_a_spinner_then_the_payment(
     outcome = page.locator("#outcome")
     expect(outcome).to_have_attribute("data-state", "processing")
     expect(page.locator("#spinner")).to_be_visible()
-    page.screenshot(path=screenshots / "d_pay_success_processing.png", full_page=True)
+    snap("d_pay_success_processing")
     expect(outcome).to_have_attribute("data-state", "paid")
     expect(page.locator("#trade-no")).to_have_text(Payment.objects.get(order=order).trade_id)
 
 
 def test_buyer_is_told_politely_when_alipay_stays_silent(
-    page: Page, web: str, sandbox: SandboxControl, settings: Any, screenshots: Path
+    page: Page, web: str, sandbox: SandboxControl, settings: Any, snap: Snap
 ) -> None:
     settings.PAYMENT_STATUS_WAIT = 0
     user = _sign_in(page, web, "waitingbuyer")
@@ -180,7 +183,7 @@ def test_buyer_is_told_politely_when_alipay_stays_silent(
     expect(outcome).to_have_attribute("data-state", "gave-up", timeout=20_000)
     expect(page.locator("#gave-up-message")).to_contain_text("we'll update your order")
     assert _order_status(order) == "UNPAID"
-    page.screenshot(path=screenshots / "e_pay_success_gave_up.png", full_page=True)
+    snap("e_pay_success_gave_up")
 
 
 def _shorter_patience(route: Route) -> None:

@@ -10,6 +10,7 @@ from alipay import AliPay
 from alipay.exceptions import AliPayException
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from alipay_sandbox import cashier
 from alipay_sandbox.client import SandboxControl
 from alipay_sandbox.signing import string_to_sign
 from alipay_sandbox.testing import SandboxProcess, check_envelope, fetch_raw, verify_rsa2
@@ -175,6 +176,46 @@ def test_cancel_leaves_trade_waiting(sbx: SandboxProcess, alipay: AliPay) -> Non
     assert sbx.control.trade("order-3")["status"] == "WAIT_BUYER_PAY"
     back = http.get(urljoin(sbx.base_url, "/cashier/order-3"), timeout=10)
     assert 'id="pay-button"' in back.text
+
+
+@pytest.mark.parametrize(
+    ("return_url", "shop"),
+    [
+        ("http://shop.test:8000/pay_success.html?from=cashier", "http://shop.test:8000/"),
+        ("https://buyer:secret@shop.example.com/pay/return", "https://shop.example.com/"),
+        (None, None),
+    ],
+)
+def test_cancel_page_leads_back_to_the_shop_the_trade_returns_to(
+    sbx: SandboxProcess, alipay: AliPay, return_url: str | None, shop: str | None
+) -> None:
+    pay_query = alipay.api_alipay_trade_page_pay("Mug", "order-5", "12.00", return_url=return_url)
+    http = session()
+    html = open_cashier(alipay, pay_query, http)
+    response = http.post(urljoin(sbx.base_url, form_action(html, "cancel-button")), timeout=10)
+    assert response.status_code == 200
+    links = dict(re.findall(r'<a id="([\w-]+)" href="([^"]*)"', response.text))
+    assert links.get("back-to-shop") == shop
+    assert links["back-to-cashier"] == "/cashier/order-5"
+    assert 'name="viewport"' in response.text
+
+
+def test_cashier_shows_the_trade_status_in_words(sbx: SandboxProcess, alipay: AliPay) -> None:
+    html = open_cashier(alipay, alipay.api_alipay_trade_page_pay("Mug", "order-6", "12.00"))
+    assert '<td id="trade-status" data-status="WAIT_BUYER_PAY">Waiting for payment</td>' in html
+    assert 'name="viewport"' in html
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [("WAIT_BUYER_PAY", "Waiting for payment"), ("TRADE_SUCCESS", "Paid"),
+     ("TRADE_CLOSED", "Closed"), ("TRADE_FINISHED", "Finished")],
+)
+def test_every_trade_status_has_words_on_the_cashier_page(status: str, words: str) -> None:
+    trade = {"out_trade_no": "order-7", "subject": "Mug", "total_amount": "12.00",
+             "status": status, "time_expire": ""}
+    html = cashier.cashier_page(trade)
+    assert f'<td id="trade-status" data-status="{status}">{words}</td>' in html
 
 
 def test_close(sbx: SandboxProcess, alipay: AliPay, alipay_public_key: rsa.RSAPublicKey) -> None:

@@ -1,15 +1,34 @@
-/* My orders: "Pay with Alipay" for unpaid orders; statuses refresh every 3 seconds. */
+/* My orders: confirm a new order, "Pay with Alipay" for unpaid orders; statuses refresh
+   every 3 seconds and are shown in the buyer's words. */
 "use strict";
 
 (function () {
   var table = document.getElementById("orders");
   var message = document.getElementById("orders-message");
   var empty = document.getElementById("no-orders");
+  var placed = document.getElementById("order-placed");
   if (!table) { return; }
   var body = table.tBodies[0];
   var REFRESH_MS = 3000;
+  var WORDS = JSON.parse(document.getElementById("status-words").textContent);
 
-  function pay(orderId, button) {
+  function words(status) { return WORDS[status] || status; }
+
+  /* "YYYY-MM-DD HH:MM" in the shop's time zone, as the page itself shows times. */
+  function localTime(iso) {
+    var date = new Date(iso);
+    if (isNaN(date.getTime())) { return ""; }
+    var parts = {};
+    new Intl.DateTimeFormat("en-GB", {
+      timeZone: table.dataset.timeZone || undefined, hourCycle: "h23", year: "numeric",
+      month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+    }).formatToParts(date).forEach(function (part) { parts[part.type] = part.value; });
+    return parts.year + "-" + parts.month + "-" + parts.day + " " + parts.hour + ":" +
+      parts.minute;
+  }
+
+  function pay(orderId, button, notice) {
+    var label = button.textContent;
     button.disabled = true;
     button.textContent = "Opening Alipay…";
     var url = "/orders/" + encodeURIComponent(orderId) + "/payment/";
@@ -19,18 +38,18 @@
         return;
       }
       button.disabled = false;
-      button.textContent = "Pay with Alipay";
-      shop.show(message, (result.body && result.body.message) ||
+      button.textContent = label;
+      shop.show(notice, (result.body && result.body.message) ||
         "The payment could not be started. Please try again.");
     }, function () {
       button.disabled = false;
-      button.textContent = "Pay with Alipay";
-      shop.show(message, "The shop cannot be reached. Please check your connection.");
+      button.textContent = label;
+      shop.show(notice, "The shop cannot be reached. Please check your connection.");
     });
   }
 
   function setActions(row, status) {
-    var cell = row.querySelector("td.actions");
+    var cell = row.querySelector(".actions");
     var button = cell.querySelector("button.pay");
     if (status === "UNPAID" && !button) {
       button = document.createElement("button");
@@ -38,35 +57,76 @@
       button.className = "pay primary";
       button.id = "pay-" + row.dataset.orderId;
       button.textContent = "Pay with Alipay";
-      button.addEventListener("click", function () { pay(row.dataset.orderId, button); });
+      button.addEventListener("click", function () {
+        pay(row.dataset.orderId, button, message);
+      });
       cell.appendChild(button);
     } else if (status !== "UNPAID" && button) {
       button.remove();
     }
   }
 
-  function setStatus(row, status) {
-    var cell = row.querySelector("td.status");
-    if (cell.dataset.status !== status) {
-      cell.dataset.status = status;
-      cell.textContent = status;
-    }
-    setActions(row, status);
+  function setPlaced(status) {
+    if (placed.dataset.status === status) { return; }
+    placed.dataset.status = status;
+    document.getElementById("placed-status").textContent = words(status);
+    document.getElementById("placed-pay").hidden = status !== "UNPAID";
   }
 
+  function setStatus(row, status) {
+    var label = row.querySelector(".status");
+    if (label.dataset.status !== status) {
+      label.dataset.status = status;
+      label.textContent = words(status);
+    }
+    setActions(row, status);
+    if (placed && placed.dataset.orderId === row.dataset.orderId) { setPlaced(status); }
+  }
+
+  function showItems(list, goods) {
+    goods.forEach(function (line) {
+      var item = document.createElement("li");
+      item.textContent = line.name + " × " + line.count;
+      list.appendChild(item);
+    });
+  }
+
+  function cell(row, className, label, text) {
+    var td = document.createElement("td");
+    if (className) { td.className = className; }
+    if (label) { td.dataset.label = label; }
+    td.textContent = text;
+    row.appendChild(td);
+    return td;
+  }
+
+  /* An order placed elsewhere (another tab, the API): its items come from its detail. */
   function addRow(order) {
     var row = document.createElement("tr");
     row.id = "order-" + order.order_id;
     row.dataset.orderId = order.order_id;
-    var created = (order.created_at || "").replace("T", " ").slice(0, 16);
-    [["code", order.order_id], ["", created], ["num", "¥ " + order.total_amount],
-     ["status", ""], ["actions", ""]].forEach(function (spec) {
-      var cell = document.createElement("td");
-      if (spec[0]) { cell.className = spec[0]; }
-      cell.textContent = spec[1];
-      row.appendChild(cell);
+    var lead = cell(row, "lead", "", "");
+    var number = document.createElement("span");
+    number.className = "code order-id";
+    number.textContent = order.order_id;
+    var items = document.createElement("ul");
+    items.className = "items";
+    lead.appendChild(number);
+    lead.appendChild(items);
+    cell(row, "when", "Placed", localTime(order.created_at));
+    cell(row, "num", "Total", "¥ " + order.total_amount);
+    var state = cell(row, "state", "Status", "");
+    ["status", "actions"].forEach(function (className) {
+      var part = document.createElement("span");
+      part.className = className;
+      state.appendChild(part);
     });
     body.insertBefore(row, body.firstChild);
+    shop.api("GET", "/orders/" + encodeURIComponent(order.order_id) + "/").then(function (result) {
+      if (result.status === 200 && result.body && Array.isArray(result.body.goods)) {
+        showItems(items, result.body.goods);
+      }
+    }, function () { /* the number and total still say which order it is */ });
     return row;
   }
 
@@ -83,7 +143,13 @@
   }
 
   Array.prototype.forEach.call(body.rows, function (row) {
-    setActions(row, row.querySelector("td.status").dataset.status);
+    setActions(row, row.querySelector(".status").dataset.status);
   });
+  if (placed) {
+    var payNow = document.getElementById("pay-now");
+    payNow.addEventListener("click", function () {
+      pay(placed.dataset.orderId, payNow, document.getElementById("placed-message"));
+    });
+  }
   window.setTimeout(refresh, REFRESH_MS);
 })();

@@ -42,7 +42,11 @@
   }
 
   var orderId = params.get("out_trade_no") || "";
-  if (!query || !params.get("sign")) {
+  if (!query) {
+    setState("nothing");  // opened directly: no payment was attempted from here
+    return;
+  }
+  if (!params.get("sign")) {
     setState("rejected");
     return;
   }
