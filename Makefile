@@ -11,7 +11,7 @@ export no_proxy := 127.0.0.1,localhost
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 
-.PHONY: install install-test prepare run test lint bench clean
+.PHONY: install install-test prepare run test test-fast lint bench clean
 
 # `make run` needs the runtime only; the test tools (pytest, Playwright, mypy, ruff, stubs,
 # schemathesis) come with `make test`.
@@ -50,6 +50,11 @@ run: prepare
 test: install-test lint
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier only: services on real PostgreSQL, no processes started (seconds, not minutes).
+test-fast: install-test
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
+		$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check .

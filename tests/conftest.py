@@ -34,6 +34,23 @@ def fast_password_hashing() -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+# Fixtures that start processes (workers, beat, web servers, the sandbox, a browser): a test
+# using one belongs to the slow, process-level tier. `make test` runs both tiers;
+# `make test-fast` (pytest -m "not slow") only the services on real PostgreSQL.
+PROCESS_FIXTURES = frozenset({
+    "celery_workers", "exclusive_workers", "celery_beat", "beat_paused", "asgi_web", "web",
+    "live_server", "sandbox", "sandbox_server", "shop", "page", "strict_web", "proxy",
+    "sbx", "alipay_settings", "worker_env",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker(
+                "slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 # Every test client is 127.0.0.1: the payment endpoints' throttles would add up across tests.
 # The throttle tests set their own rates.
 GENEROUS_RATES = {"PAYMENT_STATUS_RATE": "100000/minute", "PAYMENT_REFUSED_RATE": "100000/minute"}
