@@ -302,6 +302,29 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
 
+# Beat on several hosts (docs/scaling.md) ------------------------------------------------------
+# With Redis, every beat runs celery-redbeat's scheduler: the schedule and each job's last run
+# are kept in Redis, and only the beat holding the lock sends; the others wait for the lock and
+# take over within CELERY_BEAT_LOCK_TIMEOUT + CELERY_BEAT_MAX_LOOP_INTERVAL of its holder's
+# death, from the last run it recorded. Without Redis (`make run`): Celery's own scheduler,
+# its state in CELERY_BEAT_SCHEDULE_FILENAME, and exactly one beat.
+CELERY_BEAT_REDIS_URL = env.str("CELERY_BEAT_REDIS_URL", default=PAYMENT_REDIS_URL)
+CELERY_BEAT_SCHEDULER = env.str(
+    "CELERY_BEAT_SCHEDULER",
+    default=(
+        "workers.beat:LockedScheduler" if CELERY_BEAT_REDIS_URL
+        else "celery.beat:PersistentScheduler"
+    ),
+)
+# Longest sleep between two passes: the lock is renewed on every pass, and a beat waiting for
+# the lock asks again after this long.
+CELERY_BEAT_MAX_LOOP_INTERVAL = env.float("CELERY_BEAT_MAX_LOOP_INTERVAL", default=5.0)
+CELERY_REDBEAT_REDIS_URL = CELERY_BEAT_REDIS_URL
+CELERY_REDBEAT_REDIS_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 10}
+CELERY_REDBEAT_KEY_PREFIX = env.str("CELERY_BEAT_KEY_PREFIX", default="shop-beat:")
+CELERY_REDBEAT_LOCK_TIMEOUT = env.int("CELERY_BEAT_LOCK_TIMEOUT", default=30)
+# ----------------------------------------------------------------------------------------------
+
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +323,61 @@ def test_docker_compose_config_accepts_the_file() -> None:
     assert production.returncode == 0, production.stderr
     assert development.returncode == 0, development.stderr
     assert unset.returncode != 0 and "DJANGO_SECRET_KEY" in unset.stderr
+
+
+# More than one host ----------------------------------------------------------------------------
+SCALED_SERVICES = ("web", "worker", "beat")
+
+
+def test_web_worker_and_beat_scale_without_clashing(services: dict) -> None:
+    """`docker compose up --scale web=N --scale worker=N --scale beat=2`: no fixed names,
+    addresses or published ports, and each worker its own Celery node name."""
+    for name in SCALED_SERVICES:
+        spec = services[name]
+        for fixed in ("container_name", "hostname", "ports", "mac_address"):
+            assert fixed not in spec, (name, fixed)
+        assert "ipv4_address" not in str(spec.get("networks", "")), name
+    # The node name is celery@<container hostname> unless given; given, it must hold %h.
+    worker = services["worker"]["command"].split()
+    for flag in ("--hostname", "-n"):
+        if flag in worker:
+            assert "%h" in worker[worker.index(flag) + 1]
+    assert not any(arg.startswith("--hostname=") and "%h" not in arg for arg in worker)
+    # Each replica's health check asks its own node.
+    assert "celery@$$HOSTNAME" in " ".join(services["worker"]["healthcheck"]["test"])
+
+
+def test_beat_replicas_share_one_lock_in_redis(services: dict) -> None:
+    environment = service_environment("beat", PRODUCTION_VARIABLES)
+    assert environment["CELERY_BROKER_URL"].startswith("redis://")
+    assert services["beat"]["command"].split()[:4] == ["celery", "-A", "workers", "beat"]
+    assert "--scheduler" not in services["beat"]["command"]  # the settings choose it
+    code = ("import django; django.setup(); from workers.celery import app; "
+            "print(app.conf.beat_scheduler)")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "shop.settings",
+             "CELERY_BROKER_URL": environment["CELERY_BROKER_URL"]},
+    )
+    assert result.stdout.split() == ["workers.beat:LockedScheduler"], result.stderr
+
+
+def test_proxy_spreads_requests_over_every_web_replica(services: dict) -> None:
+    text = NGINX_CONF.read_text()
+    upstream = re.search(r"upstream web \{([^}]*)\}", text)
+    assert upstream is not None
+    servers = re.findall(r"^\s*server\s+([^;]+);", upstream.group(1), re.MULTILINE)
+    # One name standing for every replica, asked again as replicas come and go...
+    assert servers == ["web:8000 resolve"]
+    assert re.search(r"^\s*zone web \d+k;", upstream.group(1), re.MULTILINE)
+    # ...of Docker's embedded DNS, often enough to notice a replaced container.
+    resolver = re.search(r"^\s*resolver 127\.0\.0\.11 valid=(\d+)s ipv6=off;", text,
+                         re.MULTILINE)
+    assert resolver is not None and 0 < int(resolver.group(1)) <= 30
+    assert "keepalive 32;" in upstream.group(1)
+    # `resolve` in a plain upstream needs nginx 1.27.3 or later.
+    version = re.fullmatch(r"nginx:(\d+)\.(\d+)(?:\.(\d+))?-alpine", services["proxy"]["image"])
+    assert version is not None
+    assert tuple(int(part or 0) for part in version.groups()) >= (1, 27, 3)
+    passes = set(re.findall(r"proxy_pass ([^;]+);", text))
+    assert passes == {"http://web"}

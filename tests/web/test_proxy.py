@@ -78,7 +78,8 @@ class Proxy:
                              for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         text = CONFIG.read_text()
         for old, new in (
-            ("server web:8000;", f"server 127.0.0.1:{upstream_port};"),
+            # `resolve` needs nginx 1.27.3 (the image's is newer) and a name Docker's DNS knows.
+            ("server web:8000 resolve;", f"server 127.0.0.1:{upstream_port};"),
             ("listen 80 default_server;", f"listen 127.0.0.1:{self.port} default_server;"),
             ("include /etc/nginx/tls/*.conf;", f"include {tls_dir}/*.conf;"),
             ("http {\n", "http {\n" + temp_paths),
