@@ -234,10 +234,17 @@ REFUND_CONFIRM_DELAY = env.float("REFUND_CONFIRM_DELAY", default=10.0)
 ORDER_MAX_UNPAID = env.int("ORDER_MAX_UNPAID", default=5)
 
 # Celery
+# The broker: its URL alone chooses it (README.md, "The broker"). redis:// in production and
+# the tests, amqp:// for RabbitMQ, the server-less filesystem:// for `make run`.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+BROKER_KIND = {
+    "amqp": "rabbitmq", "amqps": "rabbitmq", "pyamqp": "rabbitmq",
+    "redis": "redis", "rediss": "redis", "sentinel": "redis",
+}.get(CELERY_BROKER_URL.partition("://")[0].lower(), "filesystem")
 # Redis shared by the payment intake's processes: workers wake waiting requests through it,
 # and the intake's throttles count in it. Without Redis the web polls the database from the
-# event loop and throttles count per process.
+# event loop and throttles count per process. With RabbitMQ as the broker it is a Redis of
+# its own, or empty for those fallbacks.
 PAYMENT_REDIS_URL = env.str(
     "PAYMENT_REDIS_URL",
     default=CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else "",
@@ -260,23 +267,53 @@ CELERY_TIMEZONE = TIME_ZONE
 # Celery's Django fix-up closes the database connection around every task unless this is
 # set; a new PostgreSQL connection cost more CPU than the work of a whole event.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
-if CELERY_BROKER_URL.startswith("filesystem"):
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+# Broker and shutdown (workers/celery.py declares the queues) ---------------------------------
+# Redis: a message a worker took and did not acknowledge is given to another worker after the
+# visibility timeout. Above the longest countdown (PAYMENT_RETRY_BACKOFF_MAX,
+# REFUND_CONFIRM_DELAY), so that a waiting retry is not delivered twice; Celery reads it in
+# three places, which must agree.
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=2 * 3600)
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object]
+if BROKER_KIND == "filesystem":
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_BROKER_FOLDER / "queue"),
         "data_folder_out": str(CELERY_BROKER_FOLDER / "queue"),
         "control_folder": str(CELERY_BROKER_FOLDER / "control"),
         "store_processed": False,
     }
+elif BROKER_KIND == "rabbitmq":
+    # Publisher confirms: a publish returns once RabbitMQ has the message (in a quorum
+    # queue: on a majority of its nodes), and raises when it refuses it.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+    # Quorum queues (workers/celery.py) take no global prefetch, and countdowns wait in
+    # RabbitMQ's delay queues rather than in a worker's memory.
+    CELERY_WORKER_DETECT_QUORUM_QUEUES = True
+    CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
+    CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = "quorum"
+    CELERY_TASK_CREATE_MISSING_QUEUE_EXCHANGE_TYPE = "topic"
 else:
-    # Above the longest retry countdown, so an ETA'd retry is not redelivered twice.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": 2 * 3600,
+        "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
         "socket_connect_timeout": 3,
         "socket_timeout": 10,
     }
+# A deploy stops a worker with SIGTERM; started with REMAP_SIGTERM=SIGQUIT (the worker command
+# of the Procfile and docker-compose.yml) that is a soft shutdown: running tasks get this many
+# seconds to finish, then they are stopped and their messages go back to the queue at once
+# (Redis too, instead of after the visibility timeout), to be done by another worker. Keep it
+# below the time the process manager waits before SIGKILL (docker: 10 s unless
+# stop_grace_period says more).
+# The filesystem broker cannot hand a message back: `make run` stops at once.
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env.float(
+    "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", default=0.0 if BROKER_KIND == "filesystem" else 8.0
+)
+# Idle or not: countdowns a worker holds (Redis) are put back during that time too.
+CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
 # A request that enqueues must not hang on a broker that is away: the event is stored and
 # the sweeper sends it later.
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
+# ---------------------------------------------------------------------------------------------
 CELERY_BEAT_SCHEDULE = {
     "sweep-payment-events": {
         "task": "payment.tasks.events_sweep_task",

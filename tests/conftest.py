@@ -40,7 +40,7 @@ def fast_password_hashing() -> None:
 PROCESS_FIXTURES = frozenset({
     "celery_workers", "exclusive_workers", "celery_beat", "beat_paused", "asgi_web", "web",
     "live_server", "sandbox", "sandbox_server", "shop", "page", "strict_web", "proxy",
-    "sbx", "alipay_settings", "worker_env",
+    "sbx", "alipay_settings", "worker_env", "broker", "broker_with_beat",
 })
 
 

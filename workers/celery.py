@@ -2,19 +2,60 @@
 
 `celery -A workers worker` and `celery -A workers beat`. Live payments run on the `payments`
 queue; reconciliation and expiry on `reconcile`, so that bulk work never delays a buyer.
+The same routes serve Redis and RabbitMQ; on RabbitMQ the queues are quorum queues.
 """
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
-from kombu import Queue
+from django.conf import settings
+from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
 
-app = Celery("workers")
+QUEUE_NAMES = ("payments", "reconcile")
+
+
+def task_queues(broker_kind: str) -> tuple[Queue, ...]:
+    """The task queues as the broker keeps them.
+
+    RabbitMQ: quorum queues (durable and replicated; they refuse priorities, exclusivity and
+    a global prefetch), each behind a topic exchange of its own name, which native delayed
+    delivery needs to route a countdown's message back to its queue.
+    """
+    if broker_kind != "rabbitmq":
+        return tuple(Queue(name) for name in QUEUE_NAMES)
+    return tuple(
+        Queue(name, Exchange(name, type="topic", durable=True), routing_key=name, durable=True,
+              queue_arguments={"x-queue-type": "quorum"})
+        for name in QUEUE_NAMES
+    )
+
+
+class WorkersApp(Celery):
+    """Celery, with countdowns rounded up to whole seconds on RabbitMQ.
+
+    Native delayed delivery counts whole seconds and refuses a countdown between 0 and 1 (the
+    publish raises); rounding up also keeps a retry from arriving before its event is due.
+    The tasks delay with countdowns only, never an `eta`.
+    """
+
+    whole_second_delays = False
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None,  # type: ignore[override]
+                  countdown: float | None = None, **options: Any) -> Any:
+        if self.whole_second_delays and countdown is not None and countdown > 0:
+            countdown = math.ceil(countdown)
+        return super().send_task(name, args, kwargs, countdown, **options)
+
+
+app = WorkersApp("workers")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = (Queue("payments"), Queue("reconcile"))
+# The Celery app is the worker's entry point: the settings are read when it is made.
+app.conf.task_queues = task_queues(settings.BROKER_KIND)
+app.whole_second_delays = settings.BROKER_KIND == "rabbitmq"
 app.conf.task_default_queue = "payments"
 app.conf.task_routes = {
     "payment.tasks.events_process_task": {"queue": "payments"},

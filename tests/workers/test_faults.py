@@ -1,7 +1,6 @@
 """Nothing paid is lost or applied twice: killed workers, a broker away, a database away,
-and a failing gateway. Real PostgreSQL, Redis, `celery worker`/`beat` and the sandbox."""
-import shutil
-import subprocess
+and a failing gateway. Real PostgreSQL, Redis, `celery worker`/`beat` and the sandbox; the
+tests of killed workers and of a broker away run on Redis and on RabbitMQ."""
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,6 @@ from alipay_sandbox.client import SandboxControl
 from payment import events, intake
 from payment.links import payment_link_create
 from payment.models import Payment, PaymentAttempt, PaymentEvent
-from payment.tasks import events_process_task
 from shop.models import SKU, OrderInfo, User
 from tests.conftest import worker_process
 from tests.support import (
@@ -33,6 +31,7 @@ from tests.support import (
     wait_for,
     wait_for_port,
 )
+from tests.workers.brokers import BrokerUnderTest, PrivateBroker, private_broker
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -78,8 +77,9 @@ def _paid_count(order_ids: list[str]) -> int:
 
 
 def test_worker_killed_mid_500_payments_pays_all_once(
-    sandbox: SandboxControl, exclusive_workers: Any
+    sandbox: SandboxControl, exclusive_workers: Any, broker_with_beat: BrokerUnderTest
 ) -> None:
+    broker = broker_with_beat
     sandbox.set_faults(notify_drop=True)
     links = _orders_with_links(500)
     order_ids = [order_id for order_id, _ in links]
@@ -87,33 +87,33 @@ def test_worker_killed_mid_500_payments_pays_all_once(
         intake.event_record(source=PaymentEvent.Source.RETURN, params=params)
 
     # Small batches, so that the kill lands with some orders paid and others not yet.
-    first = exclusive_workers("doomed", concurrency=4, PAYMENT_BATCH_SIZE="20")
+    first = exclusive_workers("doomed", concurrency=4, PAYMENT_BATCH_SIZE="20", **broker.env)
+    broker.wake()
     wait_for(lambda: _paid_count(order_ids) >= 100, 120, 0.02)
     first.kill()  # SIGKILL to the whole process group: parent and pool children
     killed_at = _paid_count(order_ids)
     assert killed_at < 500
 
-    exclusive_workers("survivor", concurrency=4)
+    exclusive_workers("survivor", concurrency=4, **broker.env)
     wait_for(lambda: _paid_count(order_ids) == 500, 180, 0.5)
 
     _assert_each_paid_once(order_ids)
     assert Payment.objects.filter(order_id__in=order_ids).count() == 500
 
 
-def test_redis_down_while_notifications_arrive_loses_nothing(
-    sandbox: SandboxControl, exclusive_workers: Any, worker_env: dict[str, str], log_dir: Path,
-    tmp_path: Path, settings: Any,
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+def test_broker_down_while_notifications_arrive_loses_nothing(
+    kind: str, sandbox: SandboxControl, exclusive_workers: Any, worker_env: dict[str, str],
+    log_dir: Path, tmp_path: Path, settings: Any,
 ) -> None:
-    redis_server = shutil.which("redis-server")
-    assert redis_server, "redis-server is needed for this test"
-    redis_port = free_port()
-    redis_args = [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
-                  "--save", "", "--appendonly", "yes", "--dir", str(tmp_path)]
-    redis_proc = ManagedProcess("private-redis", redis_args, {}, log_dir).start()
-    wait_for_port(redis_port)
-    env = {**worker_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0"}
+    """A broker of the test's own (Redis with its append-only file, or a RabbitMQ node) is
+    stopped while Alipay notifies; each notification is stored and answered `success`."""
+    private: PrivateBroker = private_broker(kind, tmp_path, log_dir).start()
+    # With RabbitMQ there is no Redis at all: waits and throttles use their fallbacks.
+    env = {**worker_env, "CELERY_BROKER_URL": private.url,
+           **({"PAYMENT_REDIS_URL": ""} if kind == "rabbitmq" else {})}
     web_port = free_port()
-    web = ManagedProcess("private-web", python_args(
+    web = ManagedProcess(f"private-web-{kind}", python_args(
         "-m", "gunicorn", "shop.wsgi", "--bind", f"127.0.0.1:{web_port}", "--worker-class",
         "gthread", "--threads", "8"), env, log_dir).start()
     extra: list[ManagedProcess] = [web]
@@ -124,8 +124,7 @@ def test_redis_down_while_notifications_arrive_loses_nothing(
         links = _orders_with_links(20)
         order_ids = [order_id for order_id, _ in links]
 
-        subprocess.run(["redis-cli", "-p", str(redis_port), "shutdown", "nosave"], check=False)
-        redis_proc.proc.wait(10)  # type: ignore[union-attr]
+        private.stop()
         _pay_all(sandbox, links)
 
         def all_acknowledged() -> bool:
@@ -140,10 +139,9 @@ def test_redis_down_while_notifications_arrive_loses_nothing(
             out_trade_no__in=order_ids, source="notify", state="received").count() == 20
         assert _paid_count(order_ids) == 0
 
-        redis_proc = ManagedProcess("private-redis", redis_args, {}, log_dir).start()
-        wait_for_port(redis_port)
-        extra.append(worker_process(env, log_dir, "private-worker").start())
-        extra.append(ManagedProcess("private-beat", python_args(
+        private.start()
+        extra.append(worker_process(env, log_dir, f"private-worker-{kind}").start())
+        extra.append(ManagedProcess(f"private-beat-{kind}", python_args(
             "-m", "celery", "-A", "workers", "beat", "--schedule", str(tmp_path / "beat")),
             env, log_dir).start())
 
@@ -154,7 +152,7 @@ def test_redis_down_while_notifications_arrive_loses_nothing(
     finally:
         for process in extra:
             process.stop()
-        redis_proc.kill()
+        private.kill()
 
 
 def test_database_away_from_workers_then_back_applies_all(
@@ -267,8 +265,9 @@ def _backends_waiting_to_insert_payments() -> int:
 
 
 def test_worker_killed_inside_a_batch_transaction_leaves_nothing_half_applied(
-    exclusive_workers: Any, dev_keys: Path
+    exclusive_workers: Any, dev_keys: Path, broker_with_beat: BrokerUnderTest
 ) -> None:
+    broker = broker_with_beat
     links = _orders_with_links(200, price="7.77")
     order_ids = [order_id for order_id, _ in links]
     for params in _signed_notifications(order_ids, "7.77",
@@ -288,8 +287,8 @@ def test_worker_killed_inside_a_batch_transaction_leaves_nothing_half_applied(
             "INSERT INTO payment_payment (order_id, trade_id, amount, source, status, "
             "refund_request_no, note, created_at) VALUES (%s, %s, 7.77, 'notify', 'applied', "
             "'', '', now())", [elsewhere.order_id, f"T{order_ids[-1]}"])
-        doomed = exclusive_workers("mid-transaction", concurrency=1)
-        events_process_task.delay()
+        doomed = exclusive_workers("mid-transaction", concurrency=1, **broker.env)
+        broker.wake()
         wait_for(_backends_waiting_to_insert_payments, 30, 0.05)
         doomed.kill()
     finally:
@@ -303,7 +302,9 @@ def test_worker_killed_inside_a_batch_transaction_leaves_nothing_half_applied(
     stored = PaymentEvent.objects.filter(out_trade_no__in=order_ids)
     assert set(stored.values_list("state", "attempts")) == {("received", 1)}
 
-    exclusive_workers("after-kill", concurrency=2)  # the sweeper wakes it once the lease ends
+    # The sweeper wakes it once the lease ends (on RabbitMQ the killed worker's message is
+    # back in the queue as well).
+    exclusive_workers("after-kill", concurrency=2, **broker.env)
     wait_for(lambda: _paid_count(order_ids) == 200, 60, 0.3)
     _assert_each_paid_once(order_ids)
     assert set(stored.values_list("state", "attempts")) == {("applied", 2)}
