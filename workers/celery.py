@@ -10,6 +10,8 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
+from workers import observability  # noqa: F401  (request ids in task headers; worker metrics)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
 
 app = Celery("workers")
