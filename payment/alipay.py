@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from django.conf import settings
 
+from payment import metrics
+
 logger = logging.getLogger(__name__)
 
 PAID_STATUSES = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
@@ -38,7 +40,16 @@ class KeyFileError(Exception):
 
 
 class GatewayUnavailable(Exception):
-    """Alipay could not answer now (network, time-out, 5xx, code 20000, bad response signature)."""
+    """Alipay could not answer now (network, time-out, 5xx, code 20000, bad response signature).
+
+    `code` and `sub_code` say which: Alipay's own, or `transport` (with the error's kind),
+    `signature`, `unreadable`.
+    """
+
+    def __init__(self, message: str, *, code: str = "", sub_code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.sub_code = sub_code
 
 
 class GatewayRejected(Exception):
@@ -310,29 +321,55 @@ def parse_amount(value: Any) -> Decimal | None:
     return Decimal(value)
 
 
+def _api_name(method: str, kwargs: dict[str, Any]) -> str:
+    """Alipay's name of the call (`alipay.trade.query`), for the metrics."""
+    if method == "server_api":
+        return str(kwargs.get("api_name", "server_api"))
+    return method.removeprefix("api_").replace("_", ".")
+
+
 def _call(method: str, **kwargs: Any) -> dict[str, Any]:
+    """One call to the gateway: timed, and its failures counted by code and sub_code."""
+    api = _api_name(method, kwargs)
+    try:
+        with metrics.gateway_timed(api):
+            return _call_gateway(method, **kwargs)
+    except (GatewayRejected, GatewayUnavailable) as exc:
+        metrics.gateway_error(method=api, code=exc.code, sub_code=exc.sub_code)
+        raise
+
+
+def _transport_kind(exc: BaseException) -> str:
+    return f"http_{exc.status}" if isinstance(exc, GatewayHTTPError) else type(exc).__name__
+
+
+def _call_gateway(method: str, **kwargs: Any) -> dict[str, Any]:
     client = _client()
     try:
         response: dict[str, Any] = getattr(client, method)(**kwargs)
     except AliPayValidationError:
-        raise GatewayUnavailable(f"{method}: response signature did not verify") from None
+        raise GatewayUnavailable(f"{method}: response signature did not verify",
+                                 code="signature") from None
     except AliPayException as exc:
         # Unsigned errors (20000 system busy, 4000x argument errors) arrive here.
         code, sub_code, sub_msg = _error_fields(str(exc))
         if code.startswith("4"):
             raise GatewayRejected(code, sub_code, sub_msg) from None
-        raise GatewayUnavailable(f"{method}: {code} {sub_code}".strip()) from None
+        raise GatewayUnavailable(f"{method}: {code} {sub_code}".strip(), code=code,
+                                 sub_code=sub_code) from None
     except (urllib.error.URLError, urllib3.exceptions.HTTPError, TimeoutError, ConnectionError,
             OSError) as exc:
-        raise GatewayUnavailable(f"{method}: {type(exc).__name__}: {exc}") from None
+        raise GatewayUnavailable(f"{method}: {type(exc).__name__}: {exc}", code="transport",
+                                 sub_code=_transport_kind(exc)) from None
     except ValueError as exc:  # a body that is not JSON
-        raise GatewayUnavailable(f"{method}: unreadable response ({exc})") from None
+        raise GatewayUnavailable(f"{method}: unreadable response ({exc})",
+                                 code="unreadable") from None
     code = str(response.get("code", ""))
     if code == "10000":
         return response
     sub_code = str(response.get("sub_code", ""))
     if code == "20000" or sub_code in ("ACQ.SYSTEM_ERROR", "aop.ACQ.SYSTEM_ERROR"):
-        raise GatewayUnavailable(f"{method}: {code} {sub_code}")
+        raise GatewayUnavailable(f"{method}: {code} {sub_code}", code=code, sub_code=sub_code)
     raise GatewayRejected(code, sub_code, str(response.get("sub_msg", "")))
 
 
@@ -427,22 +464,37 @@ def bill_download_url(*, bill_date: str, bill_type: str = "trade") -> str | None
     return str(response.get("bill_download_url", ""))
 
 
+BILL_DOWNLOAD = "bill.download"
+
+
 def bill_download(*, url: str, into: Any) -> int:
     """Stream the bill at `url` into the binary file `into`; the bytes written."""
+    try:
+        with metrics.gateway_timed(BILL_DOWNLOAD):
+            return _bill_download(url, into)
+    except GatewayUnavailable as exc:
+        metrics.gateway_error(method=BILL_DOWNLOAD, code=exc.code, sub_code=exc.sub_code)
+        raise
+
+
+def _bill_download(url: str, into: Any) -> int:
     try:
         response = _gateway_pool().request("GET", url, preload_content=False,
                                            timeout=settings.ALIPAY_TIMEOUT * 6)
     except urllib3.exceptions.HTTPError as exc:
-        raise GatewayUnavailable(f"bill download: {type(exc).__name__}") from None
+        raise GatewayUnavailable(f"bill download: {type(exc).__name__}", code="transport",
+                                 sub_code=type(exc).__name__) from None
     try:
         if response.status >= 400:
-            raise GatewayUnavailable(f"bill download: HTTP {response.status}")
+            raise GatewayUnavailable(f"bill download: HTTP {response.status}",
+                                     code="transport", sub_code=f"http_{response.status}")
         size = 0
         for chunk in response.stream(64 * 1024):
             into.write(chunk)
             size += len(chunk)
         return size
     except urllib3.exceptions.HTTPError as exc:
-        raise GatewayUnavailable(f"bill download: {type(exc).__name__}") from None
+        raise GatewayUnavailable(f"bill download: {type(exc).__name__}", code="transport",
+                                 sub_code=type(exc).__name__) from None
     finally:
         response.release_conn()

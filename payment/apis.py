@@ -18,7 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from payment import intake, selectors, wakeups
+from payment import intake, metrics, selectors, wakeups
 from payment.errors import PaymentError, Throttled
 from payment.links import payment_link_create
 from payment.models import PaymentEvent, Refund
@@ -37,6 +37,7 @@ from payment.serializers import (
     RefundSerializer,
 )
 from shop.apis import authenticated_user
+from shop.logs import log_ids
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,11 @@ def alipay_notify(request: HttpRequest) -> HttpResponse:
 
 
 def _not_stored(params: dict[str, str], exc: DatabaseError) -> HttpResponse:
+    metrics.event_received(source=Source.NOTIFY, outcome="error")
     logger.error("notification not stored out_trade_no=%s error=%s",
-                 params.get("out_trade_no"), type(exc).__name__)
+                 params.get("out_trade_no"), type(exc).__name__,
+                 extra=log_ids(order_id=params.get("out_trade_no"),
+                               trade_no=params.get("trade_no")))
     return HttpResponse("fail", content_type="text/plain", status=503)
 
 

@@ -14,6 +14,7 @@ from django.utils import timezone
 from payment.models import Payment
 from payment.refunds import late_payment_refunds_create
 from payment.verification import Verified
+from shop.logs import log_ids
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
@@ -76,12 +77,15 @@ def payments_apply(*, items: list[Verified]) -> Applied:
     late = [payment for payment in created if payment.status == Payment.Status.REFUND_PENDING]
     result.refunds.extend(late_payment_refunds_create(payments=late))
     for payment in created:
+        ids = log_ids(order_id=payment.order_id, trade_no=payment.trade_id,
+                      event_id=payment.event_id, source=payment.source)
         if payment.status == Payment.Status.REFUND_PENDING:
             logger.warning(
                 "payment for order that cannot take it order_id=%s trade_no=%s: %s",
-                payment.order_id, payment.trade_id, payment.note,
+                payment.order_id, payment.trade_id, payment.note, extra=ids,
             )
         else:
             logger.info("payment applied order_id=%s trade_no=%s amount=%s source=%s",
-                        payment.order_id, payment.trade_id, payment.amount, payment.source)
+                        payment.order_id, payment.trade_id, payment.amount, payment.source,
+                        extra=ids)
     return result

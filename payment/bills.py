@@ -20,13 +20,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
+from time import perf_counter
 from typing import IO
 
 from django.db import transaction
 from django.db.models import Count, Exists, OuterRef, Q, Sum
 from django.utils import timezone
 
-from payment import alipay
+from payment import alipay, metrics
 from payment.models import BillEntry, BillFinding, BillReport, Payment, PaymentEvent, Refund
 from payment.reconciliation import trades_found_apply
 from payment.verification import query_pool
@@ -143,6 +144,20 @@ def bill_reconcile(*, day: date) -> BillReconciled:
     """Reconcile one day against Alipay's bill; idempotent. Raises GatewayUnavailable when
     Alipay cannot be asked now (the task retries)."""
     started = timezone.now()
+    timer = perf_counter()
+    try:
+        reconciled = _bill_reconcile(day, started)
+    except Exception:
+        metrics.bill_observe(state="error", findings={}, seconds=perf_counter() - timer)
+        raise
+    findings = dict(reconciled.report.lines.order_by().values("outcome")
+                    .annotate(n=Count("id")).values_list("outcome", "n"))
+    metrics.bill_observe(state=reconciled.report.state, findings=findings,
+                         seconds=perf_counter() - timer)
+    return reconciled
+
+
+def _bill_reconcile(day: date, started: datetime) -> BillReconciled:
     url = alipay.bill_download_url(bill_date=day.isoformat())
     with tempfile.TemporaryFile() as bill:
         if url is not None:

@@ -9,7 +9,9 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
+from payment import metrics
 from payment.models import PaymentEvent, RefusedRequest
+from shop.logs import log_ids, request_id
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ SAMPLE_VALUE_LENGTH = 128
 class StoredEvent:
     id: int
     state: str
+    new: bool = True  # False: a repeat delivery of a stored event
 
 
 def storable(params: dict[str, Any]) -> dict[str, str]:
@@ -63,10 +66,10 @@ def _insert_sql() -> str:
     # One statement whether new or repeated: no failed insert, no rollback, no second query.
     return (
         f"INSERT INTO {event} (source, dedupe_key, out_trade_no, trade_no, order_id, raw_data,"
-        " remote_addr, state, reason, attempts, deliveries, last_error, next_attempt_at,"
-        " received_at, updated_at)"
+        " remote_addr, request_id, state, reason, attempts, deliveries, last_error,"
+        " next_attempt_at, received_at, updated_at)"
         f" VALUES (%s, %s, %s, %s, (SELECT order_id FROM {order} WHERE order_id = %s), %s,"
-        " %s, %s, %s, 0, 1, '', %s, %s, %s)"
+        " %s, %s, %s, %s, 0, 1, '', %s, %s, %s)"
         f" ON CONFLICT (dedupe_key) DO UPDATE SET deliveries = {event}.deliveries + 1"
         " RETURNING id, state, deliveries"
     )
@@ -82,7 +85,8 @@ def insert_statement(
 ) -> tuple[str, list[Any]]:
     """The one statement that stores an event (or counts a repeat delivery), with its values.
 
-    The statement returns (id, state, deliveries).
+    The statement returns (id, state, deliveries). The event keeps the request id it came
+    with (the web request's, or the task's).
     """
     params = storable(params)
     out_trade_no = params.get("out_trade_no", "")[:64]
@@ -90,17 +94,24 @@ def insert_statement(
     return _insert_sql(), [
         source, dedupe_key(source, params), out_trade_no, params.get("trade_no", "")[:64],
         out_trade_no, json.dumps(params, ensure_ascii=False),
-        remote_addr, state, reason[:1000], now if state == State.RECEIVED else None, now, now,
+        remote_addr, (request_id() or "")[:64], state, reason[:1000],
+        now if state == State.RECEIVED else None, now, now,
     ]
 
 
-def stored(row: tuple[Any, ...], source: str, out_trade_no: str) -> StoredEvent:
-    """The insert's returned row; a new event is logged."""
+def stored(row: tuple[Any, ...], source: str, out_trade_no: str,
+           trade_no: str = "") -> StoredEvent:
+    """The insert's returned row; a new event is logged (with the request id it came with,
+    which the workers' lines about it carry too), every one counted."""
     event_id, state, deliveries = row
-    if deliveries == 1:
+    new = deliveries == 1
+    metrics.event_received(source=source, outcome="stored" if new else "duplicate")
+    if new:
         logger.info("payment event stored id=%s source=%s out_trade_no=%s state=%s",
-                    event_id, source, out_trade_no[:64], state)
-    return StoredEvent(id=event_id, state=state)
+                    event_id, source, out_trade_no[:64], state,
+                    extra=log_ids(order_id=out_trade_no[:64], trade_no=trade_no[:64],
+                                  event_id=event_id, source=source))
+    return StoredEvent(id=event_id, state=state, new=new)
 
 
 def event_store(
@@ -115,7 +126,8 @@ def event_store(
     sql, values = insert_statement(source=source, params=params, remote_addr=remote_addr,
                                    state=state, reason=reason)
     row = _execute(sql, values)
-    return stored(row, source, str(params.get("out_trade_no", "")))
+    return stored(row, source, str(params.get("out_trade_no", "")),
+                  str(params.get("trade_no", "")))
 
 
 def _execute(sql: str, values: list[Any]) -> tuple[Any, ...]:

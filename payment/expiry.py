@@ -10,6 +10,7 @@ from django.utils import timezone
 from payment import alipay, events
 from payment.models import PaymentAttempt, PaymentEvent
 from payment.reconciliation import FoundApplied, attempts_lease, trades_found_apply
+from shop.logs import log_ids
 from shop.models import OrderInfo
 from shop.services import order_stock_return
 
@@ -73,5 +74,6 @@ def _order_expire(order_id: str) -> FoundApplied:
             params={"out_trade_no": order_id, "canceled_at": timezone.now().isoformat()},
             state=State.RECORDED, reason="unpaid past ORDER_PAY_TIMEOUT: canceled",
         )
-    logger.info("order expired and canceled order_id=%s", order_id)
+    logger.info("order expired and canceled order_id=%s", order_id,
+                extra=log_ids(order_id=order_id))
     return FoundApplied({order_id: "canceled"}, [])

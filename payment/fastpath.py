@@ -17,9 +17,10 @@ import psycopg
 import psycopg_pool
 from django.conf import settings
 
-from payment import events, intake, throttle, wakeups
+from payment import events, intake, metrics, throttle, wakeups
 from payment.errors import PaymentError, Throttled
 from payment.models import PaymentEvent
+from shop.logs import log_ids
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ async def _store(**kwargs: Any) -> events.StoredEvent:
     sql, values = events.insert_statement(**kwargs)
     row = await _fetch(sql, values)
     assert row is not None
-    return events.stored(row, kwargs["source"], str(kwargs["params"].get("out_trade_no", "")))
+    return events.stored(row, kwargs["source"], str(kwargs["params"].get("out_trade_no", "")),
+                         str(kwargs["params"].get("trade_no", "")))
 
 
 async def _refusal(source: str, params: dict[str, Any], remote_addr: str | None,
@@ -87,6 +89,7 @@ async def _refusal(source: str, params: dict[str, Any], remote_addr: str | None,
         return error
     if not await throttle.REFUSED.aallow(remote_addr):
         return intake.throttled(throttle.REFUSED, source, remote_addr)
+    metrics.event_received(source=source, outcome="refused")
     sql, values = events.refusal_statement(source=source, params=params,
                                            remote_addr=remote_addr, reason=str(error))
     row = await _fetch(sql, values)
@@ -121,6 +124,7 @@ async def return_receive(params: dict[str, str], remote_addr: str | None) -> int
     answer = intake.payment_answer(status=await _payment_status(trade_no, order_id),
                                    trade_no=trade_no, order_id=order_id)
     if answer is not None:
+        metrics.event_received(source=Source.RETURN, outcome="duplicate")
         return answer
     stored = await _store(source=Source.RETURN, params=params, remote_addr=remote_addr)
     if stored.state != State.RECEIVED:
@@ -133,6 +137,7 @@ async def return_receive(params: dict[str, str], remote_addr: str | None) -> int
 
 async def notification_receive(params: dict[str, str], remote_addr: str | None) -> None:
     intake.params_authenticate(params)
+    metrics.notify_lag_observe(params.get("notify_time", ""))
     stored = await _store(source=Source.NOTIFY, params=params, remote_addr=remote_addr)
     if stored.state == State.RECEIVED:
         intake.workers_wake()
@@ -142,6 +147,8 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """The ASGI app for PATHS."""
     body = await _body(receive)
     if body is None:
+        metrics.event_received(source=Source.NOTIFY if scope["path"] == NOTIFY_PATH
+                               else Source.RETURN, outcome="refused")
         if scope["path"] == NOTIFY_PATH:
             await _respond(send, 413, b"fail", "text/plain")
         else:
@@ -180,8 +187,11 @@ async def _notify(scope: dict[str, Any], body: bytes, content_type: str,
             error = await _refusal(Source.NOTIFY, params, remote_addr, exc)
             return (429 if isinstance(error, Throttled) else 400), b"fail"
     except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        metrics.event_received(source=Source.NOTIFY, outcome="error")
         logger.error("notification not stored out_trade_no=%s error=%s",
-                     params.get("out_trade_no"), type(exc).__name__)
+                     params.get("out_trade_no"), type(exc).__name__,
+                     extra=log_ids(order_id=params.get("out_trade_no"),
+                                   trade_no=params.get("trade_no")))
         return 503, b"fail"
     return 200, b"success"
 
@@ -199,7 +209,10 @@ async def _status(scope: dict[str, Any], body: bytes, content_type: str,
         except PaymentError as exc:
             return intake.refused_answer(await _refusal(Source.RETURN, params, remote_addr, exc))
     except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-        logger.error("return not stored error=%s", type(exc).__name__)
+        metrics.event_received(source=Source.RETURN, outcome="error")
+        logger.error("return not stored out_trade_no=%s error=%s", params.get("out_trade_no"),
+                     type(exc).__name__, extra=log_ids(order_id=params.get("out_trade_no"),
+                                                       trade_no=params.get("trade_no")))
         return intake.Answer(503, {"message": "Payments cannot be checked right now; "
                                               "reload this page in a moment."})
 

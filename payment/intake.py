@@ -17,10 +17,11 @@ from django.core.exceptions import SuspiciousOperation
 from django.db import connection, transaction
 from django.http import QueryDict
 
-from payment import alipay, events, throttle, wakeups
+from payment import alipay, events, metrics, throttle, wakeups
 from payment.errors import PaymentError, SignatureInvalid, Throttled
 from payment.models import Payment, PaymentEvent
 from payment.tasks import events_process_task
+from shop.logs import log_ids
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +213,7 @@ def return_receive(*, params: dict[str, str], remote_addr: str | None) -> Return
     answer = payment_answer(status=_payment_status(params.get("trade_no", ""), order_id),
                             trade_no=params.get("trade_no", ""), order_id=order_id)
     if answer is not None:
+        metrics.event_received(source=Source.RETURN, outcome="duplicate")
         return ReturnReceipt(event_id=None, answer=answer)
     stored = event_record(source=Source.RETURN, params=params, remote_addr=remote_addr)
     if stored.state != State.RECEIVED:
@@ -223,6 +225,7 @@ def notification_receive(*, params: dict[str, str], remote_addr: str | None) -> 
     """Alipay's notification, stored once (a repeat counts a delivery); PaymentError if not
     Alipay's (see `refusal`)."""
     params_authenticate(params)
+    metrics.notify_lag_observe(params.get("notify_time", ""))
     event_record(source=Source.NOTIFY, params=params, remote_addr=remote_addr)
 
 
@@ -234,6 +237,7 @@ def status_throttle(remote_addr: str | None) -> None:
 
 def throttled(limit: throttle.Throttle, source: str, remote_addr: str | None) -> Throttled:
     """The error for a throttled client, logged once per client and window in each process."""
+    metrics.event_received(source=source, outcome="throttled")
     if throttle.log_once(f"{limit.scope}:{remote_addr}"):
         logger.warning("%s throttled from %s (%s)", source, remote_addr, limit.scope)
     return Throttled(limit.retry_after())
@@ -250,6 +254,7 @@ def refusal(*, source: str, params: dict[str, Any], remote_addr: str | None,
         return error
     if not throttle.REFUSED.allow(remote_addr):
         return throttled(throttle.REFUSED, source, remote_addr)
+    metrics.event_received(source=source, outcome="refused")
     count = events.refusal_store(source=source, params=params, remote_addr=remote_addr,
                                  reason=str(error))
     refusal_note(source, params, remote_addr, error, count)
@@ -260,8 +265,9 @@ def refusal_note(source: str, params: dict[str, Any], remote_addr: str | None,
                  error: PaymentError, count: int) -> None:
     """Logged for a client's first refusal of the hour; the rest are counted."""
     if count == 1:
+        order_id = str(params.get("out_trade_no", ""))[:64]
         logger.warning("%s refused from %s out_trade_no=%s: %s", source, remote_addr,
-                       str(params.get("out_trade_no", ""))[:64], error)
+                       order_id, error, extra=log_ids(order_id=order_id, source=source))
 
 
 def refused_answer(error: PaymentError) -> Answer:

@@ -9,6 +9,7 @@ from django.utils import timezone
 from payment import alipay
 from payment.errors import PaymentError
 from payment.models import PaymentAttempt
+from shop.logs import log_ids
 from shop.models import OrderInfo, User
 
 logger = logging.getLogger(__name__)
@@ -56,5 +57,6 @@ def payment_link_create(*, user: User, order_id: str) -> str:
         PaymentAttempt.objects.filter(pk=attempt.pk).update(
             last_started_at=now, links_issued=F("links_issued") + 1
         )
-    logger.info("payment link issued order_id=%s amount=%s", order.order_id, order.total_amount)
+    logger.info("payment link issued order_id=%s amount=%s", order.order_id, order.total_amount,
+                extra=log_ids(order_id=order.order_id))
     return url

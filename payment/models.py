@@ -68,6 +68,9 @@ class PaymentEvent(models.Model):
     )
     raw_data = models.JSONField()
     remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    # The request (or task) it arrived with: X-Request-ID, in the log lines of both sides. A
+    # default in the database too, so that processes of the release before still store events.
+    request_id = models.CharField(max_length=64, blank=True, default="", db_default="")
     state = models.CharField(
         max_length=10, choices=State.choices, default=State.RECEIVED, db_index=True
     )

@@ -8,6 +8,7 @@ from payment.models import Payment, PaymentAttempt, PaymentEvent
 from payment.reconciliation import order_reconcile
 from payment.refunds import late_payment_refund_ensure
 from payment.tasks import events_process_task, refund_process_task
+from shop.logs import log_ids
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ def event_reprocess(*, event_id: int) -> bool:
         if updated:
             transaction.on_commit(lambda: events_process_task.delay([event_id]))
     if updated:
-        logger.info("payment event re-processed by operator id=%s", event_id)
+        logger.info("payment event re-processed by operator id=%s", event_id,
+                    extra=log_ids(event_id=event_id))
     return bool(updated)
 
 
@@ -37,7 +39,8 @@ def payment_refund_retry(*, payment: Payment) -> bool:
         return False
     transaction.on_commit(lambda: refund_process_task.delay(refund_id))
     logger.info("refund sent again by operator trade_no=%s refund_id=%s", payment.trade_id,
-                refund_id)
+                refund_id, extra=log_ids(order_id=payment.order_id, trade_no=payment.trade_id,
+                                         event_id=payment.event_id))
     return True
 
 
@@ -57,5 +60,6 @@ def order_query_now(*, order_id: str) -> str:
     for refund_id in result.refunds:
         refund_process_task.delay(refund_id)
     outcome = next(iter(result.counts), "no pay link issued")
-    logger.info("order queried by operator order_id=%s outcome=%s", order_id, outcome)
+    logger.info("order queried by operator order_id=%s outcome=%s", order_id, outcome,
+                extra=log_ids(order_id=order_id))
     return outcome

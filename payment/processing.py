@@ -17,11 +17,11 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from payment import wakeups
+from payment import metrics, wakeups
 from payment.applying import payments_apply
 from payment.bulk import rows_update
 from payment.errors import EventRejected
-from payment.models import Payment, PaymentEvent
+from payment.models import Payment, PaymentAttempt, PaymentEvent
 from payment.refund_notifications import RefundNotice, refund_notice, refund_notices_apply
 from payment.retry import RetryPolicy, retry_policy
 from payment.verification import (
@@ -30,6 +30,7 @@ from payment.verification import (
     paid_by_notifications,
     returns_confirm,
 )
+from shop.logs import event_origins, log_ids
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,12 @@ class Claimed:
     source: str
     params: dict[str, str]
     attempts: int  # including this one
+    received_at: datetime | None = None
+    request_id: str = ""  # of the request (or task) it arrived with
+
+    def log_ids(self, **more: object) -> dict[str, object]:
+        return log_ids(order_id=self.params.get("out_trade_no", "")[:64],
+                       trade_no=self.params.get("trade_no", "")[:64], event_id=self.id, **more)
 
 
 @dataclass
@@ -84,25 +91,37 @@ def events_claim(
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL enable_bitmapscan = off; "
                                "SET LOCAL synchronous_commit = off")
-        rows = list(
-            due.select_for_update(skip_locked=True).order_by("next_attempt_at", "id")
-            .values_list("id", "source", "raw_data", "attempts")[:limit]
-        )
-        exhausted = [row[0] for row in rows if policy.exhausted(row[3])]
-        claimed = [Claimed(id=row[0], source=row[1], params=dict(row[2]), attempts=row[3] + 1)
-                   for row in rows if not policy.exhausted(row[3])]
+        rows = [
+            Claimed(id=row[0], source=row[1], params=dict(row[2]), attempts=row[3] + 1,
+                    received_at=row[4], request_id=row[5])
+            for row in due.select_for_update(skip_locked=True).order_by("next_attempt_at", "id")
+            .values_list("id", "source", "raw_data", "attempts", "received_at",
+                         "request_id")[:limit]
+        ]
+        given_up = [event for event in rows if policy.exhausted(event.attempts - 1)]
+        exhausted = [event.id for event in given_up]
+        claimed = [event for event in rows if not policy.exhausted(event.attempts - 1)]
         if exhausted:
             PaymentEvent.objects.filter(pk__in=exhausted).update(
                 state=State.DEAD, processed_at=now, updated_at=now,
                 reason=f"gave up after {policy.max_attempts} attempts",
             )
-            logger.warning("payment events given up (dead) ids=%s", exhausted)
+            for event in given_up:
+                logger.warning("payment event id=%s given up (dead) after %s attempts",
+                               event.id, policy.max_attempts,
+                               extra=event.log_ids(request_id=event.request_id or None))
+            transaction.on_commit(lambda: _dead_count(given_up))
         if claimed:
             PaymentEvent.objects.filter(pk__in=[c.id for c in claimed]).update(
                 attempts=F("attempts") + 1, next_attempt_at=policy.lease_until(now),
                 updated_at=now,
             )
     return claimed, exhausted
+
+
+def _dead_count(given_up: list[Claimed]) -> None:
+    for event in given_up:
+        metrics.events_processed(source=event.source, outcome=str(State.DEAD))
 
 
 def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchResult:
@@ -116,6 +135,13 @@ def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchRe
     if not claimed:
         return result
 
+    # Lines about an event carry the request id it arrived with, whatever task settles it.
+    with event_origins({c.id: c.request_id for c in claimed if c.request_id}):
+        return _batch_process(claimed, result, policy)
+
+
+def _batch_process(claimed: list[Claimed], result: BatchResult,
+                   policy: RetryPolicy) -> BatchResult:
     finishes: dict[int, _Finish] = {}
     deferred: dict[int, str] = {}
     notices: list[RefundNotice] = []
@@ -133,7 +159,8 @@ def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchRe
             else:
                 finishes[item.event_id] = _Finish(State.APPLIED, applied.reasons[item.event_id],
                                                   item.order_id, item.trade_no)
-        _events_finish(finishes)
+        by_id = {event.id: event for event in claimed}
+        _events_finish(finishes, by_id)
         result.retry_at = _events_defer(deferred, claimed, policy)
     result.refunds = applied.refunds + noticed.wake
     for finish in finishes.values():
@@ -141,8 +168,32 @@ def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchRe
     if deferred:
         result.count("deferred", len(deferred))
     wakeups.events_settled(event_ids=list(finishes))
+    _batch_observe(by_id, finishes, deferred)
     logger.info("payment batch claimed=%s outcomes=%s", len(claimed), result.outcomes)
     return result
+
+
+def _batch_observe(claimed: dict[int, Claimed], finishes: dict[int, _Finish],
+                   deferred: dict[int, str]) -> None:
+    """Metrics of a committed batch: outcomes by source, and how long payments took."""
+    now = timezone.now()
+    for event_id, finish in finishes.items():
+        metrics.events_processed(source=claimed[event_id].source, outcome=str(finish.state))
+    for event_id in deferred:
+        metrics.events_processed(source=claimed[event_id].source, outcome="deferred")
+    applied = {event_id: finish for event_id, finish in finishes.items()
+               if finish.state == State.APPLIED}
+    for event_id in applied:
+        received_at = claimed[event_id].received_at
+        if received_at is not None:
+            metrics.event_applied_observe(source=claimed[event_id].source,
+                                          received_at=received_at, applied_at=now)
+    # A payment that paid its order now (not a repeat, not one to refund).
+    paid = {f.order_id for f in applied.values() if not f.reason and f.order_id}
+    if paid:
+        for started_at in PaymentAttempt.objects.filter(order_id__in=paid).values_list(
+                "started_at", flat=True):
+            metrics.paid_observe(link_started_at=started_at, applied_at=now)
 
 
 def _verify(
@@ -217,7 +268,7 @@ def _trades_proven_paid(
     return proven
 
 
-def _events_finish(finishes: dict[int, _Finish]) -> None:
+def _events_finish(finishes: dict[int, _Finish], claimed: dict[int, Claimed]) -> None:
     """Move events out of `received`, once: ones another worker finished are left alone."""
     now = timezone.now()
     rows_update(
@@ -234,7 +285,12 @@ def _events_finish(finishes: dict[int, _Finish]) -> None:
     for event_id, finish in finishes.items():
         # An applied event is logged once, by its payment; the others say why here.
         if finish.state != State.APPLIED or finish.reason:
-            logger.info("payment event id=%s -> %s %s", event_id, finish.state, finish.reason)
+            event = claimed[event_id]
+            logger.info("payment event id=%s -> %s %s", event_id, finish.state, finish.reason,
+                        extra=log_ids(
+                            order_id=finish.order_id or event.params.get("out_trade_no", "")[:64],
+                            trade_no=finish.trade_no or event.params.get("trade_no", "")[:64],
+                            event_id=event_id, source=event.source, state=str(finish.state)))
 
 
 def _events_defer(
@@ -251,5 +307,6 @@ def _events_defer(
     for event in claimed:
         if event.id in deferred:
             logger.warning("payment event id=%s deferred (attempt %s): %s",
-                           event.id, event.attempts, deferred[event.id][:200])
+                           event.id, event.attempts, deferred[event.id][:200],
+                           extra=event.log_ids(source=event.source))
     return min(row[1] for row in rows)

@@ -7,6 +7,7 @@ written back in one bulk update, and paid trades go through the same batch proce
 notifications and returns.
 """
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -15,11 +16,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from payment import alipay, events
+from payment import alipay, events, metrics
 from payment.bulk import rows_update
 from payment.models import PaymentAttempt, PaymentEvent
 from payment.processing import events_process
 from payment.verification import query_pool
+from shop.logs import log_ids
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
@@ -95,6 +97,7 @@ def orders_reconcile(*, order_ids: list[str]) -> Reconciled:
     Every database step stays on this thread, so a batch holds one database connection
     however many queries are in flight.
     """
+    started = time.perf_counter()
     attempts = list(PaymentAttempt.objects.select_related("order").filter(order_id__in=order_ids))
     result = Reconciled()
     now = timezone.now()
@@ -130,6 +133,7 @@ def orders_reconcile(*, order_ids: list[str]) -> Reconciled:
         rows=[(a.order_id, a.checks, a.last_checked_at, a.last_check_result, a.next_check_at,
                a.claimed_until) for a in attempts],
     )
+    metrics.reconcile_observe(counts=result.counts, seconds=time.perf_counter() - started)
     logger.info("reconciled batch size=%s outcomes=%s", len(order_ids), result.counts)
     return result
 
@@ -149,7 +153,8 @@ def _trade_ask(order_id: str) -> alipay.TradeStatus | None | Exception:
     try:
         return alipay.trade_query(out_trade_no=order_id)
     except (alipay.GatewayUnavailable, alipay.GatewayRejected) as exc:
-        logger.warning("reconcile query failed order_id=%s error=%s", order_id, exc)
+        logger.warning("reconcile query failed order_id=%s error=%s", order_id, exc,
+                       extra=log_ids(order_id=order_id))
         return exc
 
 

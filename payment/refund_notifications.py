@@ -18,6 +18,7 @@ from django.utils import timezone
 from payment import alipay
 from payment.models import Refund
 from payment.refunds import refund_mark_succeeded
+from shop.logs import log_ids
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
@@ -114,5 +115,7 @@ def _unnamed_apply(notice: RefundNotice, fee: str, wake: list[int], now: datetim
 def _finding(notice: RefundNotice, what: str) -> str:
     """Alipay tells of refunds the ledger does not hold: recorded for a person to look at."""
     logger.warning("finding: %s order_id=%s trade_no=%s event id=%s; nothing changed",
-                   what, notice.order_id, notice.trade_no, notice.event_id)
+                   what, notice.order_id, notice.trade_no, notice.event_id,
+                   extra=log_ids(order_id=notice.order_id, trade_no=notice.trade_no,
+                                 event_id=notice.event_id))
     return f"finding: {what}; recorded, nothing changed"

@@ -13,8 +13,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
+from payment import metrics
 from payment.models import Payment, Refund
-from payment.refunds import refunds_committed, request_numbers
+from payment.refunds import refund_log_ids, refunds_committed, request_numbers
 from payment.tasks import refund_process_task
 from shop.models import OrderInfo, User
 
@@ -121,9 +122,10 @@ def _refund_request(*, order_id: str, amount: Decimal, reason: str, requested_by
         next_attempt_at=timezone.now(),
     )
     transaction.on_commit(lambda: _workers_wake(refund.pk))
+    transaction.on_commit(lambda: metrics.refund_entered(Refund.State.REQUESTED))
     logger.info("refund requested order_id=%s out_request_no=%s amount=%s source=%s "
                 "user_id=%s", order_id, refund.out_request_no, amount, source,
-                requested_by.pk if requested_by else None)
+                requested_by.pk if requested_by else None, extra=refund_log_ids(refund))
     return RefundRequested(refund, created=True)
 
 

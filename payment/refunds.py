@@ -25,9 +25,10 @@ from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, Sum
 from django.utils import timezone
 
-from payment import alipay
+from payment import alipay, metrics
 from payment.models import Payment, Refund
 from payment.retry import RetryPolicy, retry_policy
+from shop.logs import log_ids
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
@@ -117,8 +118,16 @@ def late_payment_refunds_create(*, payments: list[Payment]) -> list[int]:
     created = Refund.objects.bulk_create(refunds)
     for refund in created:
         logger.info("refund requested order_id=%s out_request_no=%s amount=%s source=%s",
-                    refund.order_id, refund.out_request_no, refund.amount, refund.source)
+                    refund.order_id, refund.out_request_no, refund.amount, refund.source,
+                    extra=refund_log_ids(refund))
+    metrics.refund_entered(State.REQUESTED, len(created))
     return [refund.pk for refund in created]
+
+
+def refund_log_ids(refund: Refund) -> dict[str, object]:
+    """`extra=` for a line about a refund (its payment is loaded with it)."""
+    return log_ids(order_id=refund.order_id, trade_no=refund.payment.trade_id,
+                   out_request_no=refund.out_request_no)
 
 
 def late_payment_refund_ensure(*, payment_id: int) -> int | None:
@@ -231,7 +240,7 @@ def _refund_confirm(refund: Refund, policy: RetryPolicy) -> Step:
         if answer.refund_amount not in (None, refund.amount):
             logger.error("refund amount differs at Alipay order_id=%s out_request_no=%s "
                          "ours=%s alipay=%s", refund.order_id, refund.out_request_no,
-                         refund.amount, answer.refund_amount)
+                         refund.amount, answer.refund_amount, extra=refund_log_ids(refund))
         return _refund_reschedule(refund, refund.state, policy.delay(refund.queries), error)
     # Alipay has no refund of this number: send it again, with the same number.
     return _refund_reschedule(refund, State.REQUESTED, 0.0,
@@ -248,13 +257,16 @@ def _refund_reschedule(refund: Refund, state: str, delay: float, error: str) -> 
     if not updated:  # a notification settled it meanwhile
         return Step(str(Refund.objects.filter(pk=refund.pk).values_list("state", flat=True)
                         .first()))
+    if state != refund.state:
+        metrics.refund_entered(state)
     if error:
         logger.warning("refund %s order_id=%s out_request_no=%s attempts=%s queries=%s: %s",
                        state, refund.order_id, refund.out_request_no, refund.attempts,
-                       refund.queries, error[:200])
+                       refund.queries, error[:200], extra=refund_log_ids(refund))
     else:
         logger.info("refund %s order_id=%s out_request_no=%s amount=%s", state,
-                    refund.order_id, refund.out_request_no, refund.amount)
+                    refund.order_id, refund.out_request_no, refund.amount,
+                    extra=refund_log_ids(refund))
     return Step(state, delay)
 
 
@@ -278,12 +290,14 @@ def refund_mark_succeeded(refund: Refund, confirmed_by: str, now: datetime) -> b
     )
     if not updated:
         return False
+    metrics.refund_entered(State.SUCCEEDED)
     if refund.state == State.FAILED:
         logger.warning("refund recorded as refused was made by Alipay order_id=%s "
                        "out_request_no=%s sub_code=%s", refund.order_id, refund.out_request_no,
-                       refund.sub_code)
+                       refund.sub_code, extra=refund_log_ids(refund))
     logger.info("refund succeeded order_id=%s out_request_no=%s amount=%s confirmed_by=%s",
-                refund.order_id, refund.out_request_no, refund.amount, confirmed_by)
+                refund.order_id, refund.out_request_no, refund.amount, confirmed_by,
+                extra=refund_log_ids(refund))
     _payment_refunded_check(refund.payment, now)
     return True
 
@@ -297,14 +311,18 @@ def _payment_refunded_check(payment: Payment, now: datetime) -> None:
         Payment.objects.filter(pk=payment.pk, status=Payment.Status.REFUND_PENDING).update(
             status=Payment.Status.REFUNDED)
         logger.info("late payment refunded order_id=%s trade_no=%s", payment.order_id,
-                    payment.trade_id)
+                    payment.trade_id, extra=log_ids(order_id=payment.order_id,
+                                                    trade_no=payment.trade_id,
+                                                    event_id=payment.event_id))
     elif payment.status == Payment.Status.APPLIED:
         moved = OrderInfo.objects.filter(
             order_id=payment.order_id, status__in=PAID_ORDER_STATUSES
         ).update(status=OrderInfo.Status.REFUNDED, updated_at=now)
         if moved:
             logger.info("order refunded in full order_id=%s trade_no=%s amount=%s",
-                        payment.order_id, payment.trade_id, payment.amount)
+                        payment.order_id, payment.trade_id, payment.amount,
+                        extra=log_ids(order_id=payment.order_id, trade_no=payment.trade_id,
+                                      event_id=payment.event_id))
 
 
 def refund_fail(*, refund: Refund, sub_code: str, error: str) -> bool:
@@ -315,9 +333,10 @@ def refund_fail(*, refund: Refund, sub_code: str, error: str) -> bool:
         next_attempt_at=None, updated_at=now,
     )
     if updated:
+        metrics.refund_entered(State.FAILED)
         logger.warning("refund refused by Alipay order_id=%s out_request_no=%s amount=%s "
                        "sub_code=%s", refund.order_id, refund.out_request_no, refund.amount,
-                       sub_code)
+                       sub_code, extra=refund_log_ids(refund))
     return bool(updated)
 
 

@@ -7,8 +7,10 @@ events are given up on by the same policy the workers read.
 import logging
 from dataclasses import dataclass, field
 
+from django.db.models import Count
 from django.utils import timezone
 
+from payment import metrics
 from payment.models import PaymentEvent
 from payment.refunds import refunds_due
 from payment.retry import retry_policy
@@ -36,6 +38,11 @@ def events_sweep(*, limit: int = 1000) -> Swept:
     )
     if dead:
         logger.warning("payment events given up (dead) count=%s", dead)
+        # This sweep's: the only ones given up at this very moment.
+        for source, count in (PaymentEvent.objects.filter(state=State.DEAD, processed_at=now)
+                              .order_by().values("source").annotate(n=Count("id"))
+                              .values_list("source", "n")):
+            metrics.events_processed(source=source, outcome=str(State.DEAD), count=count)
     due = due_events.count()
     refunds = refunds_due(limit=limit)
     if due or refunds:

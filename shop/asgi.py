@@ -5,6 +5,8 @@ loop can do. The two endpoints Alipay and the returning browser hit in bursts ar
 by Alipay's signature and need none of the browser middleware (sessions, CSRF,
 authentication, messages): on PostgreSQL they are served by payment/fastpath.py on the event
 loop, elsewhere (the embedded SQLite defaults) by Django's handler without middleware.
+`GET /metrics` (shop/metrics.py) is served ahead of Django too; every request gets its
+request id first (shop/logs.py).
 """
 import asyncio
 import os
@@ -23,6 +25,7 @@ from django.core.handlers.exception import convert_exception_to_response  # noqa
 
 from payment import fastpath, redisconn  # noqa: E402
 from payment.alipay import keys_require  # noqa: E402
+from shop import logs, metrics  # noqa: E402
 from shop.checks import checks_require  # noqa: E402
 
 keys_require()
@@ -45,13 +48,20 @@ django_application = ASGIHandler()
 lean_application = LeanASGIHandler()
 
 
-async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def _route(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
+    elif scope["type"] == "http" and scope["path"] == metrics.PATH:
+        # Prometheus asks by address, over plain HTTP: no host check, no HTTPS redirect.
+        await metrics.app(scope, receive, send)
     elif scope["type"] == "http" and scope["path"] in fastpath.PATHS:
         await (fastpath.app if fastpath.available() else lean_application)(scope, receive, send)
     else:
         await django_application(scope, receive, send)
+
+
+# Every request, on whichever path, has a request id in its log lines and its answer.
+application = logs.RequestIdASGIMiddleware(_route)
 
 
 async def _lifespan(receive: Any, send: Any) -> None:

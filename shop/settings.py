@@ -3,11 +3,15 @@
 This is the only module that reads the environment. Every variable, with its default, is
 listed in README.md.
 """
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
+
+from shop.logs import log_format, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -46,6 +50,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every line logged while a request is handled carries its id.
+    "shop.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -362,23 +368,35 @@ CELERY_REDBEAT_KEY_PREFIX = env.str("CELERY_BEAT_KEY_PREFIX", default="shop-beat
 CELERY_REDBEAT_LOCK_TIMEOUT = env.int("CELERY_BEAT_LOCK_TIMEOUT", default=30)
 # ----------------------------------------------------------------------------------------------
 
+# Logs and metrics (shop/logs.py, shop/metrics.py, payment/metrics.py) ------------------------
+# One JSON object per line in production (text in development), every line with the request
+# id; LOG_FORMAT (json or text) overrides the choice.
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-    },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
-    },
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        # The SDK turns itself to DEBUG on import and may log signed data.
-        "python-alipay-sdk": {"handlers": [], "level": "WARNING", "propagate": False},
-        "django.db.backends": {"level": "INFO"},
-    },
-}
+try:
+    LOG_FORMAT = log_format(configured=env.str("LOG_FORMAT", default=""), django_env=DJANGO_ENV)
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+LOGGING_CONFIG = "shop.logs.configure"
+LOGGING = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)
+# Who may read GET /metrics (the web) and a worker's endpoint: clients in these networks (as
+# the web sees them: behind the proxy, the forwarded address), or anyone sending
+# `Authorization: Bearer <METRICS_TOKEN>` when a token is set.
+METRICS_ALLOWED_NETWORKS = [
+    network.strip() for network in
+    env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"]) if network.strip()
+]
+try:
+    for _network in METRICS_ALLOWED_NETWORKS:
+        ipaddress.ip_network(_network, strict=False)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {exc}") from None
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# A worker's main process serves its processes' metrics on this port (0: it does not).
+WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
+WORKER_METRICS_ADDRESS = env.str("WORKER_METRICS_ADDRESS", default="127.0.0.1")
+# Where web and worker keep their processes' metric files (a fresh folder each per start).
+METRICS_DIR = env.str("METRICS_DIR", default="")
+# --------------------------------------------------------------------------------------------
 
 # Deployment: request size, HTTPS and browser protections. In production TLS ends at the
 # reverse proxy (deploy/nginx.conf), which sets X-Forwarded-Proto; `manage.py check --deploy`

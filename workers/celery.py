@@ -13,6 +13,8 @@ from celery import Celery, signals
 from django.conf import settings
 from kombu import Exchange, Queue
 
+from workers import observability  # noqa: F401  (request ids in task headers; worker metrics)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
 
 QUEUE_NAMES = ("payments", "reconcile")

@@ -1,11 +1,20 @@
-"""Logs name ids, never signatures or whole payloads: the web's access log and the workers."""
+"""Logs name ids, never signatures or whole payloads: the web's access log and the workers;
+in production one JSON object per line, with the request id from the web to the worker."""
+import json
+import logging
+import secrets
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+from django.contrib.auth.models import Permission
 
 from alipay_sandbox.client import SandboxControl
+from payment.models import PaymentEvent, Refund
+from shop.logs import ContextFilter, JsonFormatter, event_origins, log_ids
+from shop.models import User
 from tests.factories import sku_create
 from tests.support import (
     ManagedProcess,
@@ -13,6 +22,7 @@ from tests.support import (
     free_port,
     procfile_command,
     query_params,
+    wait_for,
     wait_for_port,
 )
 
@@ -48,3 +58,141 @@ def test_a_paid_return_leaves_no_signature_in_any_log(
         assert params["sign"][:40] not in log
         assert urllib.parse.quote(params["sign"][:40], safe="") not in log
     assert order_id in celery_workers.log_text()
+
+
+# -- JSON lines in production -------------------------------------------------------------------
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of a log, each one JSON object (fails on any other line)."""
+    lines = []
+    for line in text.splitlines():
+        record = json.loads(line)
+        assert isinstance(record, dict), line
+        lines.append(record)
+    return lines
+
+
+def _lines_with(lines: list[dict[str, Any]], text: str, **fields: Any) -> list[dict[str, Any]]:
+    return [line for line in lines if text in line["message"]
+            and all(line.get(name) == value for name, value in fields.items())]
+
+
+@pytest.fixture
+def production_env(worker_env: dict[str, str]) -> dict[str, str]:
+    """Production's settings, JSON logs by default (no LOG_FORMAT)."""
+    env = {**worker_env, "DJANGO_ENV": "production",
+           "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "DJANGO_ALLOWED_HOSTS": "127.0.0.1"}
+    env.pop("LOG_FORMAT", None)
+    return env
+
+
+def test_production_logs_are_json_lines_with_the_request_id_from_web_to_worker(
+    production_env: dict[str, str], exclusive_workers: Any, sandbox: SandboxControl,
+    log_dir: Path,
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    web = ManagedProcess("json-web", procfile_command("web"), {
+        **production_env, "WEB_BIND": f"127.0.0.1:{port}",
+        "ALIPAY_NOTIFY_URL": f"{base}/payment/alipay/notify/",
+        "ALIPAY_RETURN_URL": f"{base}/pay_success.html"}, log_dir).start()
+    worker = exclusive_workers("json-worker", **{
+        name: value for name, value in production_env.items() if name.startswith("DJANGO_")})
+    try:
+        wait_for_port(port)
+        shop = ShopClient(base)
+        # The proxy's header: production serves HTTPS only (127.0.0.1 is a trusted proxy).
+        shop.session.headers["X-Forwarded-Proto"] = "https"
+        shop.register_and_login("jsonbuyer")
+        sku = sku_create(price="25.00", stock=3)
+        order_id = shop.order([{"sku_id": sku.pk, "count": 1}])["order_id"]
+        # No notification: the return alone, confirmed by a trade query, pays the order.
+        sandbox.set_faults(notify_drop=True)
+        paid = sandbox.pay(shop.pay_link(order_id).json()["alipay_url"])
+        params = query_params(paid["return_url"])
+        return_id = "return-" + secrets.token_hex(8)
+        answer = requests.put(f"{base}/payment/status/?{urllib.parse.urlencode(params)}",
+                              headers={"X-Request-ID": return_id}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["X-Request-ID"] == return_id
+        event = PaymentEvent.objects.get(order_id=order_id, source="return")
+        assert event.request_id == return_id
+
+        # A staff refund: the request id travels in the Celery task's headers.
+        operator = ShopClient(base)
+        operator.session.headers["X-Forwarded-Proto"] = "https"
+        operator.register_and_login("jsonstaff")  # hashed by the web's own hasher
+        staff = User.objects.get(username="jsonstaff")
+        User.objects.filter(pk=staff.pk).update(is_staff=True)
+        staff.user_permissions.add(Permission.objects.get(
+            content_type__app_label="payment", codename="refund_payment"))
+        refund_id = "refund-" + secrets.token_hex(8)
+        asked = operator.session.post(
+            f"{base}/orders/{order_id}/refunds/", json={"amount": "5.00", "reason": "Scratched"},
+            headers={"X-Request-ID": refund_id}, timeout=20)
+        assert asked.status_code == 201, asked.text
+        wait_for(lambda: Refund.objects.filter(order_id=order_id).exclude(
+            state=Refund.State.REQUESTED).exists(), 20)
+        wait_for(lambda: "refund sent" in worker.log_text(), 10)
+        # Read while both run: the worker's farewell at shutdown is Celery's print.
+        web_log, worker_log = web.log_text(), worker.log_text()
+    finally:
+        web.stop()
+
+    web_lines, worker_lines = _json_lines(web_log), _json_lines(worker_log)
+    trade_no = params["trade_no"]
+    # The web stored the return with its request id; the worker applied it under the same id.
+    stored = _lines_with(web_lines, "payment event stored", event_id=event.pk)
+    assert stored and stored[0]["request_id"] == return_id
+    assert (stored[0]["order_id"], stored[0]["trade_no"]) == (order_id, trade_no)
+    applied = _lines_with(worker_lines, "payment applied", event_id=event.pk)
+    assert len(applied) == 1
+    assert (applied[0]["order_id"], applied[0]["trade_no"]) == (order_id, trade_no)
+    assert applied[0]["request_id"] == return_id
+    assert applied[0]["logger"] == "payment.applying" and applied[0]["level"] == "INFO"
+    access = [line for line in web_lines if line["logger"] == "uvicorn.access"
+              and "/payment/status/" in line["message"]]
+    assert access and access[0]["request_id"] == return_id
+    # The refund's task ran under the staff request's id.
+    sent = _lines_with(worker_lines, "refund sent", order_id=order_id)
+    assert sent and sent[0]["request_id"] == refund_id and sent[0]["trade_no"] == trade_no
+    assert sent[0]["task_id"]
+    for log in (web_log, worker_log):
+        assert params["sign"][:40] not in log
+        assert urllib.parse.quote(params["sign"][:40], safe="") not in log
+
+
+def test_json_lines_keep_a_request_path_but_never_its_query_string(rf: Any) -> None:
+    """Django's request logger attaches the request (its repr has the query string: a return's
+    signature); the JSON line keeps its method and path only."""
+    request = rf.put("/payment/status/?out_trade_no=1&sign=c2VjcmV0LXNpZ25hdHVyZQ==")
+    logger = logging.getLogger("django.request")
+    record = logger.makeRecord("django.request", logging.WARNING, __file__, 1,
+                               "Forbidden: %s", ("/payment/status/",), None,
+                               extra={"request": request, "status_code": 403})
+    ContextFilter().filter(record)
+
+    line = json.loads(JsonFormatter().format(record))
+
+    assert line["message"] == "Forbidden: /payment/status/"
+    assert (line["http_method"], line["http_path"]) == ("PUT", "/payment/status/")
+    assert line["status_code"] == 403 and line["level"] == "WARNING"
+    assert "c2VjcmV0" not in json.dumps(line)
+
+
+def test_lines_about_an_event_carry_the_request_id_it_arrived_with() -> None:
+    logger = logging.getLogger("payment.processing")
+    with event_origins({7: "from-the-web-1234"}):
+        about_event = logger.makeRecord("payment.processing", logging.INFO, __file__, 1,
+                                        "payment event id=%s", (7,), None,
+                                        extra=log_ids(order_id="o1", event_id=7))
+        about_other = logger.makeRecord("payment.processing", logging.INFO, __file__, 1,
+                                        "payment event id=%s", (8,), None,
+                                        extra=log_ids(order_id="o2", event_id=8))
+        for record in (about_event, about_other):
+            ContextFilter().filter(record)
+
+    first = json.loads(JsonFormatter().format(about_event))
+    assert (first["request_id"], first["order_id"], first["trade_no"], first["event_id"]) == (
+        "from-the-web-1234", "o1", None, 7)
+    assert json.loads(JsonFormatter().format(about_other))["request_id"] is None
