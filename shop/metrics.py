@@ -100,7 +100,10 @@ def process_dead(pid: int) -> None:
     """A child process has exited: its live gauges go; its counters stay in the sums."""
     path = multiprocess_dir()
     if path is not None:
-        multiprocess.mark_process_dead(pid, str(path))
+        try:
+            multiprocess.mark_process_dead(pid, str(path))
+        except OSError:
+            pass  # the folder went with the server's exit (a worker that failed to boot)
 
 
 # -- who may scrape ---------------------------------------------------------------------------

@@ -1,16 +1,65 @@
-"""Rows the tests start from, made with the ORM."""
+"""Rows the tests start from: factory_boy factories for users, SKUs and orders, "an order
+with a pay link", and rows placed at chosen times for the dashboard's figures."""
 import itertools
+import time
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
+import factory
 from django.utils import timezone
+from factory.django import DjangoModelFactory
 
+from payment.links import payment_link_create
 from payment.models import BillFinding, BillReport, Payment, PaymentAttempt, PaymentEvent, Refund
 from shop.models import SKU, OrderInfo, User
 
+# Order ids unique across test runs that share a sandbox store: the start time, then a count.
+_RUN = time.strftime("%Y%m%d%H%M%S")
+
+
+class UserFactory(DjangoModelFactory):
+    class Meta:
+        model = User
+
+    username = factory.Sequence(lambda n: f"buyer{n}")
+    password = factory.django.Password("buyer-pass-123")
+
+
+class SKUFactory(DjangoModelFactory):
+    class Meta:
+        model = SKU
+
+    name = factory.Sequence(lambda n: f"Product {n}")
+    price = Decimal("9.90")
+    stock = 100
+
+
+class OrderFactory(DjangoModelFactory):
+    """An UNPAID order (no goods rows: payments only need its id and total)."""
+
+    class Meta:
+        model = OrderInfo
+
+    order_id = factory.Sequence(lambda n: f"{_RUN}{n:012d}")
+    user = factory.SubFactory(UserFactory)
+    total_amount = Decimal("9.90")
+
+
+def order_with_link(**fields: Any) -> tuple[OrderInfo, str]:
+    """An order and its signed pay link (which records the payment attempt)."""
+    order = OrderFactory(**fields)
+    return order, payment_link_create(user=order.user, order_id=order.order_id)
+
+
+def orders_with_links(count: int, **fields: Any) -> list[tuple[OrderInfo, str]]:
+    """`count` orders of one buyer, each with its pay link."""
+    fields.setdefault("user", UserFactory())
+    return [order_with_link(**fields) for _ in range(count)]
+
 
 def sku_create(name: str = "Keyboard", price: str = "99.50", stock: int = 100) -> SKU:
-    return SKU.objects.create(name=name, price=Decimal(price), stock=stock)
+    return SKUFactory(name=name, price=Decimal(price), stock=stock)
 
 
 # -- payments as they stand after the fact, at chosen times (the dashboard's figures) ----------

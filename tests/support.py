@@ -14,15 +14,15 @@ import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from alipay_sandbox import testing as sandbox_testing
+
 ROOT = Path(__file__).resolve().parent.parent
 APP_ID = "2021000000000001"
 SELLER_ID = "2088000000000001"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# One free_port for tests, benchmarks and the sandbox's own helpers.
+free_port = sandbox_testing.free_port
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

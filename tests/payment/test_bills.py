@@ -1,6 +1,5 @@
 """Reconciliation against Alipay's daily trade bill, with the sandbox's real bill (a zip of GBK
 CSV), real workers and PostgreSQL."""
-import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
@@ -10,9 +9,9 @@ from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl
 from payment import alipay, bills
-from payment.links import payment_link_create
 from payment.models import BillFinding, BillReport, Payment, PaymentEvent
-from shop.models import OrderInfo, User
+from shop.models import OrderInfo
+from tests.factories import OrderFactory, orders_with_links
 from tests.support import wait_for
 
 # The web receives the sandbox's notifications; the workers apply them.
@@ -23,31 +22,20 @@ Outcome = BillFinding.Outcome
 PRICE = Decimal("9.90")
 
 
-def _orders(count: int) -> list[OrderInfo]:
-    user = User.objects.create_user(username=f"biller{time.time_ns() % 10**9}",
-                                    password="x" * 12)
-    stamp = time.time_ns()
-    return OrderInfo.objects.bulk_create(
-        OrderInfo(order_id=f"{stamp}{i:06d}", user=user, total_amount=PRICE)
-        for i in range(count))
-
-
-def _pay_all(sandbox: SandboxControl, orders: list[OrderInfo]) -> None:
-    def pay(order: OrderInfo) -> None:
-        sandbox.pay(payment_link_create(user=order.user, order_id=order.order_id))
-
+def _pay_all(sandbox: SandboxControl, count: int) -> list[OrderInfo]:
+    links = orders_with_links(count, total_amount=PRICE)
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(pay, orders))
-    ids = [o.order_id for o in orders]
+        list(pool.map(lambda link: sandbox.pay(link[1]), links))
+    ids = [order.order_id for order, _ in links]
     wait_for(lambda: Payment.objects.filter(order_id__in=ids).count() == len(ids), 60)
+    return [order for order, _ in links]
 
 
 def test_a_day_is_reconciled_against_the_bill_and_a_rerun_changes_nothing(
     sandbox: SandboxControl,
 ) -> None:
     sandbox.set_settings(refund_window_s=10**9)  # no TRADE_FINISHED when the clock moves on
-    orders = _orders(200)
-    _pay_all(sandbox, orders)
+    orders = _pay_all(sandbox, 200)
     today = timezone.now().astimezone(alipay.BEIJING).date()
     sandbox.set_settings(clock_offset_s=86400)  # at Alipay it is tomorrow: today's bill is out
 
@@ -58,7 +46,7 @@ def test_a_day_is_reconciled_against_the_bill_and_a_rerun_changes_nothing(
     OrderInfo.objects.filter(pk=orders[0].pk).update(status=OrderInfo.Status.UNPAID)
     changed = Payment.objects.get(order=orders[1])
     Payment.objects.filter(pk=changed.pk).update(amount=Decimal("8.80"))
-    phantom_order = _orders(1)[0]
+    phantom_order = OrderFactory(total_amount=PRICE)
     OrderInfo.objects.filter(pk=phantom_order.pk).update(status=OrderInfo.Status.UNSEND)
     Payment.objects.create(order=phantom_order, trade_id="2026010122001499999999999999",
                            amount=PRICE, source="notify")

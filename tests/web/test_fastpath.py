@@ -1,6 +1,5 @@
 """The intake endpoints as production serves them (payment/fastpath.py under uvicorn):
 the same answers and records as the Django views, with real workers and the sandbox."""
-import time
 import urllib.parse
 from decimal import Decimal
 from pathlib import Path
@@ -11,17 +10,15 @@ import requests
 from alipay_sandbox.client import SandboxControl
 from payment.links import payment_link_create
 from payment.models import Payment, PaymentEvent, RefusedRequest
-from shop.models import SKU, OrderInfo, User
+from shop.models import OrderInfo
+from tests.factories import OrderFactory
 from tests.support import APP_ID, SELLER_ID, query_params, sign_params, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("celery_workers")]
 
 
 def _order(tag: str, price: str = "9.90") -> OrderInfo:
-    user = User.objects.create_user(username=f"{tag}{time.time_ns()}", password="x" * 12)
-    sku = SKU.objects.create(name=tag, price=Decimal(price), stock=0)
-    return OrderInfo.objects.create(order_id=f"{time.time_ns()}{user.pk:09d}", user=user,
-                                    total_amount=sku.price)
+    return OrderFactory(total_amount=Decimal(price))
 
 
 def _put(base: str, params: dict[str, str]) -> requests.Response:

@@ -2,7 +2,6 @@
 workers), PostgreSQL and Redis: junk is refused, counted in bounded rows and throttled per
 client across processes, while Alipay's verified notifications always get through."""
 import json
-import time
 import urllib.parse
 from collections.abc import Iterator
 from decimal import Decimal
@@ -17,7 +16,8 @@ from django.utils import timezone
 
 from payment.models import Payment, PaymentEvent, RefusedRequest
 from payment.tasks import records_prune_task
-from shop.models import OrderInfo, User
+from shop.models import OrderInfo
+from tests.factories import OrderFactory
 from tests.support import (
     APP_ID,
     SELLER_ID,
@@ -53,9 +53,7 @@ def strict_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
 
 
 def _order(tag: str) -> OrderInfo:
-    user = User.objects.create_user(username=f"{tag}{time.time_ns() % 10**9}", password="x" * 12)
-    return OrderInfo.objects.create(order_id=f"{time.time_ns()}{user.pk:09d}", user=user,
-                                    total_amount=Decimal("9.90"))
+    return OrderFactory()
 
 
 def _notification(order_id: str, key: Path, notify_id: str) -> dict[str, str]:

@@ -16,10 +16,10 @@ from django.db.models import Count
 
 from alipay_sandbox.client import SandboxControl
 from payment import events, intake
-from payment.links import payment_link_create
 from payment.models import Payment, PaymentAttempt, PaymentEvent
-from shop.models import SKU, OrderInfo, User
+from shop.models import OrderInfo
 from tests.conftest import worker_process
+from tests.factories import orders_with_links
 from tests.support import (
     APP_ID,
     SELLER_ID,
@@ -40,15 +40,8 @@ pytestmark = [
 
 
 def _orders_with_links(count: int, price: str = "18.88") -> list[tuple[str, str]]:
-    user = User.objects.create_user(username=f"bulk{time.time_ns()}", password="x" * 12)
-    sku = SKU.objects.create(name="bulk", price=Decimal(price), stock=0)
-    stamp = time.strftime("%Y%m%d%H%M%S")
-    orders = OrderInfo.objects.bulk_create(
-        OrderInfo(order_id=f"{stamp}{i:06d}{user.pk:09d}", user=user, total_amount=sku.price)
-        for i in range(count)
-    )
-    return [(o.order_id, payment_link_create(user=user, order_id=o.order_id))
-            for o in orders]
+    return [(order.order_id, url)
+            for order, url in orders_with_links(count, total_amount=Decimal(price))]
 
 
 def _pay_all(sandbox: SandboxControl, links: list[tuple[str, str]]) -> list[dict[str, str]]:
