@@ -14,9 +14,10 @@ from shop.models import OrderInfo
 from tests.factories import OrderFactory, orders_with_links
 from tests.support import wait_for
 
-# The web receives the sandbox's notifications; the workers apply them.
+# The web receives the sandbox's notifications; the workers apply them; no beat, so that
+# reconciliation cannot find the payment the test removes before the bill does.
 pytestmark = [pytest.mark.django_db(transaction=True),
-              pytest.mark.usefixtures("celery_workers", "web")]
+              pytest.mark.usefixtures("celery_workers", "web", "beat_paused")]
 
 Outcome = BillFinding.Outcome
 PRICE = Decimal("9.90")

@@ -100,9 +100,11 @@ def test_two_beats_send_each_job_once_per_interval_and_the_survivor_takes_over(
 ) -> None:
     worker = exclusive_workers(f"beat-jobs-{time.time_ns()}", concurrency=2)
     first = _beat(f"beat-first-{time.time_ns()}", beat_env, log_dir, tmp_path)
-    second = _beat(f"beat-second-{time.time_ns()}", beat_env, log_dir, tmp_path)
+    second: ManagedProcess | None = None
     try:
+        # The second starts once the first holds the lock: started together, either may win.
         first.wait_log("beat: Acquired lock", timeout=60)
+        second = _beat(f"beat-second-{time.time_ns()}", beat_env, log_dir, tmp_path)
         second.wait_log("beat: Starting", timeout=60)
         time.sleep(2 * LOOP)  # the second is past its start-up, asking for the lock
         both_from = time.time()
@@ -117,7 +119,8 @@ def test_two_beats_send_each_job_once_per_interval_and_the_survivor_takes_over(
         until = time.time()
     finally:
         first.kill()
-        second.stop()
+        if second is not None:
+            second.stop()
 
     runs = _runs(worker.log_text())
     for job in JOBS:
