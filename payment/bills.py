@@ -24,7 +24,7 @@ from time import perf_counter
 from typing import IO
 
 from django.db import transaction
-from django.db.models import Count, Exists, OuterRef, Q, Sum
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from payment import alipay, metrics
@@ -229,14 +229,15 @@ def _compare(report: BillReport, day: date) -> None:
             report=report, outcome=Outcome.MISSING_HERE, trade_no=entry.trade_no,
             out_trade_no=entry.out_trade_no, alipay_amount=entry.amount,
             note="applied from the bill by an earlier run" if entry.ours else ""))
-    mismatched = Payment.objects.filter(trade_id=OuterRef("trade_no")).exclude(
-        amount=OuterRef("amount"))
-    for differing in trades.annotate(differs=Exists(mismatched)).filter(differs=True).iterator():
-        our_amount = Payment.objects.get(trade_id=differing.trade_no).amount
+    # Our amount comes with the line (trade_id is unique): no query per mismatch.
+    our_amount = Payment.objects.filter(trade_id=OuterRef("trade_no")).values("amount")[:1]
+    differing = trades.annotate(our_amount=Subquery(our_amount)).exclude(
+        our_amount=F("amount")).filter(our_amount__isnull=False)
+    for mismatch in differing.iterator():
         findings.append(BillFinding(
-            report=report, outcome=Outcome.AMOUNT_MISMATCH, trade_no=differing.trade_no,
-            out_trade_no=differing.out_trade_no, alipay_amount=differing.amount,
-            our_amount=our_amount))
+            report=report, outcome=Outcome.AMOUNT_MISMATCH, trade_no=mismatch.trade_no,
+            out_trade_no=mismatch.out_trade_no, alipay_amount=mismatch.amount,
+            our_amount=mismatch.our_amount))
     # Paid here that day, and in no bill we hold (a payment just after midnight may be in the
     # previous day's bill).
     in_a_bill = BillEntry.objects.filter(kind=Kind.TRADE, trade_no=OuterRef("trade_id"))

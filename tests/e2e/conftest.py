@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
+from shop.models import User
 from tests.support import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -108,3 +110,18 @@ def snap(page: Any, screenshots: Path) -> Callable[[str], None]:
         page.set_viewport_size(original)
 
     return at_both_widths
+
+
+PASSWORD = "s3cret-pass"
+Snap = Callable[[str], None]  # the `snap` fixture: checks both widths, saves screenshots
+
+
+def sign_in(page: Any, web: str, username: str) -> User:
+    """A new buyer, signed in through the storefront's sign-in page."""
+    user = User.objects.create_user(username=username, password=PASSWORD)
+    page.goto(f"{web}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("#sign-in")
+    expect(page.locator("#signed-in-as")).to_have_text(username)
+    return user

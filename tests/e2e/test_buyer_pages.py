@@ -5,7 +5,6 @@ statuses in words, the sandbox's cashier and cancel pages, and the return page o
 and saves both screenshots.
 """
 import re
-from collections.abc import Callable
 
 import pytest
 from django.conf import settings
@@ -16,26 +15,13 @@ from alipay_sandbox.client import SandboxControl
 from shop import services
 from shop.models import OrderInfo, User
 from shop.pages import STATUS_WORDS
+from tests.e2e.conftest import PASSWORD, Snap, sign_in
 from tests.factories import sku_create
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("celery_workers"),
 ]
-
-PASSWORD = "s3cret-pass"
-Snap = Callable[[str], None]
-
-
-def _sign_in(page: Page, web: str, username: str) -> User:
-    user = User.objects.create_user(username=username, password=PASSWORD)
-    page.goto(f"{web}/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("#sign-in")
-    expect(page.locator("#signed-in-as")).to_have_text(username)
-    return user
-
 
 def _visible_text(page: Page) -> str:
     return page.inner_text("main")
@@ -106,7 +92,7 @@ def test_sign_up_from_a_page_that_needs_an_account_returns_to_it(page: Page, web
 def test_order_is_confirmed_with_its_items_and_total_and_paid_at_once(
     page: Page, web: str, sandbox: SandboxControl, snap: Snap
 ) -> None:
-    user = _sign_in(page, web, "phonebuyer")
+    user = sign_in(page, web, "phonebuyer")
     lamp = sku_create(name="Desk lamp", price="48.80", stock=5)
     bulbs = sku_create(name="Spare bulb, warm white 2700 K", price="6.50", stock=20)
     page.goto(f"{web}/")
@@ -156,7 +142,7 @@ def test_order_is_confirmed_with_its_items_and_total_and_paid_at_once(
 def test_cancel_at_the_cashier_leads_back_to_the_shop(
     page: Page, web: str, sandbox: SandboxControl, snap: Snap
 ) -> None:
-    user = _sign_in(page, web, "secondthoughts")
+    user = sign_in(page, web, "secondthoughts")
     lamp = sku_create(name="Desk lamp", price="48.80", stock=5)
     page.goto(f"{web}/")
     page.fill(f"#qty-{lamp.pk}", "1")
@@ -182,7 +168,7 @@ def test_cancel_at_the_cashier_leads_back_to_the_shop(
 def test_my_orders_names_every_status_in_words_and_shows_new_orders_with_their_items(
     page: Page, web: str, snap: Snap
 ) -> None:
-    user = _sign_in(page, web, "longtimebuyer")
+    user = sign_in(page, web, "longtimebuyer")
     lamp = sku_create(name="Desk lamp", price="48.80", stock=50)
     orders = {}
     for status in OrderInfo.Status:
@@ -216,7 +202,7 @@ def test_only_the_buyers_own_new_order_is_confirmed(page: Page, web: str) -> Non
     lamp = sku_create(name="Desk lamp", price="48.80", stock=5)
     other = User.objects.create_user(username="someoneelse", password=PASSWORD)
     foreign = services.order_create(user=other, items=[(lamp.pk, 1)])
-    user = _sign_in(page, web, "curious")
+    user = sign_in(page, web, "curious")
     own = services.order_create(user=user, items=[(lamp.pk, 2)])
     page.goto(f"{web}/my/orders/?placed={own.order_id}")
     expect(page.locator("#placed-order-id")).to_have_text(own.order_id)

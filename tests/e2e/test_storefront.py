@@ -1,7 +1,6 @@
 """A buyer in a real browser: sign in, order, pay on the sandbox cashier, come back."""
 import re
 import urllib.parse
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -10,6 +9,7 @@ from playwright.sync_api import Page, Route, expect
 from alipay_sandbox.client import SandboxControl
 from payment.models import Payment, PaymentEvent, RefusedRequest
 from shop.models import OrderInfo, User
+from tests.e2e.conftest import Snap, sign_in
 from tests.factories import sku_create
 from tests.support import query_params
 
@@ -17,20 +17,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("celery_workers"),
 ]
-
-PASSWORD = "s3cret-pass"
-Snap = Callable[[str], None]  # tests/e2e/conftest.py: checks both widths, saves screenshots
-
-
-def _sign_in(page: Page, web: str, username: str) -> User:
-    user = User.objects.create_user(username=username, password=PASSWORD)
-    page.goto(f"{web}/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("#sign-in")
-    expect(page.locator("#signed-in-as")).to_have_text(username)
-    return user
-
 
 def _order_and_open_cashier(page: Page, web: str, user: User) -> OrderInfo:
     """Order two of one product on the storefront, then press Pay with Alipay."""
@@ -55,7 +41,7 @@ def _order_status(order: OrderInfo) -> str:
 def test_buyer_pays_and_sees_the_trade_number_on_return(
     page: Page, web: str, sandbox: SandboxControl, snap: Snap
 ) -> None:
-    user = _sign_in(page, web, "lampbuyer")
+    user = sign_in(page, web, "lampbuyer")
     order = _order_and_open_cashier(page, web, user)
 
     page.click("#pay-button")
@@ -82,7 +68,7 @@ def test_order_list_turns_paid_by_itself_when_the_return_is_lost(
 ) -> None:
     # No redirect back, and the notification late enough to arrive while the list is open.
     sandbox.set_faults(drop_return=True, notify_delay_s=4)
-    user = _sign_in(page, web, "tabcloser")
+    user = sign_in(page, web, "tabcloser")
     order = _order_and_open_cashier(page, web, user)
 
     page.click("#pay-button")
@@ -115,7 +101,7 @@ def test_tampered_return_is_rejected_and_leaves_the_order_unpaid(
     page: Page, web: str, sandbox: SandboxControl, snap: Snap
 ) -> None:
     sandbox.set_faults(notify_drop=True)  # only the tampered return reaches the shop
-    user = _sign_in(page, web, "tamperer")
+    user = sign_in(page, web, "tamperer")
     order = _order_and_open_cashier(page, web, user)
     genuine: list[str] = []
 
@@ -151,7 +137,7 @@ def test_slow_confirmation_shows_a_spinner_then_the_payment(
     # Without the notification the return itself must be confirmed by the workers; a
     # notification that came first would have paid the order before the buyer is back.
     sandbox.set_faults(notify_drop=True)
-    user = _sign_in(page, web, "patientbuyer")
+    user = sign_in(page, web, "patientbuyer")
     order = _order_and_open_cashier(page, web, user)
 
     page.click("#pay-button")
@@ -168,7 +154,7 @@ def test_buyer_is_told_politely_when_alipay_stays_silent(
     page: Page, web: str, sandbox: SandboxControl, settings: Any, snap: Snap
 ) -> None:
     settings.PAYMENT_STATUS_WAIT = 0
-    user = _sign_in(page, web, "waitingbuyer")
+    user = sign_in(page, web, "waitingbuyer")
     order = _order_and_open_cashier(page, web, user)
     # Alipay's query API is down and the notification lost: nothing can confirm the payment.
     sandbox.set_faults(notify_drop=True, error_rate=1.0, error_kind="http500",
