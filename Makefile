@@ -31,7 +31,7 @@ $(TEST_STAMP): $(RUN_STAMP)
 
 prepare: install
 	mkdir -p var
-	$(BIN)/python manage.py alipay_keys
+	$(BIN)/python manage.py alipay_keys --sandbox
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python manage.py seed_demo

@@ -1,18 +1,20 @@
-"""Helpers for tests and benchmarks: start a sandbox process, call it raw, check envelopes."""
+"""Helpers for tests and benchmarks: the one process launcher (ManagedProcess), a sandbox
+process built on it, raw calls to the sandbox and envelope checks."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -31,39 +33,114 @@ def clear_proxy_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return dict(target)
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-@dataclass
-class SandboxProcess:
-    base_url: str
-    process: subprocess.Popen[bytes]
-    store: Path
-    log_path: Path
-    control: SandboxControl
-    _log: IO[bytes] | None = field(default=None, repr=False)
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll until predicate returns something truthy; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
+        time.sleep(interval)
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    def is_open() -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(is_open, timeout)
+
+
+class ManagedProcess:
+    """A child process of the tests or the benchmarks: its own session (so that stopping it
+    reaches its children too), its output in `<log_dir>/<name>.log`, stopped with SIGTERM and
+    killed if it lingers."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path,
+                 cwd: Path = ROOT) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.cwd = cwd
+        self.log_path = Path(log_dir) / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> Self:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed when the process ends)
+        self.proc = subprocess.Popen(
+            self.args, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
 
     @property
-    def gateway(self) -> str:
-        return self.base_url + "/gateway.do"
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} was not started"
+        return self.proc.pid
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 30.0, start_at: int = 0) -> None:
+        def seen() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited:\n{self.log_text()[-3000:]}")
+            return text in self.log_text()[start_at:]
+
+        wait_for(seen, timeout, 0.1)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
             try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=timeout)
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                self.kill()
+        self._close_log()
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+class SandboxProcess(ManagedProcess):
+    """A running `python -m alipay_sandbox`, with its control client."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path,
+                 port: int, store: Path) -> None:
+        super().__init__(name, args, env, log_dir)
+        self.port = port
+        self.store = store
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.control = SandboxControl(self.base_url)
+
+    @property
+    def gateway(self) -> str:
+        return self.base_url + "/gateway.do"
 
 
 def start_sandbox(
@@ -73,44 +150,34 @@ def start_sandbox(
     port: int | None = None,
     control: bool = True,
     time_factor: float = 0.001,
-    log_path: Path | None = None,
+    app_id: str | None = None,
+    seller_id: str | None = None,
+    log_dir: Path | None = None,
+    name: str = "sandbox",
+    env: dict[str, str] | None = None,
     timeout: float = 15.0,
 ) -> SandboxProcess:
-    """Start ``python -m alipay_sandbox`` on a free port and wait until it answers."""
+    """Start `python -m alipay_sandbox` (on a free port unless told) and wait until it
+    answers; its log is `<log_dir>/<name>.log`, beside the store unless told."""
     port = port or free_port()
-    log_path = log_path or store.with_suffix(".log")
-    log_file = open(log_path, "ab")  # noqa: SIM115 (closed by SandboxProcess.stop)
     args = [
-        sys.executable,
-        "-m",
-        "alipay_sandbox",
-        "--port",
-        str(port),
-        "--store",
-        str(store),
-        "--alipay-private-key",
-        str(keys_dir / "alipay_private_key.pem"),
-        "--app-public-key",
-        str(keys_dir / "app_public_key.pem"),
-        "--time-factor",
-        str(time_factor),
-        "--control" if control else "--no-control",
+        sys.executable, "-m", "alipay_sandbox", "--port", str(port), "--store", str(store),
+        "--alipay-private-key", str(keys_dir / "alipay_private_key.pem"),
+        "--app-public-key", str(keys_dir / "app_public_key.pem"),
+        "--time-factor", str(time_factor), "--control" if control else "--no-control",
+        *(["--app-id", app_id] if app_id else []),
+        *(["--seller-id", seller_id] if seller_id else []),
         *extra_args,
     ]
-    env = clear_proxy_env(dict(os.environ))
-    root = Path(__file__).resolve().parent.parent
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
-    process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    base_url = f"http://127.0.0.1:{port}"
-    control_client = SandboxControl(base_url)
-    handle = SandboxProcess(base_url, process, store, log_path, control_client, log_file)
+    handle = SandboxProcess(name, args, clear_proxy_env(dict(env or os.environ)),
+                            log_dir or store.parent, port, store).start()
     deadline = time.monotonic() + timeout
     while True:
-        if process.poll() is not None:
+        if handle.proc is not None and handle.proc.poll() is not None:
             handle.stop()
             raise RuntimeError(f"sandbox exited early: {handle.log_text()[-2000:]}")
         try:
-            control_client.wait_ready(timeout=0.2)
+            handle.control.wait_ready(timeout=0.2)
             return handle
         except OSError:
             if time.monotonic() > deadline:

@@ -603,11 +603,6 @@ def broker_flush(bench: Bench) -> None:
     redis.Redis.from_url(bench.stack.redis_url).flushdb()
 
 
-def pid(process: ManagedProcess) -> int:
-    assert process.proc is not None
-    return process.proc.pid
-
-
 # -- the project: rows ------------------------------------------------------------------
 
 def project_return_rows(bench: Bench) -> None:
@@ -816,7 +811,7 @@ def memory_row(bench: Bench) -> None:
             processed = paid_count("M")
             for mark in marks:
                 if processed >= mark and mark not in samples:
-                    samples[mark] = (tree_rss(pid(web)), tree_rss(pid(worker)))
+                    samples[mark] = (tree_rss(web.pid), tree_rss(worker.pid))
                     bench.note(f"memory at {processed} processed: web "
                                f"{samples[mark][0] >> 20} MB, worker {samples[mark][1] >> 20} MB")
             if processed > last_paid:

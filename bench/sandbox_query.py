@@ -36,8 +36,8 @@ from alipay import AliPay  # noqa: E402
 from alipay.utils import AliPayConfig  # noqa: E402
 
 from alipay_sandbox.config import DEFAULT_APP_ID  # noqa: E402
-from alipay_sandbox.keys import write_dev_keys  # noqa: E402
 from alipay_sandbox.testing import SandboxProcess, clear_proxy_env, start_sandbox  # noqa: E402
+from payment.keys import write_keys  # noqa: E402
 
 
 def make_client(keys: Path, gateway: str) -> AliPay:
@@ -128,7 +128,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="sandbox-bench-") as tmp:
         keys = Path(tmp) / "keys"
-        write_dev_keys(keys)
+        write_keys(keys)
         sandbox = start_sandbox(keys, Path(tmp) / "store.sqlite3", time_factor=1.0)
         try:
             began = time.perf_counter()

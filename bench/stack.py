@@ -16,11 +16,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from alipay_sandbox.testing import start_sandbox  # noqa: E402
 from tests.support import (  # noqa: E402
     APP_ID,
     SELLER_ID,
     ManagedProcess,
     free_port,
+    procfile_command,
     wait_for_port,
 )
 
@@ -67,10 +69,10 @@ class Stack:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def prepare(self) -> None:
-        from alipay_sandbox.keys import write_dev_keys
+        from payment.keys import write_keys
 
         self.keys.mkdir()
-        write_dev_keys(self.keys)
+        write_keys(self.keys)
         subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists",
                         self.db_name], check=True)
         subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", self.db_name],
@@ -86,14 +88,11 @@ class Stack:
         django.setup()
 
     def start_sandbox(self, *extra: str) -> None:
-        self._start("sandbox", [
-            sys.executable, "-m", "alipay_sandbox", "--port", str(self.sandbox_port),
-            "--control", "--store", str(self.tmp / "sandbox.sqlite3"),
-            "--alipay-private-key", str(self.keys / "alipay_private_key.pem"),
-            "--app-public-key", str(self.keys / "app_public_key.pem"),
-            "--app-id", APP_ID, "--seller-id", SELLER_ID, *extra,
-        ])
-        wait_for_port(self.sandbox_port)
+        self.processes.append(start_sandbox(
+            self.keys, self.tmp / "sandbox.sqlite3", *extra, port=self.sandbox_port,
+            time_factor=1.0, app_id=APP_ID, seller_id=SELLER_ID, log_dir=self.tmp,
+            env=self.env,
+        ))
 
     def start_web(self, workers: int = 2, threads: int = 16) -> None:
         self._start("web", [
@@ -135,9 +134,7 @@ class Stack:
         The web line binds to this stack's port through WEB_BIND; the commands come from the
         Procfile so that the benchmark follows whatever the project deploys.
         """
-        command = f"{procfile_command(entry)} {extra}".strip()
-        path = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
-        process = self._start(name or entry, ["bash", "-c", command], PATH=path,
+        process = self._start(name or entry, procfile_command(entry, extra),
                               WEB_BIND=f"127.0.0.1:{self.web_port}", **env)
         if entry == "web":
             wait_for_port(self.web_port, timeout=60)
@@ -163,15 +160,6 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def procfile_command(entry: str) -> str:
-    """The command of one Procfile entry (`web`, `worker`, ...)."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, sep, command = line.partition(":")
-        if sep and name.strip() == entry:
-            return command.strip()
-    raise KeyError(f"no {entry!r} line in {ROOT / 'Procfile'}")
 
 
 def tree_rss(pid: int) -> int:

@@ -13,11 +13,12 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from payment import operator
+from payment import admin_actions
 from payment.models import (
     BillEntry,
     BillFinding,
     BillReport,
+    EventState,
     Payment,
     PaymentAttempt,
     PaymentEvent,
@@ -28,8 +29,7 @@ from payment.refund_requests import RefundError, refund_request
 from payment.refunds import refunds_committed
 from shop.models import User
 
-State = PaymentEvent.State
-NEEDS_ATTENTION = (State.DEAD, State.REJECTED)
+NEEDS_ATTENTION = (EventState.DEAD, EventState.REJECTED)
 
 
 def operator_may(request: HttpRequest, codename: str) -> bool:
@@ -59,7 +59,7 @@ class AttentionFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if self.value() == "dead":
-            return queryset.filter(state=State.DEAD)
+            return queryset.filter(state=EventState.DEAD)
         if self.value() == "needs":
             return queryset.filter(state__in=NEEDS_ATTENTION)
         return queryset
@@ -124,7 +124,7 @@ class PaymentEventAdmin(admin.ModelAdmin):
         done: list[int] = []
         skipped: list[int] = []
         for event_id in queryset.values_list("pk", flat=True):
-            (done if operator.event_reprocess(event_id=event_id) else skipped).append(event_id)
+            (done if admin_actions.event_reprocess(event_id=event_id) else skipped).append(event_id)
         if done:
             self.message_user(
                 request, f"Sent {len(done)} event(s) to the workers again: "
@@ -140,7 +140,7 @@ class PaymentEventAdmin(admin.ModelAdmin):
                         ) -> HttpResponse:
         extra_context = {
             **(extra_context or {}),
-            "dead_count": PaymentEvent.objects.filter(state=State.DEAD).count(),
+            "dead_count": PaymentEvent.objects.filter(state=EventState.DEAD).count(),
             "attention_count": PaymentEvent.objects.filter(state__in=NEEDS_ATTENTION).count(),
             "can_reprocess": self.has_reprocess_event_permission(request),
         }
@@ -300,7 +300,7 @@ class PaymentAdmin(admin.ModelAdmin):
     def refund_payments(self, request: HttpRequest, queryset: QuerySet) -> None:
         for payment in queryset:
             if payment.status == Payment.Status.REFUND_PENDING:
-                operator.payment_refund_retry(payment=payment)
+                admin_actions.payment_refund_retry(payment=payment)
                 self.message_user(
                     request, f"Refund of {payment.trade_id} sent to the workers.",
                     messages.SUCCESS,

@@ -109,7 +109,8 @@ def _read_key(path: Path) -> str:
     except OSError as exc:
         raise KeyFileError(
             f"Alipay key file {path} cannot be read ({exc.strerror or exc}); "
-            "run `python manage.py alipay_keys` or set its path in the environment."
+            "run `python manage.py alipay_keys` (with `--sandbox` for the local sandbox's pair) "
+            "or set its path in the environment."
         ) from None
     if "-----BEGIN" not in text:
         raise KeyFileError(f"Alipay key file {path} is not a PEM key.")

@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 from payment import intake, metrics, selectors, wakeups
 from payment.errors import PaymentError, Throttled
 from payment.links import payment_link_create
-from payment.models import PaymentEvent, Refund
+from payment.models import EventSource, Refund
 from payment.refund_requests import (
     IdempotencyKeyReused,
     RefundConflict,
@@ -40,8 +40,6 @@ from shop.apis import authenticated_user
 from shop.logs import log_ids
 
 logger = logging.getLogger(__name__)
-
-Source = PaymentEvent.Source
 
 
 def _remote_addr(request: HttpRequest) -> str | None:
@@ -84,7 +82,7 @@ async def payment_status(request: HttpRequest) -> HttpResponse:
             params=params, remote_addr=remote_addr)
     except PaymentError as exc:
         error = await sync_to_async(intake.refusal)(
-            source=Source.RETURN, params=params, remote_addr=remote_addr, error=exc)
+            source=EventSource.RETURN, params=params, remote_addr=remote_addr, error=exc)
         return _json(intake.refused_answer(error))
     answer = receipt.answer
     if not answer.is_final and receipt.event_id is not None:
@@ -134,8 +132,8 @@ def alipay_notify(request: HttpRequest) -> HttpResponse:
         intake.notification_receive(params=params, remote_addr=remote_addr)
     except PaymentError as exc:
         try:
-            error = intake.refusal(source=Source.NOTIFY, params=params, remote_addr=remote_addr,
-                                   error=exc)
+            error = intake.refusal(source=EventSource.NOTIFY, params=params,
+                                   remote_addr=remote_addr, error=exc)
         except DatabaseError as db_exc:
             return _not_stored(params, db_exc)
         return HttpResponse("fail", content_type="text/plain",
@@ -146,7 +144,7 @@ def alipay_notify(request: HttpRequest) -> HttpResponse:
 
 
 def _not_stored(params: dict[str, str], exc: DatabaseError) -> HttpResponse:
-    metrics.event_received(source=Source.NOTIFY, outcome="error")
+    metrics.event_received(source=EventSource.NOTIFY, outcome="error")
     logger.error("notification not stored out_trade_no=%s error=%s",
                  params.get("out_trade_no"), type(exc).__name__,
                  extra=log_ids(order_id=params.get("out_trade_no"),

@@ -19,15 +19,22 @@ from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
 from payment import alipay
-from payment.models import BillFinding, BillReport, Payment, PaymentAttempt, PaymentEvent, Refund
+from payment.models import (
+    BillFinding,
+    BillReport,
+    EventState,
+    Payment,
+    PaymentAttempt,
+    PaymentEvent,
+    Refund,
+    RefundState,
+)
 
 HOUR = timedelta(hours=1)
 MINUTE = timedelta(minutes=1)
 WINDOW = timedelta(hours=24)
 BILL_DAYS = 7
 
-EventState = PaymentEvent.State
-RefundState = Refund.State
 
 # PaymentAttempt.last_check_result, as reconciliation writes it, in the operator's words.
 CHECK_PAID = ("applied", "stored", "recorded")  # Alipay had a payment nobody told us about

@@ -10,14 +10,12 @@ from django.db import connection
 from django.utils import timezone
 
 from payment import metrics
-from payment.models import PaymentEvent, RefusedRequest
+from payment.models import EventSource, EventState, PaymentEvent, RefusedRequest
 from shop.logs import log_ids, request_id
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
 
-Source = PaymentEvent.Source
-State = PaymentEvent.State
 
 # Alipay's returns and notifications are 20 to 40 short fields, about 2 KB in all.
 MAX_PARAMS = 64
@@ -50,9 +48,9 @@ def _digest(params: dict[str, str]) -> str:
 
 
 def dedupe_key(source: str, params: dict[str, str]) -> str:
-    if source in (Source.QUERY, Source.BILL):
+    if source in (EventSource.QUERY, EventSource.BILL):
         return f"{source}:{params.get('trade_no', '')}:{params.get('trade_status', '')}"[:200]
-    if source == Source.NOTIFY and params.get("notify_id"):
+    if source == EventSource.NOTIFY and params.get("notify_id"):
         notify_id = params["notify_id"]
         if len(notify_id) <= 128:
             return f"notify:{notify_id}"
@@ -80,7 +78,7 @@ def insert_statement(
     source: str,
     params: dict[str, Any],
     remote_addr: str | None = None,
-    state: str = State.RECEIVED,
+    state: str = EventState.RECEIVED,
     reason: str = "",
 ) -> tuple[str, list[Any]]:
     """The one statement that stores an event (or counts a repeat delivery), with its values.
@@ -95,7 +93,7 @@ def insert_statement(
         source, dedupe_key(source, params), out_trade_no, params.get("trade_no", "")[:64],
         out_trade_no, json.dumps(params, ensure_ascii=False),
         remote_addr, (request_id() or "")[:64], state, reason[:1000],
-        now if state == State.RECEIVED else None, now, now,
+        now if state == EventState.RECEIVED else None, now, now,
     ]
 
 
@@ -119,7 +117,7 @@ def event_store(
     source: str,
     params: dict[str, Any],
     remote_addr: str | None = None,
-    state: str = State.RECEIVED,
+    state: str = EventState.RECEIVED,
     reason: str = "",
 ) -> StoredEvent:
     """Store what arrived, once; a repeat only counts another delivery (see insert_statement)."""

@@ -8,15 +8,13 @@ from django.db.models import Q
 from django.utils import timezone
 
 from payment import alipay, events
-from payment.models import PaymentAttempt, PaymentEvent
+from payment.models import EventState, PaymentAttempt, PaymentEvent
 from payment.reconciliation import FoundApplied, attempts_lease, trades_found_apply
 from shop.logs import log_ids
 from shop.models import OrderInfo
 from shop.services import order_stock_return
 
 logger = logging.getLogger(__name__)
-
-State = PaymentEvent.State
 
 
 def orders_expired(*, limit: int) -> list[str]:
@@ -72,7 +70,7 @@ def _order_expire(order_id: str) -> FoundApplied:
         events.event_store(
             source=PaymentEvent.Source.EXPIRY,
             params={"out_trade_no": order_id, "canceled_at": timezone.now().isoformat()},
-            state=State.RECORDED, reason="unpaid past ORDER_PAY_TIMEOUT: canceled",
+            state=EventState.RECORDED, reason="unpaid past ORDER_PAY_TIMEOUT: canceled",
         )
     logger.info("order expired and canceled order_id=%s", order_id,
                 extra=log_ids(order_id=order_id))

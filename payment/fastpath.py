@@ -19,13 +19,11 @@ from django.conf import settings
 
 from payment import events, intake, metrics, throttle, wakeups
 from payment.errors import PaymentError, Throttled
-from payment.models import PaymentEvent
+from payment.models import EventSource, EventState
 from shop.logs import log_ids
 
 logger = logging.getLogger(__name__)
 
-Source = PaymentEvent.Source
-State = PaymentEvent.State
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -107,14 +105,14 @@ async def _event_answer(event_id: int) -> intake.Answer:
     row = await _fetch(intake.EVENT_SQL, [event_id])
     assert row is not None
     state, order_id, trade_no = row
-    status = await _payment_status(trade_no, order_id) if state == State.APPLIED else None
+    status = await _payment_status(trade_no, order_id) if state == EventState.APPLIED else None
     return intake.event_answer(state=state, order_id=order_id, trade_no=trade_no,
                                payment_status=status)
 
 
 async def _is_settled(event_id: int) -> bool:
     row = await _fetch(intake.EVENT_SQL, [event_id])
-    return row is not None and row[0] != State.RECEIVED
+    return row is not None and row[0] != EventState.RECEIVED
 
 
 async def return_receive(params: dict[str, str], remote_addr: str | None) -> intake.Answer:
@@ -124,10 +122,10 @@ async def return_receive(params: dict[str, str], remote_addr: str | None) -> int
     answer = intake.payment_answer(status=await _payment_status(trade_no, order_id),
                                    trade_no=trade_no, order_id=order_id)
     if answer is not None:
-        metrics.event_received(source=Source.RETURN, outcome="duplicate")
+        metrics.event_received(source=EventSource.RETURN, outcome="duplicate")
         return answer
-    stored = await _store(source=Source.RETURN, params=params, remote_addr=remote_addr)
-    if stored.state != State.RECEIVED:
+    stored = await _store(source=EventSource.RETURN, params=params, remote_addr=remote_addr)
+    if stored.state != EventState.RECEIVED:
         return await _event_answer(stored.id)
     intake.workers_wake()
     await wakeups.event_settled_wait(event_id=stored.id, timeout=settings.PAYMENT_STATUS_WAIT,
@@ -138,8 +136,8 @@ async def return_receive(params: dict[str, str], remote_addr: str | None) -> int
 async def notification_receive(params: dict[str, str], remote_addr: str | None) -> None:
     intake.params_authenticate(params)
     metrics.notify_lag_observe(params.get("notify_time", ""))
-    stored = await _store(source=Source.NOTIFY, params=params, remote_addr=remote_addr)
-    if stored.state == State.RECEIVED:
+    stored = await _store(source=EventSource.NOTIFY, params=params, remote_addr=remote_addr)
+    if stored.state == EventState.RECEIVED:
         intake.workers_wake()
 
 
@@ -147,8 +145,8 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """The ASGI app for PATHS."""
     body = await _body(receive)
     if body is None:
-        metrics.event_received(source=Source.NOTIFY if scope["path"] == NOTIFY_PATH
-                               else Source.RETURN, outcome="refused")
+        metrics.event_received(source=EventSource.NOTIFY if scope["path"] == NOTIFY_PATH
+                               else EventSource.RETURN, outcome="refused")
         if scope["path"] == NOTIFY_PATH:
             await _respond(send, 413, b"fail", "text/plain")
         else:
@@ -184,10 +182,10 @@ async def _notify(scope: dict[str, Any], body: bytes, content_type: str,
                                                              content_type=content_type))
             await notification_receive(params, remote_addr)
         except PaymentError as exc:
-            error = await _refusal(Source.NOTIFY, params, remote_addr, exc)
+            error = await _refusal(EventSource.NOTIFY, params, remote_addr, exc)
             return (429 if isinstance(error, Throttled) else 400), b"fail"
     except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-        metrics.event_received(source=Source.NOTIFY, outcome="error")
+        metrics.event_received(source=EventSource.NOTIFY, outcome="error")
         logger.error("notification not stored out_trade_no=%s error=%s",
                      params.get("out_trade_no"), type(exc).__name__,
                      extra=log_ids(order_id=params.get("out_trade_no"),
@@ -202,14 +200,15 @@ async def _status(scope: dict[str, Any], body: bytes, content_type: str,
     try:
         try:
             if not await throttle.STATUS.aallow(remote_addr):
-                raise intake.throttled(throttle.STATUS, Source.RETURN, remote_addr)
+                raise intake.throttled(throttle.STATUS, EventSource.RETURN, remote_addr)
             params = intake.params_clean(intake.params_parse(
                 query=scope.get("query_string", b""), body=body, content_type=content_type))
             return await return_receive(params, remote_addr)
         except PaymentError as exc:
-            return intake.refused_answer(await _refusal(Source.RETURN, params, remote_addr, exc))
+            refusal = await _refusal(EventSource.RETURN, params, remote_addr, exc)
+            return intake.refused_answer(refusal)
     except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-        metrics.event_received(source=Source.RETURN, outcome="error")
+        metrics.event_received(source=EventSource.RETURN, outcome="error")
         logger.error("return not stored out_trade_no=%s error=%s", params.get("out_trade_no"),
                      type(exc).__name__, extra=log_ids(order_id=params.get("out_trade_no"),
                                                        trade_no=params.get("trade_no")))

@@ -19,14 +19,12 @@ from django.http import QueryDict
 
 from payment import alipay, events, metrics, throttle, wakeups
 from payment.errors import PaymentError, SignatureInvalid, Throttled
-from payment.models import Payment, PaymentEvent
+from payment.models import EventSource, EventState, Payment, PaymentEvent
 from payment.tasks import events_process_task
 from shop.logs import log_ids
 
 logger = logging.getLogger(__name__)
 
-Source = PaymentEvent.Source
-State = PaymentEvent.State
 
 OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_]{1,64}")
 BASE64 = re.compile(r"[A-Za-z0-9+/=]{16,1024}")
@@ -160,11 +158,11 @@ def payment_answer(*, status: str | None, trade_no: str, order_id: str) -> Answe
 def event_answer(*, state: str, order_id: str, trade_no: str,
                  payment_status: str | None) -> Answer:
     """The answer for a stored return event, in whatever state it is."""
-    if state == State.APPLIED:
+    if state == EventState.APPLIED:
         answer = payment_answer(status=payment_status, trade_no=trade_no, order_id=order_id)
         if answer is not None:
             return answer
-    if state in (State.REJECTED, State.DEAD, State.RECORDED):
+    if state in (EventState.REJECTED, EventState.DEAD, EventState.RECORDED):
         return Answer(403, {"message": "The payment could not be verified with Alipay.",
                             "order_id": order_id})
     return processing_answer(order_id)
@@ -187,14 +185,14 @@ def stored_event_answer(*, event_id: int) -> Answer:
     row = _fetch(EVENT_SQL, [event_id])
     assert row is not None
     state, order_id, trade_no = row
-    status = _payment_status(trade_no, order_id) if state == State.APPLIED else None
+    status = _payment_status(trade_no, order_id) if state == EventState.APPLIED else None
     return event_answer(state=state, order_id=order_id, trade_no=trade_no,
                         payment_status=status)
 
 
 def event_is_settled(*, event_id: int) -> bool:
     row = _fetch(EVENT_SQL, [event_id])
-    return row is not None and row[0] != State.RECEIVED
+    return row is not None and row[0] != EventState.RECEIVED
 
 
 @dataclass(frozen=True)
@@ -213,10 +211,10 @@ def return_receive(*, params: dict[str, str], remote_addr: str | None) -> Return
     answer = payment_answer(status=_payment_status(params.get("trade_no", ""), order_id),
                             trade_no=params.get("trade_no", ""), order_id=order_id)
     if answer is not None:
-        metrics.event_received(source=Source.RETURN, outcome="duplicate")
+        metrics.event_received(source=EventSource.RETURN, outcome="duplicate")
         return ReturnReceipt(event_id=None, answer=answer)
-    stored = event_record(source=Source.RETURN, params=params, remote_addr=remote_addr)
-    if stored.state != State.RECEIVED:
+    stored = event_record(source=EventSource.RETURN, params=params, remote_addr=remote_addr)
+    if stored.state != EventState.RECEIVED:
         return ReturnReceipt(event_id=stored.id, answer=stored_event_answer(event_id=stored.id))
     return ReturnReceipt(event_id=stored.id, answer=processing_answer(order_id))
 
@@ -226,13 +224,13 @@ def notification_receive(*, params: dict[str, str], remote_addr: str | None) -> 
     Alipay's (see `refusal`)."""
     params_authenticate(params)
     metrics.notify_lag_observe(params.get("notify_time", ""))
-    event_record(source=Source.NOTIFY, params=params, remote_addr=remote_addr)
+    event_record(source=EventSource.NOTIFY, params=params, remote_addr=remote_addr)
 
 
 def status_throttle(remote_addr: str | None) -> None:
     """Every return a client sends counts; Throttled past PAYMENT_STATUS_RATE."""
     if not throttle.STATUS.allow(remote_addr):
-        raise throttled(throttle.STATUS, Source.RETURN, remote_addr)
+        raise throttled(throttle.STATUS, EventSource.RETURN, remote_addr)
 
 
 def throttled(limit: throttle.Throttle, source: str, remote_addr: str | None) -> Throttled:
@@ -284,7 +282,7 @@ def event_record(
 ) -> events.StoredEvent:
     """Store an event and wake the workers when it waits for them."""
     stored = events.event_store(source=source, params=params, remote_addr=remote_addr)
-    if stored.state == State.RECEIVED:
+    if stored.state == EventState.RECEIVED:
         transaction.on_commit(workers_wake)
     return stored
 

@@ -36,26 +36,34 @@ class PaymentAttempt(models.Model):
         return f"attempt {self.order_id}"
 
 
+class EventSource(models.TextChoices):
+    """Where a payment event came from."""
+
+    RETURN = "return", "return redirect"
+    NOTIFY = "notify", "notification"
+    QUERY = "query", "trade query"
+    EXPIRY = "expiry", "order expiry"
+    OPERATOR = "operator", "operator"
+    BILL = "bill", "Alipay's daily bill"
+
+class EventState(models.TextChoices):
+    """Where a payment event stands in its processing."""
+
+    RECEIVED = "received"
+    APPLIED = "applied"
+    RECORDED = "recorded"  # verified, nothing to apply (e.g. WAIT_BUYER_PAY, a refund)
+    REJECTED = "rejected"
+    DEAD = "dead"
+
+
 class PaymentEvent(models.Model):
     """Everything that arrived or was learned about a payment, stored before anything else.
 
     It doubles as each order's payment history.
     """
 
-    class Source(models.TextChoices):
-        RETURN = "return", "return redirect"
-        NOTIFY = "notify", "notification"
-        QUERY = "query", "trade query"
-        EXPIRY = "expiry", "order expiry"
-        OPERATOR = "operator", "operator"
-        BILL = "bill", "Alipay's daily bill"
-
-    class State(models.TextChoices):
-        RECEIVED = "received"
-        APPLIED = "applied"
-        RECORDED = "recorded"  # verified, nothing to apply (e.g. WAIT_BUYER_PAY, a refund)
-        REJECTED = "rejected"
-        DEAD = "dead"
+    Source = EventSource
+    State = EventState
 
     FINAL_STATES = (State.APPLIED, State.RECORDED, State.REJECTED, State.DEAD)
 
@@ -147,6 +155,23 @@ class Payment(models.Model):
         return f"{self.trade_id} ({self.order_id})"
 
 
+class RefundState(models.TextChoices):
+    """Where a refund stands with Alipay."""
+
+    REQUESTED = "requested"  # stored; to be sent to Alipay (again, with the same number)
+    SENT = "sent"  # Alipay accepted it; to be confirmed with the refund query
+    UNKNOWN = "unknown"  # sent, no usable answer (lost, time-out, busy): ask Alipay
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # Alipay refused it (sub_code); no money moved
+
+class RefundSource(models.TextChoices):
+    """Who asked for a refund."""
+
+    OPERATOR = "operator", "operator (admin)"
+    STAFF_API = "staff_api", "staff API"
+    LATE_PAYMENT = "late_payment", "late payment"
+
+
 class Refund(models.Model):
     """The refund ledger: one row per refund asked for, stored before Alipay is asked.
 
@@ -156,17 +181,8 @@ class Refund(models.Model):
     failed count against the payment: together they never exceed its amount.
     """
 
-    class State(models.TextChoices):
-        REQUESTED = "requested"  # stored; to be sent to Alipay (again, with the same number)
-        SENT = "sent"  # Alipay accepted it; to be confirmed with the refund query
-        UNKNOWN = "unknown"  # sent, no usable answer (lost, time-out, busy): ask Alipay
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"  # Alipay refused it (sub_code); no money moved
-
-    class Source(models.TextChoices):
-        OPERATOR = "operator", "operator (admin)"
-        STAFF_API = "staff_api", "staff API"
-        LATE_PAYMENT = "late_payment", "late payment"
+    State = RefundState
+    Source = RefundSource
 
     OPEN_STATES = (State.REQUESTED, State.SENT, State.UNKNOWN)
 

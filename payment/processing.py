@@ -21,7 +21,7 @@ from payment import metrics, wakeups
 from payment.applying import payments_apply
 from payment.bulk import rows_update
 from payment.errors import EventRejected
-from payment.models import Payment, PaymentAttempt, PaymentEvent
+from payment.models import EventSource, EventState, Payment, PaymentAttempt, PaymentEvent
 from payment.refund_notifications import RefundNotice, refund_notice, refund_notices_apply
 from payment.retry import RetryPolicy, retry_policy
 from payment.verification import (
@@ -34,9 +34,6 @@ from shop.logs import event_origins, log_ids
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
-
-Source = PaymentEvent.Source
-State = PaymentEvent.State
 
 
 @dataclass
@@ -77,7 +74,7 @@ def events_claim(
 ) -> tuple[list[Claimed], list[int]]:
     """Claim due events for this worker; returns them and the ids just given up on (dead)."""
     now = timezone.now()
-    due = PaymentEvent.objects.filter(state=State.RECEIVED, next_attempt_at__lte=now)
+    due = PaymentEvent.objects.filter(state=EventState.RECEIVED, next_attempt_at__lte=now)
     if event_ids is not None:
         due = due.filter(pk__in=event_ids)
     with transaction.atomic():
@@ -103,7 +100,7 @@ def events_claim(
         claimed = [event for event in rows if not policy.exhausted(event.attempts - 1)]
         if exhausted:
             PaymentEvent.objects.filter(pk__in=exhausted).update(
-                state=State.DEAD, processed_at=now, updated_at=now,
+                state=EventState.DEAD, processed_at=now, updated_at=now,
                 reason=f"gave up after {policy.max_attempts} attempts",
             )
             for event in given_up:
@@ -121,7 +118,7 @@ def events_claim(
 
 def _dead_count(given_up: list[Claimed]) -> None:
     for event in given_up:
-        metrics.events_processed(source=event.source, outcome=str(State.DEAD))
+        metrics.events_processed(source=event.source, outcome=str(EventState.DEAD))
 
 
 def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchResult:
@@ -130,7 +127,7 @@ def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchRe
     claimed, dead = events_claim(limit=limit, policy=policy, event_ids=event_ids)
     result = BatchResult(claimed=len(claimed))
     if dead:
-        result.count(str(State.DEAD), len(dead))
+        result.count(str(EventState.DEAD), len(dead))
         wakeups.events_settled(event_ids=dead)
     if not claimed:
         return result
@@ -149,15 +146,17 @@ def _batch_process(claimed: list[Claimed], result: BatchResult,
     # Refund notifications change the ledger only; their events settle with the batch below.
     noticed = refund_notices_apply(notices=notices)
     for notice in notices:
-        finishes[notice.event_id] = _Finish(State.RECORDED, noticed.reasons[notice.event_id],
+        finishes[notice.event_id] = _Finish(EventState.RECORDED, noticed.reasons[notice.event_id],
                                             notice.order_id, notice.trade_no)
     with transaction.atomic():
         applied = payments_apply(items=to_apply)
         for item in to_apply:
             if item.event_id in applied.rejected:
-                finishes[item.event_id] = _Finish(State.REJECTED, applied.rejected[item.event_id])
+                finishes[item.event_id] = _Finish(EventState.REJECTED,
+                                                  applied.rejected[item.event_id])
             else:
-                finishes[item.event_id] = _Finish(State.APPLIED, applied.reasons[item.event_id],
+                finishes[item.event_id] = _Finish(EventState.APPLIED,
+                                                  applied.reasons[item.event_id],
                                                   item.order_id, item.trade_no)
         by_id = {event.id: event for event in claimed}
         _events_finish(finishes, by_id)
@@ -182,7 +181,7 @@ def _batch_observe(claimed: dict[int, Claimed], finishes: dict[int, _Finish],
     for event_id in deferred:
         metrics.events_processed(source=claimed[event_id].source, outcome="deferred")
     applied = {event_id: finish for event_id, finish in finishes.items()
-               if finish.state == State.APPLIED}
+               if finish.state == EventState.APPLIED}
     for event_id in applied:
         received_at = claimed[event_id].received_at
         if received_at is not None:
@@ -212,22 +211,22 @@ def _verify(
             verified.append((event_verify(event_id=event.id, source=event.source,
                                           params=event.params, order_amounts=amounts), event))
         except EventRejected as exc:
-            finishes[event.id] = _Finish(State.REJECTED, str(exc))
+            finishes[event.id] = _Finish(EventState.REJECTED, str(exc))
     to_apply: list[Verified] = []
     returns: list[tuple[Verified, Claimed]] = []
     for item, event in verified:
         notice = refund_notice(event_id=item.event_id, order_id=item.order_id,
                                trade_no=item.trade_no, params=event.params) if (
-            item.source == Source.NOTIFY) else None
+            item.source == EventSource.NOTIFY) else None
         if notice is not None:
             notices.append(notice)
-        elif item.source == Source.RETURN:
+        elif item.source == EventSource.RETURN:
             returns.append((item, event))
         elif item.is_paid:
             to_apply.append(item)
         else:
             finishes[item.event_id] = _Finish(
-                State.RECORDED, f"trade_status {item.trade_status[:32]}", item.order_id,
+                EventState.RECORDED, f"trade_status {item.trade_status[:32]}", item.order_id,
                 item.trade_no)
     if returns:
         proven = _trades_proven_paid([r for r, _ in returns], to_apply, amounts)
@@ -238,7 +237,7 @@ def _verify(
             if error is None:
                 to_apply.append(item)
             elif isinstance(error, EventRejected):
-                finishes[item.event_id] = _Finish(State.REJECTED, str(error))
+                finishes[item.event_id] = _Finish(EventState.REJECTED, str(error))
             else:
                 deferred[item.event_id] = f"{type(error).__name__}: {error}"
     return to_apply
@@ -259,10 +258,10 @@ def _trades_proven_paid(
     # Looked up by trade_no alone (its index), filtered here: a condition on `state` can
     # lead the planner to that far larger index.
     stored = PaymentEvent.objects.filter(
-        source=Source.NOTIFY, trade_no__in=trade_nos - proven,
+        source=EventSource.NOTIFY, trade_no__in=trade_nos - proven,
     ).values_list("raw_data", "state")
     proven |= paid_by_notifications(
-        stored=(raw for raw, state in stored if state in (State.RECEIVED, State.APPLIED)),
+        stored=(raw for raw, state in stored if state in (EventState.RECEIVED, EventState.APPLIED)),
         order_amounts=amounts,
     )
     return proven
@@ -284,7 +283,7 @@ def _events_finish(finishes: dict[int, _Finish], claimed: dict[int, Claimed]) ->
     )
     for event_id, finish in finishes.items():
         # An applied event is logged once, by its payment; the others say why here.
-        if finish.state != State.APPLIED or finish.reason:
+        if finish.state != EventState.APPLIED or finish.reason:
             event = claimed[event_id]
             logger.info("payment event id=%s -> %s %s", event_id, finish.state, finish.reason,
                         extra=log_ids(

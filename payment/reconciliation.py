@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from payment import alipay, events, metrics
 from payment.bulk import rows_update
-from payment.models import PaymentAttempt, PaymentEvent
+from payment.models import EventSource, PaymentAttempt, PaymentEvent
 from payment.processing import events_process
 from payment.verification import query_pool
 from shop.logs import log_ids
@@ -26,8 +26,6 @@ from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
 
-Source = PaymentEvent.Source
-State = PaymentEvent.State
 CLAIM_LEASE = timedelta(minutes=5)
 MAX_CHECK_GAP = timedelta(minutes=10)
 
@@ -165,7 +163,7 @@ class FoundApplied:
 
 
 def trades_found_apply(*, trades: list[tuple[str, alipay.TradeStatus]],
-                       source: str = Source.QUERY) -> FoundApplied:
+                       source: str = EventSource.QUERY) -> FoundApplied:
     """Record paid trades a query found (for reconciliation, or to confirm a line of the
     bill), and apply them through the common batch path."""
     ids: dict[int, str] = {}

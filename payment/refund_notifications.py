@@ -16,14 +16,12 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from payment import alipay
-from payment.models import Refund
+from payment.models import Refund, RefundState
 from payment.refunds import refund_mark_succeeded
 from shop.logs import log_ids
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
-
-State = Refund.State
 
 
 @dataclass(frozen=True)
@@ -88,10 +86,10 @@ def _notice_apply(notice: RefundNotice, known: dict[str, Refund], wake: list[int
     refund = known.get(notice.out_biz_no)
     if refund is None or refund.order_id != notice.order_id:
         return _finding(notice, f"refund {notice.out_biz_no} ({fee}) is not in the ledger")
-    if refund.state == State.SUCCEEDED or not refund_mark_succeeded(refund, "notification",
+    if refund.state == RefundState.SUCCEEDED or not refund_mark_succeeded(refund, "notification",
                                                                      now):
         return f"refund {notice.out_biz_no}: already succeeded"
-    refund.state = State.SUCCEEDED
+    refund.state = RefundState.SUCCEEDED
     return f"refund {notice.out_biz_no}: succeeded ({fee})"
 
 
@@ -105,7 +103,7 @@ def _unnamed_apply(notice: RefundNotice, fee: str, wake: list[int], now: datetim
         Refund.objects.filter(pk__in=open_ids).update(next_attempt_at=now, updated_at=now)
         wake.extend(open_ids)
         return f"{what}: {len(open_ids)} open refund(s) to confirm with Alipay"
-    ours = (Refund.objects.filter(order_id=notice.order_id, state=State.SUCCEEDED)
+    ours = (Refund.objects.filter(order_id=notice.order_id, state=RefundState.SUCCEEDED)
             .aggregate(total=Sum("amount"))["total"] or Decimal("0.00"))
     if notice.refund_fee is None or notice.refund_fee == ours:
         return f"{what}: agrees with the ledger"

@@ -26,15 +26,13 @@ from django.db.models import Count, Exists, F, OuterRef, Q, Sum
 from django.utils import timezone
 
 from payment import alipay, metrics
-from payment.models import Payment, Refund
+from payment.models import Payment, Refund, RefundSource, RefundState
 from payment.retry import RetryPolicy, retry_policy
 from shop.logs import log_ids
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
 
-State = Refund.State
-Source = Refund.Source
 
 LATE_PAYMENT_REASON = "The order was closed before this payment arrived."
 # Alipay's refusals that may pass (the merchant's balance topped up): sent again later.
@@ -84,13 +82,13 @@ def request_numbers(order_ids: Iterable[str]) -> Callable[[str], str]:
 
 def refunds_committed(*, payment_id: int) -> Decimal:
     """What the payment's refunds that are not failed add up to: no longer refundable."""
-    total = (Refund.objects.filter(payment_id=payment_id).exclude(state=State.FAILED)
+    total = (Refund.objects.filter(payment_id=payment_id).exclude(state=RefundState.FAILED)
              .aggregate(total=Sum("amount"))["total"])
     return total or Decimal("0.00")
 
 
 def _refunds_succeeded(payment_id: int) -> Decimal:
-    total = (Refund.objects.filter(payment_id=payment_id, state=State.SUCCEEDED)
+    total = (Refund.objects.filter(payment_id=payment_id, state=RefundState.SUCCEEDED)
              .aggregate(total=Sum("amount"))["total"])
     return total or Decimal("0.00")
 
@@ -112,7 +110,7 @@ def late_payment_refunds_create(*, payments: list[Payment]) -> list[int]:
         refunds.append(Refund(
             order_id=payment.order_id, payment=payment, amount=payment.amount,
             reason=LATE_PAYMENT_REASON, out_request_no=payment.refund_request_no,
-            source=Source.LATE_PAYMENT, next_attempt_at=now,
+            source=RefundSource.LATE_PAYMENT, next_attempt_at=now,
         ))
     Payment.objects.bulk_update(payments, ["refund_request_no"])
     created = Refund.objects.bulk_create(refunds)
@@ -120,7 +118,7 @@ def late_payment_refunds_create(*, payments: list[Payment]) -> list[int]:
         logger.info("refund requested order_id=%s out_request_no=%s amount=%s source=%s",
                     refund.order_id, refund.out_request_no, refund.amount, refund.source,
                     extra=refund_log_ids(refund))
-    metrics.refund_entered(State.REQUESTED, len(created))
+    metrics.refund_entered(RefundState.REQUESTED, len(created))
     return [refund.pk for refund in created]
 
 
@@ -142,11 +140,11 @@ def late_payment_refund_ensure(*, payment_id: int) -> int | None:
         payment.refresh_from_db()
         if payment.status != Payment.Status.REFUND_PENDING:
             return None
-        refund = (Refund.objects.filter(payment=payment, source=Source.LATE_PAYMENT)
-                  .exclude(state=State.FAILED).first())
+        refund = (Refund.objects.filter(payment=payment, source=RefundSource.LATE_PAYMENT)
+                  .exclude(state=RefundState.FAILED).first())
         if refund is None:
             return late_payment_refunds_create(payments=[payment])[0]
-        if refund.state == State.SUCCEEDED:
+        if refund.state == RefundState.SUCCEEDED:
             _payment_refunded_check(payment, timezone.now())
             return None
         Refund.objects.filter(pk=refund.pk, state__in=Refund.OPEN_STATES).update(
@@ -163,7 +161,7 @@ def refund_process(*, refund_id: int) -> Step:
     if refund is None:
         state = Refund.objects.filter(pk=refund_id).values_list("state", flat=True).first()
         return Step(str(state or "missing"))
-    if refund.state == State.REQUESTED:
+    if refund.state == RefundState.REQUESTED:
         return _refund_send(refund, policy)
     return _refund_confirm(refund, policy)
 
@@ -182,14 +180,14 @@ def _refund_claim(refund_id: int, policy: RetryPolicy) -> Refund | None:
         )
         if refund is None:
             return None
-        sending = refund.state == State.REQUESTED
+        sending = refund.state == RefundState.REQUESTED
         changes: dict[str, object] = {"next_attempt_at": now + refund_lease(policy),
                                       "updated_at": now}
         if sending:
             changes["attempts"] = F("attempts") + 1
             changes["sent_at"] = refund.sent_at or now
             refund.attempts += 1
-            if refund.source == Source.LATE_PAYMENT:
+            if refund.source == RefundSource.LATE_PAYMENT:
                 Payment.objects.filter(pk=refund.payment_id).update(refund_tried_at=now)
         else:
             changes["queries"] = F("queries") + 1
@@ -207,15 +205,15 @@ def _refund_send(refund: Refund, policy: RetryPolicy) -> Step:
     except alipay.GatewayUnavailable as exc:
         # Alipay may have made it all the same: ask before anything is sent again.
         delay = max(refund_confirm_delay(), policy.delay(refund.attempts))
-        return _refund_reschedule(refund, State.UNKNOWN, delay, f"refund: {exc}")
+        return _refund_reschedule(refund, RefundState.UNKNOWN, delay, f"refund: {exc}")
     except alipay.GatewayRejected as exc:
         if exc.sub_code in RETRY_LATER_SUB_CODES:
-            return _refund_reschedule(refund, State.REQUESTED, policy.delay(refund.attempts),
+            return _refund_reschedule(refund, RefundState.REQUESTED, policy.delay(refund.attempts),
                                       f"refund: {exc}")
         refund_fail(refund=refund, sub_code=exc.sub_code or exc.code, error=str(exc))
-        return Step(State.FAILED)
+        return Step(RefundState.FAILED)
     delay = max(refund_confirm_delay(), policy.delay(refund.attempts))
-    return _refund_reschedule(refund, State.SENT, delay, "")
+    return _refund_reschedule(refund, RefundState.SENT, delay, "")
 
 
 def _refund_confirm(refund: Refund, policy: RetryPolicy) -> Step:
@@ -232,7 +230,7 @@ def _refund_confirm(refund: Refund, policy: RetryPolicy) -> Step:
                                   f"refund query: {exc}")
     if answer is not None and answer.succeeded(refund.amount):
         refund_succeed(refund_id=refund.pk, confirmed_by="query")
-        return Step(State.SUCCEEDED)
+        return Step(RefundState.SUCCEEDED)
     if answer is not None and answer.found:
         # Alipay has this request, not (yet) refunded for our amount: ask again later.
         error = (f"refund query: status {answer.refund_status or '-'}, "
@@ -243,7 +241,7 @@ def _refund_confirm(refund: Refund, policy: RetryPolicy) -> Step:
                          refund.amount, answer.refund_amount, extra=refund_log_ids(refund))
         return _refund_reschedule(refund, refund.state, policy.delay(refund.queries), error)
     # Alipay has no refund of this number: send it again, with the same number.
-    return _refund_reschedule(refund, State.REQUESTED, 0.0,
+    return _refund_reschedule(refund, RefundState.REQUESTED, 0.0,
                               f"refund query: Alipay has no refund {refund.out_request_no}")
 
 
@@ -284,14 +282,14 @@ def refund_succeed(*, refund_id: int, confirmed_by: str) -> bool:
 
 def refund_mark_succeeded(refund: Refund, confirmed_by: str, now: datetime) -> bool:
     """`refund_succeed` in the caller's transaction, which holds the refund's order's lock."""
-    updated = Refund.objects.filter(pk=refund.pk).exclude(state=State.SUCCEEDED).update(
-        state=State.SUCCEEDED, succeeded_at=now, confirmed_by=confirmed_by, last_error="",
+    updated = Refund.objects.filter(pk=refund.pk).exclude(state=RefundState.SUCCEEDED).update(
+        state=RefundState.SUCCEEDED, succeeded_at=now, confirmed_by=confirmed_by, last_error="",
         next_attempt_at=None, updated_at=now,
     )
     if not updated:
         return False
-    metrics.refund_entered(State.SUCCEEDED)
-    if refund.state == State.FAILED:
+    metrics.refund_entered(RefundState.SUCCEEDED)
+    if refund.state == RefundState.FAILED:
         logger.warning("refund recorded as refused was made by Alipay order_id=%s "
                        "out_request_no=%s sub_code=%s", refund.order_id, refund.out_request_no,
                        refund.sub_code, extra=refund_log_ids(refund))
@@ -329,11 +327,11 @@ def refund_fail(*, refund: Refund, sub_code: str, error: str) -> bool:
     """Alipay refused the refund: no money moved, and its amount is refundable again."""
     now = timezone.now()
     updated = Refund.objects.filter(pk=refund.pk, state__in=Refund.OPEN_STATES).update(
-        state=State.FAILED, sub_code=sub_code[:64], last_error=error[:1000], failed_at=now,
+        state=RefundState.FAILED, sub_code=sub_code[:64], last_error=error[:1000], failed_at=now,
         next_attempt_at=None, updated_at=now,
     )
     if updated:
-        metrics.refund_entered(State.FAILED)
+        metrics.refund_entered(RefundState.FAILED)
         logger.warning("refund refused by Alipay order_id=%s out_request_no=%s amount=%s "
                        "sub_code=%s", refund.order_id, refund.out_request_no, refund.amount,
                        sub_code, extra=refund_log_ids(refund))
@@ -357,7 +355,7 @@ def refunds_due(*, limit: int) -> list[int]:
     orphans = list(
         Payment.objects.filter(status=Payment.Status.REFUND_PENDING, created_at__lt=stale)
         .filter(~Exists(Refund.objects.filter(payment=OuterRef("pk"),
-                                              source=Source.LATE_PAYMENT)))
+                                              source=RefundSource.LATE_PAYMENT)))
         .values_list("pk", flat=True)[:limit]
     )
     for payment_id in orphans:

@@ -16,12 +16,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from payment import bills
-from payment.models import PaymentEvent, RefusedRequest
+from payment.models import EventState, PaymentEvent, RefusedRequest
 
 logger = logging.getLogger(__name__)
 
-State = PaymentEvent.State
-PRUNABLE_STATES = (State.APPLIED, State.RECORDED, State.REJECTED)
+PRUNABLE_STATES = (EventState.APPLIED, EventState.RECORDED, EventState.REJECTED)
 BATCH_SIZE = 2000
 
 

@@ -11,13 +11,11 @@ from django.db.models import Count
 from django.utils import timezone
 
 from payment import metrics
-from payment.models import PaymentEvent
+from payment.models import EventState, PaymentEvent
 from payment.refunds import refunds_due
 from payment.retry import retry_policy
 
 logger = logging.getLogger(__name__)
-
-State = PaymentEvent.State
 
 
 @dataclass(frozen=True)
@@ -31,18 +29,18 @@ def events_sweep(*, limit: int = 1000) -> Swept:
     """Count due events, give up on exhausted ones, and list refunds left waiting."""
     policy = retry_policy()
     now = timezone.now()
-    due_events = PaymentEvent.objects.filter(state=State.RECEIVED, next_attempt_at__lte=now)
+    due_events = PaymentEvent.objects.filter(state=EventState.RECEIVED, next_attempt_at__lte=now)
     dead = due_events.filter(attempts__gte=policy.max_attempts).update(
-        state=State.DEAD, processed_at=now, updated_at=now,
+        state=EventState.DEAD, processed_at=now, updated_at=now,
         reason=f"gave up after {policy.max_attempts} attempts",
     )
     if dead:
         logger.warning("payment events given up (dead) count=%s", dead)
         # This sweep's: the only ones given up at this very moment.
-        for source, count in (PaymentEvent.objects.filter(state=State.DEAD, processed_at=now)
+        for source, count in (PaymentEvent.objects.filter(state=EventState.DEAD, processed_at=now)
                               .order_by().values("source").annotate(n=Count("id"))
                               .values_list("source", "n")):
-            metrics.events_processed(source=source, outcome=str(State.DEAD), count=count)
+            metrics.events_processed(source=source, outcome=str(EventState.DEAD), count=count)
     due = due_events.count()
     refunds = refunds_due(limit=limit)
     if due or refunds:

@@ -14,12 +14,10 @@ from django.conf import settings
 
 from payment import alipay
 from payment.errors import EventRejected, PaymentNotConfirmed
-from payment.models import PaymentEvent
-
-Source = PaymentEvent.Source
+from payment.models import EventSource
 
 # Events holding a trade query's answer, whose signature the client checked on arrival.
-TRADE_QUERY_SOURCES = frozenset({Source.QUERY, Source.BILL})
+TRADE_QUERY_SOURCES = frozenset({EventSource.QUERY, EventSource.BILL})
 RETURN_METHODS = frozenset({"alipay.trade.page.pay.return", "alipay.trade.wap.pay.return"})
 
 
@@ -47,9 +45,9 @@ def event_authenticate(*, source: str, params: dict[str, str]) -> None:
         raise EventRejected(f"app_id {params.get('app_id', '')[:32]!r} is not ours")
     if settings.ALIPAY_SELLER_ID and params.get("seller_id") != settings.ALIPAY_SELLER_ID:
         raise EventRejected(f"seller_id {params.get('seller_id', '')[:32]!r} is not ours")
-    if source == Source.RETURN and params.get("method") not in RETURN_METHODS:
+    if source == EventSource.RETURN and params.get("method") not in RETURN_METHODS:
         raise EventRejected("not a return redirect")
-    if source == Source.NOTIFY and params.get("notify_type") != "trade_status_sync":
+    if source == EventSource.NOTIFY and params.get("notify_type") != "trade_status_sync":
         raise EventRejected("not a trade status notification")
 
 
@@ -76,7 +74,7 @@ def event_verify(
         )
     trade_no = params.get("trade_no", "")
     trade_status = params.get("trade_status", "")
-    if not trade_no and (source == Source.RETURN or trade_status in alipay.PAID_STATUSES):
+    if not trade_no and (source == EventSource.RETURN or trade_status in alipay.PAID_STATUSES):
         # Only money needs a trade number; a closed unpaid trade may come without one.
         raise EventRejected("no trade_no")
     return Verified(event_id=event_id, source=source, order_id=order_id, trade_no=trade_no,
@@ -90,7 +88,7 @@ def paid_by_notifications(
     paid: set[str] = set()
     for params in stored:
         try:
-            verified = event_verify(event_id=0, source=Source.NOTIFY, params=params,
+            verified = event_verify(event_id=0, source=EventSource.NOTIFY, params=params,
                                     order_amounts=order_amounts)
         except EventRejected:
             continue

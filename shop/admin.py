@@ -3,7 +3,7 @@ from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from payment import operator
+from payment import admin_actions
 from payment.admin import PaymentEventInline, PaymentInline, RefundInline, operator_may
 from shop.models import SKU, OrderGoods, OrderInfo, User
 
@@ -50,7 +50,7 @@ class OrderInfoAdmin(admin.ModelAdmin):
     def query_alipay_now(self, request: HttpRequest, queryset: QuerySet) -> None:
         for order_id in queryset.values_list("order_id", flat=True):
             try:
-                outcome = operator.order_query_now(order_id=order_id)
+                outcome = admin_actions.order_query_now(order_id=order_id)
             except Exception as exc:  # one failing order must not hide the others' outcomes
                 self.message_user(request, f"{order_id}: the query failed ({exc}).",
                                   messages.ERROR)

@@ -15,7 +15,8 @@ import redis
 from django.conf import settings
 
 from alipay_sandbox.client import SandboxControl
-from alipay_sandbox.keys import write_dev_keys
+from alipay_sandbox.testing import start_sandbox
+from payment.keys import write_keys
 from tests.support import (
     APP_ID,
     SELLER_ID,
@@ -96,7 +97,7 @@ def static_root() -> None:
 @pytest.fixture(scope="session")
 def dev_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("keys")
-    write_dev_keys(directory)
+    write_keys(directory)
     return directory
 
 
@@ -109,25 +110,11 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sandbox_server(
     dev_keys: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SandboxControl]:
-    port = free_port()
     store = tmp_path_factory.mktemp("sandbox") / "store.sqlite3"
-    env = {**os.environ, "no_proxy": "127.0.0.1,localhost"}
-    process = ManagedProcess(
-        "sandbox",
-        python_args(
-            "-m", "alipay_sandbox", "--port", str(port), "--control", "--time-factor", "0.001",
-            # Now and then an empty parameter, as Alipay sends and signs them.
-            "--empty-param-rate", "0.2",
-            "--store", str(store),
-            "--alipay-private-key", str(dev_keys / "alipay_private_key.pem"),
-            "--app-public-key", str(dev_keys / "app_public_key.pem"),
-            "--app-id", APP_ID, "--seller-id", SELLER_ID,
-        ),
-        env, log_dir,
-    ).start()
-    wait_for_port(port)
-    control = SandboxControl(f"http://127.0.0.1:{port}")
-    yield control
+    # Now and then an empty parameter, as Alipay sends and signs them.
+    process = start_sandbox(dev_keys, store, "--empty-param-rate", "0.2", app_id=APP_ID,
+                            seller_id=SELLER_ID, log_dir=log_dir)
+    yield process.control
     process.stop()
 
 

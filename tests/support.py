@@ -1,12 +1,8 @@
 """Helpers shared by the tests: processes, HTTP clients and Alipay-style signing."""
 import base64
-import os
 import socket
-import subprocess
 import sys
-import time
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,36 +10,17 @@ import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from alipay_sandbox import testing as sandbox_testing
+# The one launcher and its helpers, shared with the benchmarks and the sandbox's own tests.
+from alipay_sandbox.testing import (  # noqa: F401  (re-exported)
+    ROOT,
+    ManagedProcess,
+    free_port,
+    wait_for,
+    wait_for_port,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 APP_ID = "2021000000000001"
 SELLER_ID = "2088000000000001"
-
-
-# One free_port for tests, benchmarks and the sandbox's own helpers.
-free_port = sandbox_testing.free_port
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll until predicate returns something truthy; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
-        time.sleep(interval)
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    def is_open() -> bool:
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            return sock.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_for(is_open, timeout)
 
 
 def sign_params(params: dict[str, str], private_key_pem: bytes) -> dict[str, str]:
@@ -60,54 +37,6 @@ def sign_params(params: dict[str, str], private_key_pem: bytes) -> dict[str, str
 
 def query_params(url: str) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True))
-
-
-class ManagedProcess:
-    """A child process with its output in a log file, stopped politely or killed."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.args = args
-        self.env = env
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "ManagedProcess":
-        log = open(self.log_path, "ab")  # noqa: SIM115  (kept open for the child's lifetime)
-        self.proc = subprocess.Popen(
-            self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_log(self, text: str, timeout: float = 30.0, start_at: int = 0) -> None:
-        def seen() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited:\n{self.log_text()[-3000:]}")
-            return text in self.log_text()[start_at:]
-
-        wait_for(seen, timeout, 0.1)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, 15)
-            self.proc.wait(timeout)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            self.kill()
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, 9)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
 
 
 def python_args(*args: str) -> list[str]:
@@ -218,14 +147,15 @@ class TcpProxy:
         self._listener.close()
 
 
-def procfile_command(name: str) -> list[str]:
-    """The Procfile's command for a process type, to run exactly what production runs."""
+def procfile_command(name: str, extra: str = "") -> list[str]:
+    """The Procfile's command for a process type (plus `extra` arguments), to run exactly
+    what `make run` and production run."""
     for line in (ROOT / "Procfile").read_text().splitlines():
         kind, _, command = line.partition(":")
         if kind.strip() == name:
             # The commands are found in this interpreter's virtualenv, as `make run` finds them.
             bin_dir = Path(sys.executable).parent
-            return ["bash", "-c", f'PATH="{bin_dir}:$PATH" exec {command.strip()}']
+            return ["bash", "-c", f'PATH="{bin_dir}:$PATH" exec {command.strip()} {extra}'.strip()]
     raise KeyError(name)
 
 

@@ -1,10 +1,8 @@
 """The sweeper: due events with nobody on them are noticed; past the attempt limit, dead."""
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
-from django.core.management import call_command
 from django.utils import timezone
 
 from payment import sweeper
@@ -40,15 +38,3 @@ def test_sweeper_finds_due_events_and_gives_up_on_exhausted_ones() -> None:
         event.refresh_from_db()
         assert event.state == PaymentEvent.State.RECEIVED
     assert sweeper.events_sweep().dead == 0
-
-
-def test_alipay_keys_command_keeps_existing_keys(tmp_path: Path) -> None:
-    call_command("alipay_keys", "--dir", str(tmp_path))
-    first = {p.name: p.read_bytes() for p in tmp_path.glob("*.pem")}
-    call_command("alipay_keys", "--dir", str(tmp_path))
-    second = {p.name: p.read_bytes() for p in tmp_path.glob("*.pem")}
-
-    assert sorted(first) == ["alipay_private_key.pem", "alipay_public_key.pem",
-                             "app_private_key.pem", "app_public_key.pem"]
-    assert first == second
-    assert (tmp_path / "app_private_key.pem").stat().st_mode & 0o077 == 0

@@ -31,7 +31,7 @@ def test_bill_of_a_day_with_100000_trades_streams(sbx_keys: Path, tmp_path: Path
         made = sandbox.control.generate_trades(day, TRADES, refunds=REFUNDS, amount="12.34")
         generated_s = time.monotonic() - started
         assert made["trades"] == TRADES and made["refunds"] == REFUNDS
-        before_mb = peak_rss_mb(sandbox.process.pid)
+        before_mb = peak_rss_mb(sandbox.pid)
 
         client = make_client(sandbox, sbx_keys, timeout=30)
         started = time.monotonic()
@@ -40,7 +40,7 @@ def test_bill_of_a_day_with_100000_trades_streams(sbx_keys: Path, tmp_path: Path
         assert response.headers["Transfer-Encoding"] == "chunked"
         content = b"".join(response.iter_content(256 * 1024))
         downloaded_s = time.monotonic() - started
-        growth_mb = peak_rss_mb(sandbox.process.pid) - before_mb
+        growth_mb = peak_rss_mb(sandbox.pid) - before_mb
 
         archive = zipfile.ZipFile(io.BytesIO(content), metadata_encoding="gbk")
         detail = next(n for n in archive.namelist() if n.endswith("_业务明细.csv"))

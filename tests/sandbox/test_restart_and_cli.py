@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ import pytest
 from alipay import AliPay
 
 from alipay_sandbox.config import parse_config
-from alipay_sandbox.keys import generate_key_pair, write_dev_keys
 from alipay_sandbox.testing import start_sandbox
 from tests.sandbox.support import (
     APP_ID,
@@ -244,33 +242,3 @@ CREATE TABLE trades (
     gmt_refund TEXT NOT NULL DEFAULT '', return_params TEXT NOT NULL DEFAULT ''
 );
 """
-
-
-def test_generate_key_pair_loads_in_sdk() -> None:
-    private_pem, public_pem = generate_key_pair()
-    assert private_pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")
-    assert public_pem.startswith(b"-----BEGIN PUBLIC KEY-----\n")
-    AliPay(
-        "1",
-        app_private_key_string=private_pem.decode(),
-        alipay_public_key_string=public_pem.decode(),
-    )
-
-
-def test_write_dev_keys_never_overwrites(tmp_path: Path) -> None:
-    written = write_dev_keys(tmp_path)
-    names = sorted(path.name for path in written)
-    assert names == [
-        "alipay_private_key.pem",
-        "alipay_public_key.pem",
-        "app_private_key.pem",
-        "app_public_key.pem",
-    ]
-    for name in ("alipay_private_key.pem", "app_private_key.pem"):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
-    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
-    assert write_dev_keys(tmp_path) == []
-    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
-    (tmp_path / "app_public_key.pem").unlink()
-    assert write_dev_keys(tmp_path) == [tmp_path / "app_public_key.pem"]
-    assert (tmp_path / "app_public_key.pem").read_bytes() == before["app_public_key.pem"]

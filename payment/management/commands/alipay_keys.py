@@ -4,13 +4,14 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from alipay_sandbox.keys import write_dev_keys
+from payment.keys import write_keys
 
 
 class Command(BaseCommand):
     help = (
-        "Generate the development key pairs into keys/: the app's pair and the pair the local "
-        "Alipay sandbox signs with. Existing files are kept."
+        "Generate the shop's RSA key pair into keys/ (its public half goes to Alipay's "
+        "console); --sandbox adds the pair the local Alipay sandbox signs with. Existing "
+        "files are kept."
     )
     requires_system_checks: list[str] = []  # it makes the keys the checks look for
 
@@ -18,11 +19,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dir", default=str(Path(settings.BASE_DIR) / "keys"), help="target folder"
         )
+        parser.add_argument(
+            "--sandbox", action="store_true",
+            help="also write the local sandbox's pair (alipay_*.pem), for development",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         directory = Path(options["dir"])
-        directory.mkdir(parents=True, exist_ok=True)
-        written = write_dev_keys(directory)
+        written = write_keys(directory, sandbox=options["sandbox"])
         for path in sorted(directory.glob("*.pem")):
             state = "created" if path in written else "kept"
             self.stdout.write(f"{state}: {path}")

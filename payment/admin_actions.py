@@ -4,7 +4,7 @@ import logging
 from django.db import transaction
 from django.utils import timezone
 
-from payment.models import Payment, PaymentAttempt, PaymentEvent
+from payment.models import EventState, Payment, PaymentAttempt, PaymentEvent
 from payment.reconciliation import order_reconcile
 from payment.refunds import late_payment_refund_ensure
 from payment.tasks import events_process_task, refund_process_task
@@ -13,15 +13,13 @@ from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
 
-State = PaymentEvent.State
-
 
 def event_reprocess(*, event_id: int) -> bool:
     """Give a dead or stuck event a fresh set of attempts. False when it is in another state."""
     with transaction.atomic():
         updated = PaymentEvent.objects.filter(
-            pk=event_id, state__in=(State.DEAD, State.RECEIVED)
-        ).update(state=State.RECEIVED, attempts=0, next_attempt_at=timezone.now(),
+            pk=event_id, state__in=(EventState.DEAD, EventState.RECEIVED)
+        ).update(state=EventState.RECEIVED, attempts=0, next_attempt_at=timezone.now(),
                  updated_at=timezone.now())
         if updated:
             transaction.on_commit(lambda: events_process_task.delay([event_id]))

@@ -1,4 +1,5 @@
-"""Throwaway RSA key pairs for local development and tests."""
+"""RSA-2048 key pairs: the shop's own (production too) and, for local work, the pair the
+Alipay sandbox signs with."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-KEY_FILES = (
-    ("app_private_key.pem", "app_public_key.pem"),
-    ("alipay_private_key.pem", "alipay_public_key.pem"),
-)
+APP_PAIR = ("app_private_key.pem", "app_public_key.pem")
+# Plays Alipay's own key in the local sandbox; real Alipay never gives its private key out.
+SANDBOX_PAIR = ("alipay_private_key.pem", "alipay_public_key.pem")
 
 
 def generate_key_pair() -> tuple[bytes, bytes]:
@@ -40,18 +40,19 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def write_dev_keys(directory: Path) -> list[Path]:
-    """Write the app and the sandbox key pairs into ``directory``.
+def write_keys(directory: Path, *, sandbox: bool = True) -> list[Path]:
+    """Write the app's key pair into ``directory``, and the sandbox's when ``sandbox``.
 
-    Files: ``app_private_key.pem``, ``app_public_key.pem``, ``alipay_private_key.pem``,
-    ``alipay_public_key.pem``. A pair whose private key file already exists is kept as it
-    is (never overwritten); if only its public file is missing, it is derived from the
-    existing private key. Private key files get mode 0600. Returns the paths written.
+    Files: ``app_private_key.pem``, ``app_public_key.pem`` and, for the sandbox,
+    ``alipay_private_key.pem``, ``alipay_public_key.pem``. A pair whose private key file
+    already exists is kept as it is (never overwritten); if only its public file is missing,
+    it is derived from the existing private key. Private key files get mode 0600. Returns
+    the paths written.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for private_name, public_name in KEY_FILES:
+    for private_name, public_name in (APP_PAIR, SANDBOX_PAIR) if sandbox else (APP_PAIR,):
         private_path = directory / private_name
         public_path = directory / public_name
         if private_path.exists():
