@@ -2,12 +2,34 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from knox.admin import AuthTokenAdmin as KnoxTokenAdmin
+from knox.models import AuthToken
 
 from payment import admin_actions
 from payment.admin import PaymentEventInline, PaymentInline, RefundInline, operator_may
 from shop.models import SKU, OrderGoods, OrderInfo, User
 
-admin.site.register(User, UserAdmin)
+
+@admin.register(User)
+class ShopUserAdmin(UserAdmin):
+    # Records, not settings; and no date widgets, which warn an operator whose browser is in
+    # another zone than the shop's.
+    readonly_fields = ["last_login", "date_joined"]
+
+
+admin.site.unregister(AuthToken)
+
+
+@admin.register(AuthToken)
+class TokenAdmin(KnoxTokenAdmin):
+    """API tokens come from signing in and are stored hashed: an operator can see and delete
+    (revoke) them, not make or edit one."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(SKU)

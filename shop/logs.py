@@ -106,6 +106,14 @@ def _json_default(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+def utc_time(record: logging.LogRecord) -> str:
+    """Every log line's time: UTC, ISO 8601 with a `Z`, as the API's times. The local zone
+    differs between processes (Django sets TZ to the shop's zone once its settings load, the
+    gunicorn master logs before that), so it is never used."""
+    return datetime.fromtimestamp(record.created, UTC).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
 class JsonFormatter(BaseJsonFormatter):
     """One JSON object per line: time, level, logger, pid, message, then the record's fields."""
 
@@ -123,7 +131,7 @@ class JsonFormatter(BaseJsonFormatter):
         )
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        return utc_time(record)
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
                    message_dict: dict[str, Any]) -> None:
@@ -141,6 +149,9 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return utc_time(record)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

@@ -2,6 +2,7 @@
 in production one JSON object per line, with the request id from the web to the worker."""
 import json
 import logging
+import re
 import secrets
 import urllib.parse
 from pathlib import Path
@@ -58,6 +59,12 @@ def test_a_paid_return_leaves_no_signature_in_any_log(
         assert params["sign"][:40] not in log
         assert urllib.parse.quote(params["sign"][:40], safe="") not in log
     assert order_id in celery_workers.log_text()
+    # One clock in every line: UTC with a `Z`, gunicorn's own lines and the access log too.
+    utc_line = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) ")
+    assert all(utc_line.match(line) for line in access_log.splitlines() if line), access_log
+    worker_lines = [line for line in celery_workers.log_text().splitlines()
+                    if " celery." in line]
+    assert worker_lines and all(utc_line.match(line) for line in worker_lines)
 
 
 # -- JSON lines in production -------------------------------------------------------------------
