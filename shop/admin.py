@@ -9,6 +9,12 @@ from payment import admin_actions
 from payment.admin import PaymentEventInline, PaymentInline, RefundInline, operator_may
 from shop.models import SKU, OrderGoods, OrderInfo, User
 
+# The lists are wide (payment events have ten columns): they get the whole width, the index
+# page and the breadcrumbs lead to the other models.
+admin.site.enable_nav_sidebar = False
+admin.site.site_header = "Shop payments administration"
+admin.site.site_title = "Shop payments"
+
 
 @admin.register(User)
 class ShopUserAdmin(UserAdmin):
