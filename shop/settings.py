@@ -343,7 +343,9 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("ORDER_EXPIRE_INTERVAL", default=60.0),
     },
 }
-CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE_FILENAME = env.str(
+    "CELERY_BEAT_SCHEDULE_FILENAME", default=str(BASE_DIR / "var" / "celerybeat-schedule")
+)
 
 # Beat on several hosts (docs/scaling.md) ------------------------------------------------------
 # With Redis, every beat runs celery-redbeat's scheduler: the schedule and each job's last run
