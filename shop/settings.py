@@ -282,12 +282,17 @@ CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=2 * 360
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object]
 if BROKER_KIND == "filesystem":
+    # Ctrl-C on `make run` gives the worker 5 s (honcho's grace): it must not sleep through
+    # Celery's blocking loop (workers/filesystem.py) or its timer thread, 1 s each by default.
+    CELERY_BROKER_TRANSPORT = "workers.filesystem:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_BROKER_FOLDER / "queue"),
         "data_folder_out": str(CELERY_BROKER_FOLDER / "queue"),
         "control_folder": str(CELERY_BROKER_FOLDER / "control"),
         "store_processed": False,
+        "polling_interval": 0.2,
     }
+    CELERY_WORKER_TIMER_PRECISION = 0.2
 elif BROKER_KIND == "rabbitmq":
     # Publisher confirms: a publish returns once RabbitMQ has the message (in a quorum
     # queue: on a majority of its nodes), and raises when it refuses it.
