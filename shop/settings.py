@@ -319,8 +319,10 @@ else:
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env.float(
     "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", default=0.0 if BROKER_KIND == "filesystem" else 8.0
 )
-# Idle or not: countdowns a worker holds (Redis) are put back during that time too.
-CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
+# Only with tasks running: on idle Celery sleeps out the whole timeout, past honcho's 5 s.
+# Countdowns a worker holds (Redis) need no wait: they are unacknowledged messages, which the
+# worker puts back in their queues when it closes its broker connection, idle or not.
+CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = False
 # A request that enqueues must not hang on a broker that is away: the event is stored and
 # the sweeper sends it later.
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
