@@ -282,12 +282,17 @@ CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=2 * 360
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object]
 if BROKER_KIND == "filesystem":
+    # Ctrl-C on `make run` gives the worker 5 s (honcho's grace): it must not sleep through
+    # Celery's blocking loop (workers/filesystem.py) or its timer thread, 1 s each by default.
+    CELERY_BROKER_TRANSPORT = "workers.filesystem:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_BROKER_FOLDER / "queue"),
         "data_folder_out": str(CELERY_BROKER_FOLDER / "queue"),
         "control_folder": str(CELERY_BROKER_FOLDER / "control"),
         "store_processed": False,
+        "polling_interval": 0.2,
     }
+    CELERY_WORKER_TIMER_PRECISION = 0.2
 elif BROKER_KIND == "rabbitmq":
     # Publisher confirms: a publish returns once RabbitMQ has the message (in a quorum
     # queue: on a majority of its nodes), and raises when it refuses it.
@@ -314,8 +319,10 @@ else:
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env.float(
     "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", default=0.0 if BROKER_KIND == "filesystem" else 8.0
 )
-# Idle or not: countdowns a worker holds (Redis) are put back during that time too.
-CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
+# Only with tasks running: on idle Celery sleeps out the whole timeout, past honcho's 5 s.
+# Countdowns a worker holds (Redis) need no wait: they are unacknowledged messages, which the
+# worker puts back in their queues when it closes its broker connection, idle or not.
+CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = False
 # A request that enqueues must not hang on a broker that is away: the event is stored and
 # the sweeper sends it later.
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
@@ -343,7 +350,9 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("ORDER_EXPIRE_INTERVAL", default=60.0),
     },
 }
-CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE_FILENAME = env.str(
+    "CELERY_BEAT_SCHEDULE_FILENAME", default=str(BASE_DIR / "var" / "celerybeat-schedule")
+)
 
 # Beat on several hosts (docs/scaling.md) ------------------------------------------------------
 # With Redis, every beat runs celery-redbeat's scheduler: the schedule and each job's last run

@@ -127,12 +127,12 @@ class BrokerUnderTest:
     def _queue(self, name: str) -> Queue:
         return {queue.name: queue for queue in task_queues(self.kind)}[name]
 
-    def wake(self, event_ids: list[int] | None = None) -> None:
+    def wake(self, event_ids: list[int] | None = None, countdown: float | None = None) -> None:
         """Publish a wake-up (for these events only, if given) to this broker, as the web's
-        intake does to its own."""
+        intake does to its own; with a countdown, as a retry is published."""
         with Connection(self.url, connect_timeout=5) as connection:
             events_process_task.apply_async((event_ids,), connection=connection,
-                                            queue=self._queue("payments"))
+                                            queue=self._queue("payments"), countdown=countdown)
 
     def queued(self, name: str = "payments") -> int:
         """Messages waiting in a queue (not those a worker holds)."""

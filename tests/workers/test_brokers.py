@@ -47,7 +47,7 @@ def test_redis_gets_one_visibility_timeout_in_the_three_places_celery_reads_it()
     assert conf["broker_transport_options"]["visibility_timeout"] == 7200
     assert conf["result_backend_transport_options"]["visibility_timeout"] == 7200
     assert conf["visibility_timeout"] == 7200
-    assert conf["soft_shutdown"] == [8.0, True]
+    assert conf["soft_shutdown"] == [8.0, False]
     assert conf["queues"] == {"payments": ["direct", "", None],
                               "reconcile": ["direct", "", None]}
 
@@ -56,7 +56,7 @@ def test_redis_gets_one_visibility_timeout_in_the_three_places_celery_reads_it()
     assert {changed["broker_transport_options"]["visibility_timeout"],
             changed["result_backend_transport_options"]["visibility_timeout"],
             changed["visibility_timeout"]} == {10800}
-    assert changed["soft_shutdown"] == [25.0, True]
+    assert changed["soft_shutdown"] == [25.0, False]
 
 
 def test_an_amqp_url_gets_quorum_queues_publisher_confirms_and_the_same_routes() -> None:
@@ -69,7 +69,7 @@ def test_an_amqp_url_gets_quorum_queues_publisher_confirms_and_the_same_routes()
     assert conf["quorum"] == [True, "quorum", "quorum"]
     assert conf["routes"] == redis["routes"]
     assert conf["routes"]["payment.tasks.events_process_task"] == "payments"
-    assert conf["soft_shutdown"] == [8.0, True]
+    assert conf["soft_shutdown"] == [8.0, False]
 
 
 COUNTDOWN_SCRIPT = """

@@ -2,6 +2,7 @@
 doing either finishes within CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT and is acknowledged, or is
 stopped, rolled back and handed back to the queue at once; every payment is applied once.
 On Redis and on RabbitMQ, with real PostgreSQL, `celery worker` processes and no beat."""
+import os
 import signal
 import threading
 import time
@@ -143,3 +144,38 @@ def test_sigterm_finishes_a_short_batch_and_hands_back_a_long_one(
     _assert_each_paid_once(long)
     assert _states(long) == {("applied", 2)}
     assert _states(short) == {("applied", 1)}
+
+
+def test_sigterm_stops_an_idle_worker_at_once_and_hands_back_the_countdown_it_holds(
+    request: pytest.FixtureRequest, broker: BrokerUnderTest, exclusive_workers: Any,
+    worker_env: dict[str, str], log_dir: Path,
+) -> None:
+    """Idle, the Procfile's worker does not sit out its soft shutdown: it stops within honcho's
+    5 s grace. On Redis a countdown waits in the worker, and is back in the queue after."""
+    if broker.kind == "redis":
+        request.getfixturevalue("beat_paused")  # idle: no sweeper runs meanwhile
+    broker.purge("payments")
+    broker.purge("reconcile")
+    env = {**worker_env, **broker.env, "WORKER_CONCURRENCY": "2"}  # the soft shutdown's 8 s
+    worker = ManagedProcess(f"idle-{broker.kind}", procfile_command("worker"), env, log_dir)
+    try:
+        worker.start().wait_log("ready.", timeout=60)
+        broker.wake([], countdown=300)  # no events: when it runs, it changes nothing
+        if broker.kind == "redis":
+            worker.wait_log("events_process_task", timeout=30)
+            wait_for(lambda: broker.queued() == 0, 10, 0.1)
+        assert worker.proc is not None
+        os.killpg(worker.proc.pid, signal.SIGTERM)  # its whole group, as honcho does
+        stopped_at = time.monotonic()
+        worker.proc.wait(30)
+        took = time.monotonic() - stopped_at
+        if broker.kind == "redis":
+            assert broker.queued() == 1
+    finally:
+        worker.kill()
+        broker.purge("payments")
+
+    assert took < 5, f"{took:.1f} s"
+    assert "Soft Shutdown" not in worker.log_text()
+    assert not [line for line in worker.log_text().splitlines()
+                if " ERROR " in line or "Traceback" in line]
