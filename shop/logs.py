@@ -189,12 +189,26 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
     }
 
 
+class SocketClosedTwice(logging.Filter):
+    """Drops gunicorn's "Error while closing socket [Errno 9] Bad file descriptor" at each
+    worker's stop: uvicorn has already closed the listening socket the worker shares, and
+    gunicorn closes it again. Nothing failed; an "Error" line at every stop would say so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "Error while closing socket %s"
+                    and "[Errno 9]" in str(record.args))
+
+
 def gunicorn_config(*, log_format: str) -> dict[str, Any]:
     """gunicorn's logconfig_dict: its own lines and the access log (uvicorn's, through
     gunicorn's handlers) in the same format as the application's."""
     config = logging_config(log_format=log_format, level="INFO")
+    config["filters"]["socket_closed_twice"] = {"()": f"{__name__}.SocketClosedTwice"}
     logger = {"handlers": ["console"], "level": "INFO", "propagate": False}
-    return {**config, "loggers": {"gunicorn.error": logger, "gunicorn.access": logger}}
+    return {**config, "loggers": {
+        "gunicorn.error": {**logger, "filters": ["socket_closed_twice"]},
+        "gunicorn.access": logger,
+    }}
 
 
 Scope = dict[str, Any]
