@@ -23,7 +23,7 @@ from tests.support import ShopClient
 _RUN = time.strftime("%Y%m%d%H%M%S")
 
 
-class UserFactory(DjangoModelFactory):
+class UserFactory(DjangoModelFactory[User]):
     class Meta:
         model = User
 
@@ -48,7 +48,7 @@ class StaffFactory(UserFactory):
                 Permission.objects.get(content_type__app_label=app_label, codename=codename))
 
 
-class SKUFactory(DjangoModelFactory):
+class SKUFactory(DjangoModelFactory[SKU]):
     class Meta:
         model = SKU
 
@@ -57,7 +57,7 @@ class SKUFactory(DjangoModelFactory):
     stock = 100
 
 
-class OrderFactory(DjangoModelFactory):
+class OrderFactory(DjangoModelFactory[OrderInfo]):
     """An UNPAID order (no goods rows: payments only need its id and total)."""
 
     class Meta:
@@ -68,7 +68,7 @@ class OrderFactory(DjangoModelFactory):
     total_amount = Decimal("9.90")
 
 
-class PaymentAttemptFactory(DjangoModelFactory):
+class PaymentAttemptFactory(DjangoModelFactory[PaymentAttempt]):
     """The pay link of an order, issued at `started_at` (now unless given)."""
 
     class Meta:
@@ -80,7 +80,7 @@ class PaymentAttemptFactory(DjangoModelFactory):
     last_started_at = factory.SelfAttribute("started_at")
 
 
-class PaymentFactory(DjangoModelFactory):
+class PaymentFactory(DjangoModelFactory[Payment]):
     """A payment that paid its order, as the workers leave it (no trade at the sandbox):
     `PaymentFactory().order` is a paid (UNSEND) order."""
 
@@ -98,7 +98,7 @@ def order_with_goods(lines: list[tuple[SKU, int]], **fields: Any) -> OrderInfo:
     """An UNPAID order of these (sku, count) lines as placing it leaves it: its total is
     theirs and their stock is taken."""
     total = sum((sku.price * count for sku, count in lines), Decimal("0.00"))
-    order = OrderFactory(total_amount=total, **fields)
+    order = OrderFactory.create(total_amount=total, **fields)
     for sku, count in lines:
         SKU.objects.filter(pk=sku.pk).update(stock=F("stock") - count)
         OrderGoods.objects.create(order=order, sku=sku, count=count, price=sku.price)
@@ -107,13 +107,13 @@ def order_with_goods(lines: list[tuple[SKU, int]], **fields: Any) -> OrderInfo:
 
 def order_with_link(**fields: Any) -> tuple[OrderInfo, str]:
     """An order and its signed pay link (which records the payment attempt)."""
-    order = OrderFactory(**fields)
+    order = OrderFactory.create(**fields)
     return order, payment_link_create(user=order.user, order_id=order.order_id)
 
 
 def orders_with_links(count: int, **fields: Any) -> list[tuple[OrderInfo, str]]:
     """`count` orders of one buyer, each with its pay link."""
-    fields.setdefault("user", UserFactory())
+    fields.setdefault("user", UserFactory.create())
     return [order_with_link(**fields) for _ in range(count)]
 
 
@@ -125,7 +125,7 @@ def signed_in(client: ShopClient, user: User) -> ShopClient:
 
 
 def sku_create(name: str = "Keyboard", price: str = "99.50", stock: int = 100) -> SKU:
-    return SKUFactory(name=name, price=Decimal(price), stock=stock)
+    return SKUFactory.create(name=name, price=Decimal(price), stock=stock)
 
 
 # -- payments as they stand after the fact, at chosen times (the dashboard's figures) ----------
@@ -139,10 +139,10 @@ def paid_order_create(
     status: str = Payment.Status.APPLIED,
 ) -> Payment:
     """An order, its pay link issued at `link_at` (none if None) and its payment at `paid_at`."""
-    order = OrderFactory(total_amount=Decimal(amount), status=OrderInfo.Status.UNSEND)
+    order = OrderFactory.create(total_amount=Decimal(amount), status=OrderInfo.Status.UNSEND)
     if link_at is not None:
-        PaymentAttemptFactory(order=order, started_at=link_at)
-    payment = PaymentFactory(order=order, source=source, status=status)
+        PaymentAttemptFactory.create(order=order, started_at=link_at)
+    payment = PaymentFactory.create(order=order, source=source, status=status)
     Payment.objects.filter(pk=payment.pk).update(created_at=paid_at or timezone.now())
     payment.refresh_from_db()
     return payment
@@ -162,7 +162,7 @@ def event_create(*, state: str, received_at: datetime | None = None, source: str
 
 def attempt_checked_create(*, result: str, checked_at: datetime) -> PaymentAttempt:
     """An unpaid order whose pay link reconciliation last checked at `checked_at`."""
-    return PaymentAttemptFactory(
+    return PaymentAttemptFactory.create(
         order__total_amount=Decimal("5.00"), started_at=checked_at - timedelta(minutes=5),
         checks=1, last_checked_at=checked_at, last_check_result=result,
     )
