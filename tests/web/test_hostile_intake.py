@@ -4,7 +4,6 @@ client across processes, while Alipay's verified notifications always get throug
 import json
 import urllib.parse
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
-from payment.models import Payment, PaymentEvent, RefusedRequest
+from payment.models import PaymentEvent, RefusedRequest
 from payment.tasks import records_prune_task
-from tests.factories import OrderFactory
+from tests.factories import OrderFactory, PaymentFactory
 from tests.support import (
     APP_ID,
     SELLER_ID,
@@ -143,10 +142,8 @@ def test_retention_deletes_settled_events_and_old_refusals_only(
 ) -> None:
     assert settings.CELERY_BEAT_SCHEDULE["prune-payment-records"]["task"] == (
         records_prune_task.name)
-    order = OrderFactory()
     old_applied = _event("applied", 500, "old-applied")
-    payment = Payment.objects.create(order=order, trade_id="T1", amount=Decimal("9.90"),
-                                     source="notify", event=old_applied)
+    payment = PaymentFactory(event=old_applied)
     kept = [_event("dead", 500, "old-dead"), _event("received", 500, "old-waiting"),
             _event("applied", 10, "recent")]
     old_rejected = _event("rejected", 401, "old-rejected")
