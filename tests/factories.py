@@ -1,5 +1,6 @@
-"""Rows the tests start from: factory_boy factories for users, SKUs and orders, "an order
-with a pay link", and rows placed at chosen times for the dashboard's figures."""
+"""Rows the tests start from: factory_boy factories for users, staff, SKUs, orders, pay links
+(attempts) and payments; "an order with a pay link", an order with goods rows, an API client
+signed in as a user; and rows placed at chosen times for the dashboard's figures."""
 import itertools
 import time
 from datetime import date, datetime, timedelta
@@ -7,18 +8,22 @@ from decimal import Decimal
 from typing import Any
 
 import factory
+from django.contrib.auth.models import Permission
+from django.db.models import F
 from django.utils import timezone
 from factory.django import DjangoModelFactory
 
 from payment.links import payment_link_create
 from payment.models import BillFinding, BillReport, Payment, PaymentAttempt, PaymentEvent, Refund
-from shop.models import SKU, OrderInfo, User
+from shop.models import SKU, OrderGoods, OrderInfo, User
+from shop.services import token_create
+from tests.support import ShopClient
 
 # Order ids unique across test runs that share a sandbox store: the start time, then a count.
 _RUN = time.strftime("%Y%m%d%H%M%S")
 
 
-class UserFactory(DjangoModelFactory):
+class UserFactory(DjangoModelFactory[User]):
     class Meta:
         model = User
 
@@ -26,7 +31,24 @@ class UserFactory(DjangoModelFactory):
     password = factory.django.Password("buyer-pass-123")
 
 
-class SKUFactory(DjangoModelFactory):
+class StaffFactory(UserFactory):
+    """Staff, not a superuser, with `permissions` given as "app_label.codename" names."""
+
+    class Meta:
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"operator{n}")
+    is_staff = True
+
+    @factory.post_generation
+    def permissions(self, create: bool, extracted: list[str] | None, **kwargs: Any) -> None:
+        for name in extracted or ():
+            app_label, codename = name.split(".")
+            self.user_permissions.add(  # type: ignore[attr-defined]
+                Permission.objects.get(content_type__app_label=app_label, codename=codename))
+
+
+class SKUFactory(DjangoModelFactory[SKU]):
     class Meta:
         model = SKU
 
@@ -35,7 +57,7 @@ class SKUFactory(DjangoModelFactory):
     stock = 100
 
 
-class OrderFactory(DjangoModelFactory):
+class OrderFactory(DjangoModelFactory[OrderInfo]):
     """An UNPAID order (no goods rows: payments only need its id and total)."""
 
     class Meta:
@@ -46,20 +68,64 @@ class OrderFactory(DjangoModelFactory):
     total_amount = Decimal("9.90")
 
 
+class PaymentAttemptFactory(DjangoModelFactory[PaymentAttempt]):
+    """The pay link of an order, issued at `started_at` (now unless given)."""
+
+    class Meta:
+        model = PaymentAttempt
+
+    order = factory.SubFactory(OrderFactory)
+    amount = factory.SelfAttribute("order.total_amount")
+    started_at = factory.LazyFunction(timezone.now)
+    last_started_at = factory.SelfAttribute("started_at")
+
+
+class PaymentFactory(DjangoModelFactory[Payment]):
+    """A payment that paid its order, as the workers leave it (no trade at the sandbox):
+    `PaymentFactory().order` is a paid (UNSEND) order."""
+
+    class Meta:
+        model = Payment
+
+    order = factory.SubFactory(OrderFactory, status=OrderInfo.Status.UNSEND)
+    # Alipay's trade numbers are 28 digits; unique across runs, as the order ids.
+    trade_id = factory.Sequence(lambda n: f"{_RUN}22001{n:09d}")
+    amount = factory.SelfAttribute("order.total_amount")
+    source = PaymentEvent.Source.NOTIFY
+
+
+def order_with_goods(lines: list[tuple[SKU, int]], **fields: Any) -> OrderInfo:
+    """An UNPAID order of these (sku, count) lines as placing it leaves it: its total is
+    theirs and their stock is taken."""
+    total = sum((sku.price * count for sku, count in lines), Decimal("0.00"))
+    order = OrderFactory.create(total_amount=total, **fields)
+    for sku, count in lines:
+        SKU.objects.filter(pk=sku.pk).update(stock=F("stock") - count)
+        OrderGoods.objects.create(order=order, sku=sku, count=count, price=sku.price)
+    return order
+
+
 def order_with_link(**fields: Any) -> tuple[OrderInfo, str]:
     """An order and its signed pay link (which records the payment attempt)."""
-    order = OrderFactory(**fields)
+    order = OrderFactory.create(**fields)
     return order, payment_link_create(user=order.user, order_id=order.order_id)
 
 
 def orders_with_links(count: int, **fields: Any) -> list[tuple[OrderInfo, str]]:
     """`count` orders of one buyer, each with its pay link."""
-    fields.setdefault("user", UserFactory())
+    fields.setdefault("user", UserFactory.create())
     return [order_with_link(**fields) for _ in range(count)]
 
 
+def signed_in(client: ShopClient, user: User) -> ShopClient:
+    """The API client with an API token of `user`, as signing in at /authorizations/ gives."""
+    _, token = token_create(user=user)
+    client.session.headers["Authorization"] = f"Token {token}"
+    return client
+
+
 def sku_create(name: str = "Keyboard", price: str = "99.50", stock: int = 100) -> SKU:
-    return SKUFactory(name=name, price=Decimal(price), stock=stock)
+    return SKUFactory.create(name=name, price=Decimal(price), stock=stock)
 
 
 # -- payments as they stand after the fact, at chosen times (the dashboard's figures) ----------
@@ -73,16 +139,10 @@ def paid_order_create(
     status: str = Payment.Status.APPLIED,
 ) -> Payment:
     """An order, its pay link issued at `link_at` (none if None) and its payment at `paid_at`."""
-    n = next(_sequence)
-    user = User.objects.create_user(username=f"payer-{n}", password="x" * 12)
-    order = OrderInfo.objects.create(order_id=f"F{n:019d}", user=user,
-                                     total_amount=Decimal(amount),
-                                     status=OrderInfo.Status.UNSEND)
+    order = OrderFactory.create(total_amount=Decimal(amount), status=OrderInfo.Status.UNSEND)
     if link_at is not None:
-        PaymentAttempt.objects.create(order=order, amount=order.total_amount,
-                                      started_at=link_at, last_started_at=link_at)
-    payment = Payment.objects.create(order=order, trade_id=f"T{n:027d}", amount=order.total_amount,
-                                     source=source, status=status)
+        PaymentAttemptFactory.create(order=order, started_at=link_at)
+    payment = PaymentFactory.create(order=order, source=source, status=status)
     Payment.objects.filter(pk=payment.pk).update(created_at=paid_at or timezone.now())
     payment.refresh_from_db()
     return payment
@@ -102,14 +162,9 @@ def event_create(*, state: str, received_at: datetime | None = None, source: str
 
 def attempt_checked_create(*, result: str, checked_at: datetime) -> PaymentAttempt:
     """An unpaid order whose pay link reconciliation last checked at `checked_at`."""
-    n = next(_sequence)
-    user = User.objects.create_user(username=f"checked-{n}", password="x" * 12)
-    order = OrderInfo.objects.create(order_id=f"F{n:019d}", user=user,
-                                     total_amount=Decimal("5.00"))
-    return PaymentAttempt.objects.create(
-        order=order, amount=order.total_amount, started_at=checked_at - timedelta(minutes=5),
-        last_started_at=checked_at - timedelta(minutes=5), checks=1, last_checked_at=checked_at,
-        last_check_result=result,
+    return PaymentAttemptFactory.create(
+        order__total_amount=Decimal("5.00"), started_at=checked_at - timedelta(minutes=5),
+        checks=1, last_checked_at=checked_at, last_check_result=result,
     )
 
 

@@ -6,17 +6,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl
 from payment.events import event_store
-from payment.links import payment_link_create
 from payment.models import Payment, PaymentEvent, Refund
-from shop.models import OrderInfo, User
-from shop.services import order_create
-from tests.factories import sku_create
+from shop.models import OrderInfo
+from tests.factories import PaymentFactory, StaffFactory, order_with_link
 from tests.support import query_params, wait_for
 
 pytestmark = [
@@ -39,37 +36,29 @@ def reconciliation_out_of_the_way(settings: Any) -> None:
     settings.RECONCILE_AFTER = timedelta(hours=1)
 
 
-def _staff_client(username: str, permissions: list[str]) -> Client:
-    staff = User.objects.create_user(username=username, password="op-pass-123", is_staff=True)
-    for name in permissions:
-        app_label, codename = name.split(".")
-        staff.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename))
+def _staff_client(permissions: list[str], **fields: Any) -> Client:
     client = Client()
-    client.force_login(staff)
+    client.force_login(StaffFactory(permissions=permissions, **fields))
     return client
 
 
 @pytest.fixture
 def operator_client() -> Client:
     """Staff who may look at everything and run the operator's actions; not a superuser."""
-    return _staff_client("operator", VIEW_PERMISSIONS + ACTION_PERMISSIONS)
+    return _staff_client(VIEW_PERMISSIONS + ACTION_PERMISSIONS, username="operator")
 
 
 @pytest.fixture
 def viewer_client() -> Client:
     """Staff who may look at orders, events and payments, and do nothing else."""
-    return _staff_client("viewer", VIEW_PERMISSIONS)
+    return _staff_client(VIEW_PERMISSIONS)
 
 
-def _paid_at_alipay(sandbox: SandboxControl, username: str) -> tuple[OrderInfo, dict]:
+def _paid_at_alipay(sandbox: SandboxControl) -> tuple[OrderInfo, dict]:
     """An order the buyer paid at Alipay, while its notification got lost."""
     sandbox.set_faults(notify_drop=True)
-    buyer = User.objects.create_user(username=username, password="s3cret-pass")
-    sku = sku_create(price="35.00", stock=3)
-    order = order_create(user=buyer, items=[(sku.pk, 1)])
-    paid = sandbox.pay(payment_link_create(user=buyer, order_id=order.order_id))
-    return order, paid
+    order, url = order_with_link(total_amount=Decimal("35.00"))
+    return order, sandbox.pay(url)
 
 
 def _status(order: OrderInfo) -> int:
@@ -83,7 +72,7 @@ def _messages(response: Any) -> list[str]:
 def test_operator_finds_a_dead_event_and_reprocessing_pays_the_order(
     operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
-    order, paid = _paid_at_alipay(sandbox, "gaveup")
+    order, paid = _paid_at_alipay(sandbox)
     stored = event_store(source=PaymentEvent.Source.RETURN,
                          params=query_params(paid["return_url"]), state=PaymentEvent.State.DEAD)
     event = PaymentEvent.objects.get(pk=stored.id)
@@ -135,7 +124,7 @@ def test_reprocess_leaves_final_events_alone(
 def test_query_alipay_now_applies_a_payment_nobody_told_us_about(
     operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
-    order, paid = _paid_at_alipay(sandbox, "silentpayer")
+    order, paid = _paid_at_alipay(sandbox)
     assert _status(order) == OrderInfo.Status.UNPAID
 
     response = operator_client.post(
@@ -155,15 +144,12 @@ def test_query_alipay_now_applies_a_payment_nobody_told_us_about(
 def test_refund_action_refunds_pending_payments_and_explains_applied_ones(
     operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
-    order, paid = _paid_at_alipay(sandbox, "canceledpayer")
+    order, paid = _paid_at_alipay(sandbox)
     OrderInfo.objects.filter(pk=order.pk).update(status=OrderInfo.Status.CANCELED)
-    pending = Payment.objects.create(
-        order=order, trade_id=paid["trade_no"], amount=order.total_amount, source="query",
-        status=Payment.Status.REFUND_PENDING, note="order was CANCELED",
-    )
-    other, other_paid = _paid_at_alipay(sandbox, "happypayer")
-    applied = Payment.objects.create(order=other, trade_id=other_paid["trade_no"],
-                                     amount=other.total_amount, source="return")
+    pending = PaymentFactory(order=order, trade_id=paid["trade_no"], source="query",
+                             status=Payment.Status.REFUND_PENDING, note="order was CANCELED")
+    other, other_paid = _paid_at_alipay(sandbox)
+    applied = PaymentFactory(order=other, trade_id=other_paid["trade_no"], source="return")
 
     response = operator_client.post(
         PAYMENTS_URL,
@@ -197,10 +183,10 @@ def _offered_actions(client: Client, url: str) -> set[str]:
 def test_each_action_is_offered_only_with_its_own_permission(
     url: str, action: str, permission: str
 ) -> None:
-    viewer = _staff_client("viewer", VIEW_PERMISSIONS)
+    viewer = _staff_client(VIEW_PERMISSIONS)
     others = [p for p in ACTION_PERMISSIONS if p != permission]
-    with_the_others = _staff_client("otheroperator", VIEW_PERMISSIONS + others)
-    with_it = _staff_client("oneoperator", [*VIEW_PERMISSIONS, permission])
+    with_the_others = _staff_client(VIEW_PERMISSIONS + others)
+    with_it = _staff_client([*VIEW_PERMISSIONS, permission])
 
     assert action not in _offered_actions(viewer, url)
     assert action not in _offered_actions(with_the_others, url)
@@ -211,7 +197,7 @@ def test_view_only_staff_cannot_reprocess_a_dead_event(
     viewer_client: Client, operator_client: Client, sandbox: SandboxControl,
     alipay_settings: dict,
 ) -> None:
-    order, paid = _paid_at_alipay(sandbox, "deadforviewer")
+    order, paid = _paid_at_alipay(sandbox)
     stored = event_store(source=PaymentEvent.Source.RETURN,
                          params=query_params(paid["return_url"]), state=PaymentEvent.State.DEAD)
     PaymentEvent.objects.filter(pk=stored.id).update(
@@ -235,7 +221,7 @@ def test_view_only_staff_cannot_reprocess_a_dead_event(
 def test_view_only_staff_cannot_query_alipay(
     viewer_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
-    order, _ = _paid_at_alipay(sandbox, "queryforviewer")
+    order, _ = _paid_at_alipay(sandbox)
 
     response = viewer_client.post(
         ORDERS_URL, {"action": "query_alipay_now", "_selected_action": [order.order_id]},
@@ -252,12 +238,10 @@ def test_view_only_staff_cannot_query_alipay(
 def test_view_only_staff_cannot_refund(
     viewer_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
-    order, paid = _paid_at_alipay(sandbox, "refundforviewer")
+    order, paid = _paid_at_alipay(sandbox)
     OrderInfo.objects.filter(pk=order.pk).update(status=OrderInfo.Status.CANCELED)
-    pending = Payment.objects.create(
-        order=order, trade_id=paid["trade_no"], amount=order.total_amount, source="query",
-        status=Payment.Status.REFUND_PENDING, note="order was CANCELED",
-    )
+    pending = PaymentFactory(order=order, trade_id=paid["trade_no"], source="query",
+                             status=Payment.Status.REFUND_PENDING, note="order was CANCELED")
 
     response = viewer_client.post(
         PAYMENTS_URL, {"action": "refund_payments", "_selected_action": [pending.pk]},
@@ -272,18 +256,17 @@ def test_view_only_staff_cannot_refund(
     assert float(sandbox.trade(order.order_id).get("refund_fee") or 0) == 0
 
 
-def _applied_payment(sandbox: SandboxControl, username: str) -> Payment:
+def _applied_payment(sandbox: SandboxControl) -> Payment:
     """A payment that paid its order (its notification was lost; a query applied it)."""
-    order, paid = _paid_at_alipay(sandbox, username)
+    order, paid = _paid_at_alipay(sandbox)
     OrderInfo.objects.filter(pk=order.pk).update(status=OrderInfo.Status.UNSEND)
-    return Payment.objects.create(order=order, trade_id=paid["trade_no"],
-                                  amount=order.total_amount, source="query")
+    return PaymentFactory(order=order, trade_id=paid["trade_no"], source="query")
 
 
 def test_operator_refunds_part_of_a_payment_from_its_page(
     operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
-    payment = _applied_payment(sandbox, "adminrefund")
+    payment = _applied_payment(sandbox)
     change_url = f"{PAYMENTS_URL}{payment.pk}/change/"
     refund_url = f"{PAYMENTS_URL}{payment.pk}/refund/"
     assert 'id="refund-link"' in operator_client.get(change_url).content.decode()
@@ -316,7 +299,7 @@ def test_operator_refunds_part_of_a_payment_from_its_page(
 def test_view_only_staff_cannot_open_the_refund_form(
     viewer_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
-    payment = _applied_payment(sandbox, "viewerrefund")
+    payment = _applied_payment(sandbox)
     refund_url = f"{PAYMENTS_URL}{payment.pk}/refund/"
 
     page = viewer_client.get(f"{PAYMENTS_URL}{payment.pk}/change/")
@@ -331,7 +314,7 @@ def test_view_only_staff_cannot_open_the_refund_form(
 def test_a_failed_query_looks_like_a_failure(
     operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
-    order, _paid = _paid_at_alipay(sandbox, "downgateway")
+    order, _paid = _paid_at_alipay(sandbox)
     sandbox.set_faults(error_rate=1.0, error_kind="http500", methods=["alipay.trade.query"])
 
     response = operator_client.post(
@@ -348,7 +331,7 @@ def test_a_failed_query_looks_like_a_failure(
 def test_records_are_shown_read_only_without_save_buttons(
     operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
-    order, paid = _paid_at_alipay(sandbox, "readonly")
+    order, paid = _paid_at_alipay(sandbox)
     operator_client.post(ORDERS_URL, {"action": "query_alipay_now",
                                       "_selected_action": [order.order_id]})
     payment = Payment.objects.get(order=order)
@@ -361,6 +344,6 @@ def test_records_are_shown_read_only_without_save_buttons(
         assert 'name="_save"' not in page, url
         assert 'name="refund_tried_at"' not in page, url
     admin_page = Client()
-    admin_page.force_login(User.objects.create_superuser("root2", password="x" * 12))
+    admin_page.force_login(StaffFactory(is_superuser=True))
     page = admin_page.get(f"/admin/payment/payment/{payment.pk}/change/").content.decode()
     assert 'name="_save"' not in page and paid["trade_no"] in page

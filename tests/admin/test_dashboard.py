@@ -9,14 +9,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils import timezone
 
 from payment import dashboard
 from payment.models import Payment
-from shop.models import User
 from tests.factories import (
+    StaffFactory,
     attempt_checked_create,
     bill_report_create,
     event_create,
@@ -33,15 +32,9 @@ VIEW_ALL = ["payment.view_paymentevent", "payment.view_payment", "payment.view_p
 H = timedelta(hours=1)
 
 
-def _staff(username: str, permissions: list[str], *, is_staff: bool = True) -> Client:
-    user = User.objects.create_user(username=username, password="op-pass-123",
-                                    is_staff=is_staff)
-    for name in permissions:
-        app_label, codename = name.split(".")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename))
+def _staff(permissions: list[str], *, is_staff: bool = True) -> Client:
     client = Client()
-    client.force_login(user)
+    client.force_login(StaffFactory(permissions=permissions, is_staff=is_staff))
     return client
 
 
@@ -100,7 +93,7 @@ def _a_day_of_everything(window: dashboard.Window) -> None:
 
 def test_dashboard_shows_the_figures_and_links_each_to_the_rows_it_counts() -> None:
     _a_day_of_everything(dashboard.dashboard_window())
-    client = _staff("viewer", VIEW_ALL)
+    client = _staff(VIEW_ALL)
 
     response = client.get(URL)
 
@@ -139,7 +132,7 @@ def test_dashboard_shows_the_figures_and_links_each_to_the_rows_it_counts() -> N
 
 def test_anonymous_and_non_staff_are_sent_to_the_admin_sign_in() -> None:
     anonymous = Client().get(URL)
-    member = _staff("member", VIEW_ALL, is_staff=False).get(URL)
+    member = _staff(VIEW_ALL, is_staff=False).get(URL)
 
     for response in (anonymous, member):
         assert response.status_code == 302
@@ -147,14 +140,14 @@ def test_anonymous_and_non_staff_are_sent_to_the_admin_sign_in() -> None:
 
 
 def test_the_dashboard_only_reads() -> None:
-    client = _staff("viewer", ["payment.view_paymentevent"])
+    client = _staff(["payment.view_paymentevent"])
 
     assert client.post(URL, {"state": "dead"}).status_code == 405
     assert client.head(URL).status_code == 200
 
 
 def test_staff_without_the_events_permission_is_refused() -> None:
-    client = _staff("orders-only", ["shop.view_orderinfo", "payment.view_payment"])
+    client = _staff(["shop.view_orderinfo", "payment.view_payment"])
 
     assert client.get(URL).status_code == 403
     index = client.get("/admin/")
@@ -162,7 +155,7 @@ def test_staff_without_the_events_permission_is_refused() -> None:
 
 
 def test_the_admin_index_leads_to_the_dashboard() -> None:
-    client = _staff("viewer", ["payment.view_paymentevent"])
+    client = _staff(["payment.view_paymentevent"])
 
     index = client.get("/admin/").content.decode()
 
@@ -173,7 +166,7 @@ def test_lists_the_user_may_not_open_are_not_linked() -> None:
     window = dashboard.dashboard_window()
     payment = paid_order_create(paid_at=window.start + H)
     refund_create(payment=payment, state="sent", requested_at=window.start + H)
-    client = _staff("events-only", ["payment.view_paymentevent", "payment.view_payment"])
+    client = _staff(["payment.view_paymentevent", "payment.view_payment"])
 
     page = client.get(URL, {"ignored": "x" * 300}).content.decode()
 
@@ -189,16 +182,14 @@ from datetime import timedelta
 from django.test import Client
 from django.utils import timezone
 from payment import dashboard
-from shop.models import User
-from tests.factories import event_create, paid_order_create
+from tests.factories import StaffFactory, event_create, paid_order_create
 window = dashboard.dashboard_window()
 for seconds in (10, 20, 30, 40, 100):
     at = window.start + timedelta(hours=4)
     paid_order_create(source="return", paid_at=at, link_at=at - timedelta(seconds=seconds))
 event_create(state="dead", received_at=window.start + timedelta(hours=1))
-User.objects.create_superuser("root", password="root-pass-123")
 client = Client(HTTP_HOST="127.0.0.1")
-client.force_login(User.objects.get(username="root"))
+client.force_login(StaffFactory(is_superuser=True))
 response = client.get("/admin/dashboard/")
 page = response.content.decode()
 shown = dict(re.findall(r'data-figure="([^"]+)" data-value="([^"]*)"', page))

@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from shop.models import User
+from tests.factories import UserFactory
 from tests.support import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -118,7 +119,7 @@ Snap = Callable[[str], None]  # the `snap` fixture: checks both widths, saves sc
 
 def sign_in(page: Any, web: str, username: str) -> User:
     """A new buyer, signed in through the storefront's sign-in page."""
-    user = User.objects.create_user(username=username, password=PASSWORD)
+    user = UserFactory(username=username, password=PASSWORD)
     page.goto(f"{web}/login/")
     page.fill("#id_username", username)
     page.fill("#id_password", PASSWORD)

@@ -16,7 +16,7 @@ from shop import services
 from shop.models import OrderInfo, User
 from shop.pages import STATUS_WORDS
 from tests.e2e.conftest import PASSWORD, Snap, sign_in
-from tests.factories import sku_create
+from tests.factories import UserFactory, order_with_goods, sku_create
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -30,7 +30,7 @@ def _visible_text(page: Page) -> str:
 def test_sign_up_shows_the_rules_and_the_api_messages_then_signs_in(
     page: Page, web: str, snap: Snap
 ) -> None:
-    User.objects.create_user(username="lampfan", password=PASSWORD)
+    UserFactory(username="lampfan")
     page.goto(f"{web}/login/")
     snap("f_sign_in")
 
@@ -172,9 +172,7 @@ def test_my_orders_names_every_status_in_words_and_shows_new_orders_with_their_i
     lamp = sku_create(name="Desk lamp", price="48.80", stock=50)
     orders = {}
     for status in OrderInfo.Status:
-        order = services.order_create(user=user, items=[(lamp.pk, 1)])
-        OrderInfo.objects.filter(pk=order.pk).update(status=status)
-        orders[status.name] = order.order_id
+        orders[status.name] = order_with_goods([(lamp, 1)], user=user, status=status).order_id
 
     page.goto(f"{web}/my/orders/")
 
@@ -189,7 +187,7 @@ def test_my_orders_names_every_status_in_words_and_shows_new_orders_with_their_i
     snap("n_my_orders_every_status")
 
     # Placed elsewhere (another tab, the API): the list shows it within a refresh.
-    newest = services.order_create(user=user, items=[(lamp.pk, 3)])
+    newest = order_with_goods([(lamp, 3)], user=user)
     row = page.locator(f"#order-{newest.order_id}")
     expect(row.locator(".status")).to_have_text("Awaiting payment", timeout=10_000)
     expect(row.locator(".items li")).to_have_text(["Desk lamp × 3"])
@@ -200,10 +198,9 @@ def test_my_orders_names_every_status_in_words_and_shows_new_orders_with_their_i
 
 def test_only_the_buyers_own_new_order_is_confirmed(page: Page, web: str) -> None:
     lamp = sku_create(name="Desk lamp", price="48.80", stock=5)
-    other = User.objects.create_user(username="someoneelse", password=PASSWORD)
-    foreign = services.order_create(user=other, items=[(lamp.pk, 1)])
+    foreign = order_with_goods([(lamp, 1)])  # another buyer's
     user = sign_in(page, web, "curious")
-    own = services.order_create(user=user, items=[(lamp.pk, 2)])
+    own = order_with_goods([(lamp, 2)], user=user)
     page.goto(f"{web}/my/orders/?placed={own.order_id}")
     expect(page.locator("#placed-order-id")).to_have_text(own.order_id)
 

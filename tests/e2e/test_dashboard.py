@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.db.models import Count
 from django.utils import timezone
 from playwright.sync_api import Page, expect
@@ -24,8 +23,13 @@ from alipay_sandbox.client import SandboxControl
 from payment.models import Payment, PaymentAttempt, PaymentEvent, Refund
 from payment.reconciliation import order_reconcile
 from payment.refund_requests import refund_request
-from shop.models import User
-from tests.factories import bill_report_create, sku_create
+from tests.factories import (
+    StaffFactory,
+    UserFactory,
+    bill_report_create,
+    signed_in,
+    sku_create,
+)
 from tests.support import ShopClient, query_params, signed_return, wait_for
 
 pytestmark = [
@@ -56,7 +60,7 @@ def _a_day_of_traffic(shop: ShopClient, sandbox: SandboxControl, settings: Any,
                       dev_keys: Path) -> dict[str, str]:
     """The scripted mix; returns the order ids the test looks for afterwards."""
     sku = sku_create(name="Tea tin", price="20.00", stock=100)
-    buyer = ShopClient(shop.base_url).register_and_login("dash-buyer")
+    buyer = signed_in(ShopClient(shop.base_url), UserFactory())
     orders: dict[str, str] = {}
 
     for n in range(3):  # paid, and Alipay's notification brings the payment
@@ -83,7 +87,7 @@ def _a_day_of_traffic(shop: ShopClient, sandbox: SandboxControl, settings: Any,
     assert order_reconcile(order_id=order_id).counts == {"unpaid": 1}
     orders["unpaid"] = order_id
 
-    mallory = ShopClient(shop.base_url).register_and_login("dash-mallory")
+    mallory = signed_in(ShopClient(shop.base_url), UserFactory())
     alipay_key = (dev_keys / "alipay_private_key.pem").read_bytes()
     for n in range(2):  # signed as Alipay signs, for the wrong amount: rejected
         order_id, _ = _pay_link(mallory, sku.pk)
@@ -116,12 +120,7 @@ def _a_day_of_traffic(shop: ShopClient, sandbox: SandboxControl, settings: Any,
 
 
 def _sign_in_to_the_admin(page: Page, web: str) -> None:
-    operator = User.objects.create_user(username="night-operator", password=PASSWORD,
-                                        is_staff=True)
-    for name in OPERATOR_PERMISSIONS:
-        app_label, codename = name.split(".")
-        operator.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    StaffFactory(username="night-operator", password=PASSWORD, permissions=OPERATOR_PERMISSIONS)
     page.goto(f"{web}/admin/")
     page.fill("#id_username", "night-operator")
     page.fill("#id_password", PASSWORD)

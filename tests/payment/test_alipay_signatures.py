@@ -5,6 +5,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from alipay_sandbox.client import SandboxControl, SandboxError
 from payment import alipay
 from payment.models import Payment, PaymentEvent
 from shop.models import OrderInfo
-from tests.factories import sku_create
+from tests.factories import order_with_link, signed_in
 from tests.support import APP_ID, SELLER_ID, ShopClient, query_params, sign_params, wait_for
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "alipay_signed_notification.json"
@@ -49,12 +50,11 @@ def test_a_notification_alipay_signed_with_an_empty_parameter_verifies(
     assert not alipay.signature_valid({**params, "total_price": "0.02"})
 
 
-def _order_with_link(shop: ShopClient, username: str) -> str:
-    sku = sku_create(price="66.60", stock=10)
-    shop.register_and_login(username)
-    order_id = str(shop.order([{"sku_id": sku.pk, "count": 1}])["order_id"])
-    assert shop.pay_link(order_id).status_code == 200
-    return order_id
+def _order_with_link(shop: ShopClient) -> str:
+    """An order of 66.60 with its pay link; `shop` is signed in as its buyer."""
+    order, _ = order_with_link(total_amount=Decimal("66.60"))
+    signed_in(shop, order.user)
+    return order.order_id
 
 
 def _notification(order_id: str, **extra: str) -> dict[str, str]:
@@ -74,7 +74,7 @@ def test_notifications_with_empty_parameters_or_in_gbk_pay_their_order(
     request: pytest.FixtureRequest, shop: ShopClient, dev_keys: Path, server: str, charset: str
 ) -> None:
     base = request.getfixturevalue(server)
-    order_id = _order_with_link(shop, f"enc{charset[:3]}{server[:4]}")
+    order_id = _order_with_link(shop)
     params = sign_params(_notification(order_id, charset=charset, subject="测试订单·赵华杰",
                                        isv_ticket="", passback_params=""),
                          (dev_keys / "alipay_private_key.pem").read_bytes())
@@ -95,7 +95,7 @@ def test_notifications_with_empty_parameters_or_in_gbk_pay_their_order(
 
 @pytest.mark.django_db(transaction=True)
 def test_pay_link_expires_with_the_order(shop: ShopClient) -> None:
-    order_id = _order_with_link(shop, "deadline")
+    order_id = _order_with_link(shop)
     order = OrderInfo.objects.get(order_id=order_id)
 
     link = shop.pay_link(order_id).json()["alipay_url"]
@@ -116,7 +116,7 @@ def test_pay_link_expires_with_the_order(shop: ShopClient) -> None:
 def test_a_pay_link_used_after_the_deadline_cannot_be_paid_at_alipay(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
-    order_id = _order_with_link(shop, "latepayer")
+    order_id = _order_with_link(shop)
     # Placed long ago: two seconds of its time to pay are left when the link is made.
     OrderInfo.objects.filter(pk=order_id).update(
         created_at=timezone.now() - settings.ORDER_PAY_TIMEOUT + timedelta(seconds=2))

@@ -11,7 +11,7 @@ from alipay_sandbox.client import SandboxControl
 from payment import alipay, bills
 from payment.models import BillFinding, BillReport, Payment, PaymentEvent
 from shop.models import OrderInfo
-from tests.factories import OrderFactory, orders_with_links
+from tests.factories import PaymentFactory, orders_with_links
 from tests.support import wait_for
 
 # The web receives the sandbox's notifications; the workers apply them; no beat, so that
@@ -47,10 +47,7 @@ def test_a_day_is_reconciled_against_the_bill_and_a_rerun_changes_nothing(
     OrderInfo.objects.filter(pk=orders[0].pk).update(status=OrderInfo.Status.UNPAID)
     changed = Payment.objects.get(order=orders[1])
     Payment.objects.filter(pk=changed.pk).update(amount=Decimal("8.80"))
-    phantom_order = OrderFactory(total_amount=PRICE)
-    OrderInfo.objects.filter(pk=phantom_order.pk).update(status=OrderInfo.Status.UNSEND)
-    Payment.objects.create(order=phantom_order, trade_id="2026010122001499999999999999",
-                           amount=PRICE, source="notify")
+    PaymentFactory(order__total_amount=PRICE, trade_id="2026010122001499999999999999")
 
     first = bills.bill_reconcile(day=today)
 

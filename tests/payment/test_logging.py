@@ -5,18 +5,17 @@ import logging
 import re
 import secrets
 import urllib.parse
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from django.contrib.auth.models import Permission
 
 from alipay_sandbox.client import SandboxControl
 from payment.models import PaymentEvent, Refund
 from shop.logs import ContextFilter, JsonFormatter, event_origins, log_ids
-from shop.models import User
-from tests.factories import sku_create
+from tests.factories import OrderFactory, StaffFactory, order_with_link, signed_in
 from tests.support import (
     ManagedProcess,
     ShopClient,
@@ -31,18 +30,17 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_a_paid_return_leaves_no_signature_in_any_log(
-    shop: ShopClient, sandbox: SandboxControl, celery_workers: ManagedProcess,
+    web: str, sandbox: SandboxControl, celery_workers: ManagedProcess,
     worker_env: dict[str, str], log_dir: Path,
 ) -> None:
     port = free_port()
-    web = ManagedProcess("logged-web", procfile_command("web"),
-                         {**worker_env, "WEB_BIND": f"127.0.0.1:{port}"}, log_dir).start()
+    logged_web = ManagedProcess("logged-web", procfile_command("web"),
+                                {**worker_env, "WEB_BIND": f"127.0.0.1:{port}"}, log_dir).start()
     try:
         wait_for_port(port)
-        sku = sku_create(price="7.00", stock=3)
-        shop.register_and_login("quiet")
-        order_id = shop.order([{"sku_id": sku.pk, "count": 1}])["order_id"]
-        paid = sandbox.pay(shop.pay_link(order_id).json()["alipay_url"])
+        order, url = order_with_link(total_amount=Decimal("7.00"))
+        order_id = order.order_id
+        paid = sandbox.pay(url)
         params = query_params(paid["return_url"])
 
         response = requests.put(
@@ -52,8 +50,8 @@ def test_a_paid_return_leaves_no_signature_in_any_log(
 
         assert response.status_code == 200, response.text
     finally:
-        web.stop()
-    access_log = web.log_text()
+        logged_web.stop()
+    access_log = logged_web.log_text()
     assert "PUT /payment/status/ HTTP/1.1" in access_log
     for log in (access_log, celery_workers.log_text()):
         assert params["sign"][:40] not in log
@@ -110,9 +108,9 @@ def test_production_logs_are_json_lines_with_the_request_id_from_web_to_worker(
         shop = ShopClient(base)
         # The proxy's header: production serves HTTPS only (127.0.0.1 is a trusted proxy).
         shop.session.headers["X-Forwarded-Proto"] = "https"
-        shop.register_and_login("jsonbuyer")
-        sku = sku_create(price="25.00", stock=3)
-        order_id = shop.order([{"sku_id": sku.pk, "count": 1}])["order_id"]
+        order = OrderFactory(total_amount=Decimal("25.00"))
+        signed_in(shop, order.user)
+        order_id = order.order_id
         # No notification: the return alone, confirmed by a trade query, pays the order.
         sandbox.set_faults(notify_drop=True)
         paid = sandbox.pay(shop.pay_link(order_id).json()["alipay_url"])
@@ -128,11 +126,7 @@ def test_production_logs_are_json_lines_with_the_request_id_from_web_to_worker(
         # A staff refund: the request id travels in the Celery task's headers.
         operator = ShopClient(base)
         operator.session.headers["X-Forwarded-Proto"] = "https"
-        operator.register_and_login("jsonstaff")  # hashed by the web's own hasher
-        staff = User.objects.get(username="jsonstaff")
-        User.objects.filter(pk=staff.pk).update(is_staff=True)
-        staff.user_permissions.add(Permission.objects.get(
-            content_type__app_label="payment", codename="refund_payment"))
+        signed_in(operator, StaffFactory(permissions=["payment.refund_payment"]))
         refund_id = "refund-" + secrets.token_hex(8)
         asked = operator.session.post(
             f"{base}/orders/{order_id}/refunds/", json={"amount": "5.00", "reason": "Scratched"},

@@ -2,6 +2,7 @@
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,17 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl
+from payment.links import payment_link_create
 from payment.models import Payment, PaymentEvent, Refund, RefusedRequest
 from shop.models import SKU, OrderInfo
-from tests.factories import sku_create
+from tests.factories import (
+    UserFactory,
+    order_with_goods,
+    order_with_link,
+    orders_with_links,
+    signed_in,
+    sku_create,
+)
 from tests.support import APP_ID, SELLER_ID, ShopClient, query_params, sign_params, wait_for
 
 pytestmark = [
@@ -22,13 +31,10 @@ pytestmark = [
 ]
 
 
-def _order_with_link(shop: ShopClient, username: str, price: str = "66.60") -> tuple[str, str]:
-    sku = sku_create(price=price, stock=10)
-    shop.register_and_login(username)
-    order_id = shop.order([{"sku_id": sku.pk, "count": 1}])["order_id"]
-    link = shop.pay_link(order_id)
-    assert link.status_code == 200, link.text
-    return order_id, link.json()["alipay_url"]
+def _order_with_link(**fields: Any) -> tuple[str, str]:
+    """An UNPAID order of 66.60 and its pay link."""
+    order, url = order_with_link(total_amount=Decimal("66.60"), **fields)
+    return order.order_id, url
 
 
 def _order_status(order_id: str) -> int:
@@ -40,10 +46,10 @@ def _paid(order_id: str) -> bool:
 
 
 def test_notification_alone_pays_when_the_return_is_dropped(
-    shop: ShopClient, sandbox: SandboxControl
+    web: str, sandbox: SandboxControl
 ) -> None:
     sandbox.set_faults(drop_return=True)
-    order_id, url = _order_with_link(shop, "tabcloser")
+    order_id, url = _order_with_link()
 
     paid = sandbox.pay(url)
 
@@ -59,10 +65,10 @@ def test_notification_alone_pays_when_the_return_is_dropped(
 
 
 def test_reconciliation_alone_pays_when_return_and_notification_are_lost(
-    shop: ShopClient, sandbox: SandboxControl, fast_schedule: dict
+    web: str, sandbox: SandboxControl, fast_schedule: dict
 ) -> None:
     sandbox.set_faults(drop_return=True, notify_drop=True)
-    order_id, url = _order_with_link(shop, "unlucky")
+    order_id, url = _order_with_link()
     sandbox.pay(url)
     started = timezone.now()
 
@@ -80,7 +86,7 @@ def test_return_notification_and_reconciliation_together_pay_once(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
     sandbox.set_faults(notify_duplicate=12)
-    order_id, url = _order_with_link(shop, "stampede")
+    order_id, url = _order_with_link()
     paid = sandbox.pay(url)
     params = query_params(paid["return_url"])
 
@@ -127,7 +133,7 @@ def _post_notification(shop: ShopClient, order_id: str, notify_id: str, trade_st
 def test_forged_notification_is_refused_and_cannot_squat_the_real_one(
     shop: ShopClient, sandbox: SandboxControl, dev_keys
 ) -> None:
-    order_id, _ = _order_with_link(shop, "forgednote")
+    order_id, _ = _order_with_link()
     forged = _post_notification(shop, order_id, "squat-1", "TRADE_SUCCESS",
                                 dev_keys / "app_private_key.pem")  # not Alipay's key
 
@@ -148,7 +154,7 @@ def test_forged_notification_is_refused_and_cannot_squat_the_real_one(
 def test_unpaid_status_notification_is_recorded_only(
     shop: ShopClient, dev_keys
 ) -> None:
-    order_id, _ = _order_with_link(shop, "waiting")
+    order_id, _ = _order_with_link()
     response = _post_notification(shop, order_id, "wait-1", "WAIT_BUYER_PAY",
                                   dev_keys / "alipay_private_key.pem")
 
@@ -166,9 +172,10 @@ def _expire_now(order_id: str) -> None:
 
 
 def test_expired_order_is_closed_at_alipay_canceled_and_restocked(
-    shop: ShopClient, sandbox: SandboxControl
+    web: str, sandbox: SandboxControl
 ) -> None:
-    order_id, url = _order_with_link(shop, "expiring")
+    order = order_with_goods([(sku_create(price="66.60", stock=10), 1)])
+    order_id, url = order.order_id, payment_link_create(user=order.user, order_id=order.order_id)
     sku_id = OrderInfo.objects.get(order_id=order_id).goods.get().sku_id
     requests.get(url, timeout=10)  # the buyer opened the cashier: the trade exists, unpaid
     assert SKU.objects.get(pk=sku_id).stock == 9
@@ -184,7 +191,7 @@ def test_expired_order_is_closed_at_alipay_canceled_and_restocked(
 def test_payment_for_a_canceled_order_is_refunded(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
-    order_id, url = _order_with_link(shop, "toolate")
+    order_id, url = _order_with_link()
     _expire_now(order_id)
     wait_for(lambda: _order_status(order_id) == OrderInfo.Status.CANCELED, 20)
 
@@ -212,14 +219,12 @@ def test_payment_for_a_canceled_order_is_refunded(
 
 
 def test_expiry_racing_late_payments_never_keeps_the_money(
-    shop: ShopClient, sandbox: SandboxControl, settings: Any
+    web: str, sandbox: SandboxControl
 ) -> None:
-    settings.ORDER_MAX_UNPAID = 0  # one buyer holds all twelve unpaid orders
-    orders = [_order_with_link(shop, "racer")]
-    sku = sku_create(price="12.00", stock=50)
-    for _ in range(11):
-        order_id = shop.order([{"sku_id": sku.pk, "count": 1}])["order_id"]
-        orders.append((order_id, shop.pay_link(order_id).json()["alipay_url"]))
+    buyer = UserFactory()  # one buyer holds all twelve unpaid orders
+    orders = [_order_with_link(user=buyer)] + [
+        (order.order_id, url)
+        for order, url in orders_with_links(11, user=buyer, total_amount=Decimal("12.00"))]
 
     def pay(url: str) -> None:
         try:
@@ -267,13 +272,15 @@ def _trade_exists(sandbox: SandboxControl, order_id: str) -> bool:
 
 
 def test_order_history_shows_every_event(shop: ShopClient, sandbox: SandboxControl) -> None:
-    order_id, url = _order_with_link(shop, "historian")
+    order, url = order_with_link(total_amount=Decimal("66.60"))
+    order_id = order.order_id
     paid = sandbox.pay(url)
     assert shop.put_status(query_params(paid["return_url"])).status_code == 200
     wait_for(lambda: PaymentEvent.objects.filter(order_id=order_id, source="notify",
                                                  state="applied").exists(), 20)
 
-    status = shop.session.get(shop.url(f"/orders/{order_id}/payment/status/")).json()
+    status = signed_in(shop, order.user).session.get(
+        shop.url(f"/orders/{order_id}/payment/status/")).json()
 
     assert status["status"] == "UNSEND" and status["trade_id"] == paid["trade_no"]
     sources = {e["source"] for e in status["history"]}

@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from payment import expiry, reconciliation
 from payment.models import PaymentAttempt
-from shop.models import OrderInfo, User
+from shop.models import OrderInfo
+from tests.factories import OrderFactory, PaymentAttemptFactory, UserFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("beat_paused")]
 
@@ -18,24 +19,20 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 PAST = timedelta(minutes=10)
 
 
-def _orders_with_attempts(name: str, count: int, linked: int | None = None) -> list[OrderInfo]:
-    """UNPAID orders made PAST ago; the first `linked` (default all) have a due pay link."""
-    user = User.objects.create_user(username=name, password="x" * 12)
+def _orders_with_attempts(count: int, linked: int | None = None) -> list[OrderInfo]:
+    """UNPAID orders of one buyer made PAST ago; the first `linked` (default all) have a due
+    pay link."""
     past = timezone.now() - PAST
-    orders = OrderInfo.objects.bulk_create(
-        OrderInfo(order_id=f"{user.pk:09d}{i:06d}", user=user, total_amount=Decimal("1.00"))
-        for i in range(count)
-    )
-    OrderInfo.objects.filter(user=user).update(created_at=past)
-    PaymentAttempt.objects.bulk_create(
-        PaymentAttempt(order=o, amount=o.total_amount, started_at=past, last_started_at=past,
-                       next_check_at=past) for o in orders[:linked]
-    )
+    buyer = UserFactory()
+    orders = OrderFactory.create_batch(count, user=buyer, total_amount=Decimal("1.00"))
+    OrderInfo.objects.filter(user=buyer).update(created_at=past)
+    for order in orders[:linked]:
+        PaymentAttemptFactory(order=order, started_at=past, next_check_at=past)
     return orders
 
 
 def test_overlapping_claims_are_disjoint_and_cover_everything() -> None:
-    _orders_with_attempts("claims", 600)
+    _orders_with_attempts(600)
     claimed: list[list[str]] = []
     lock = threading.Lock()
 
@@ -60,7 +57,7 @@ def test_overlapping_claims_are_disjoint_and_cover_everything() -> None:
 
 
 def test_a_batch_that_outlived_its_lease_leaves_the_orders_to_the_new_claim() -> None:
-    _orders_with_attempts("lease", 10)
+    _orders_with_attempts(10)
     past = timezone.now() - PAST
     stale_ids, stale_token = reconciliation.attempts_claim_with_token(limit=10)
     PaymentAttempt.objects.update(claimed_until=past)  # the first batch sat in the queue
@@ -74,7 +71,7 @@ def test_a_batch_that_outlived_its_lease_leaves_the_orders_to_the_new_claim() ->
 
 def test_overlapping_expiry_runs_never_take_the_same_order(settings: Any) -> None:
     settings.ORDER_PAY_TIMEOUT = PAST / 2
-    orders = _orders_with_attempts("expiry", 30, linked=20)
+    orders = _orders_with_attempts(30, linked=20)
 
     first = expiry.orders_expired(limit=100)
     second = expiry.orders_expired(limit=100)

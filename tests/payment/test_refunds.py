@@ -10,15 +10,19 @@ from typing import Any
 
 import pytest
 import requests
-from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl
 from payment import alipay
 from payment.models import Payment, PaymentEvent, Refund
-from shop.models import OrderInfo, User
-from shop.services import order_create
-from tests.factories import sku_create
+from shop.models import OrderInfo
+from tests.factories import (
+    OrderFactory,
+    PaymentFactory,
+    StaffFactory,
+    order_with_link,
+    signed_in,
+)
 from tests.support import APP_ID, SELLER_ID, ShopClient, sign_params, wait_for
 
 pytestmark = [
@@ -30,22 +34,12 @@ REFUND = "alipay.trade.refund"
 State = Refund.State
 
 
-def _staff_session(base_url: str, username: str, *, may_refund: bool = True,
+def _staff_session(base_url: str, *, may_refund: bool = True,
                    is_staff: bool = True) -> requests.Session:
     """An API client signed in as staff (with the operators' refund permission)."""
-    user = User.objects.create_user(username=username, password="staff-pass-123",
-                                    is_staff=is_staff)
-    if may_refund:
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label="payment", codename="refund_payment"))
-    session = requests.Session()
-    session.trust_env = False
-    signed_in = session.post(f"{base_url}/authorizations/",
-                             json={"username": username, "password": "staff-pass-123"},
-                             timeout=10)
-    assert signed_in.status_code == 200, signed_in.text
-    session.headers["Authorization"] = f"Token {signed_in.json()['token']}"
-    return session
+    user = StaffFactory(is_staff=is_staff,
+                        permissions=["payment.refund_payment"] if may_refund else [])
+    return signed_in(ShopClient(base_url), user).session
 
 
 def _refund(session: requests.Session, base_url: str, order_id: str, amount: Any,
@@ -55,15 +49,14 @@ def _refund(session: requests.Session, base_url: str, order_id: str, amount: Any
                         json={"amount": amount, "reason": reason}, headers=headers, timeout=20)
 
 
-def _paid_order(shop: ShopClient, sandbox: SandboxControl, username: str,
-                price: str = "100.00") -> str:
-    """An order its buyer paid at the sandbox; Alipay's notification paid it here."""
-    sku = sku_create(price=price, stock=10)
-    shop.register_and_login(username)
-    order_id = shop.order([{"sku_id": sku.pk, "count": 1}])["order_id"]
-    sandbox.pay(shop.pay_link(order_id).json()["alipay_url"])
-    wait_for(lambda: _order_status(order_id) == OrderInfo.Status.UNSEND, 20)
-    return str(order_id)
+def _paid_order(shop: ShopClient, sandbox: SandboxControl, price: str = "100.00") -> str:
+    """An order its buyer paid at the sandbox; Alipay's notification paid it here. `shop` is
+    signed in as the buyer."""
+    order, url = order_with_link(total_amount=Decimal(price))
+    signed_in(shop, order.user)
+    sandbox.pay(url)
+    wait_for(lambda: _order_status(order.order_id) == OrderInfo.Status.UNSEND, 20)
+    return order.order_id
 
 
 def _order_status(order_id: str) -> int:
@@ -93,8 +86,8 @@ def test_three_partial_refunds_add_up_and_the_last_one_refunds_the_order(
     shop: ShopClient, sandbox: SandboxControl, exclusive_workers: Callable[..., Any]
 ) -> None:
     exclusive_workers("refund-timeouts", ALIPAY_TIMEOUT="1")
-    order_id = _paid_order(shop, sandbox, "threerefunds")
-    staff = _staff_session(shop.base_url, "refunder")
+    order_id = _paid_order(shop, sandbox)
+    staff = _staff_session(shop.base_url)
 
     first = _refund(staff, shop.base_url, order_id, "30.00", "Box arrived damaged")
     assert first.status_code == 201, first.text
@@ -162,8 +155,8 @@ def test_a_refund_whose_answer_was_lost_is_confirmed_by_query_not_sent_again(
     shop: ShopClient, sandbox: SandboxControl, exclusive_workers: Callable[..., Any]
 ) -> None:
     exclusive_workers("refund-lost-answer", ALIPAY_TIMEOUT="1", REFUND_CONFIRM_DELAY="3")
-    order_id = _paid_order(shop, sandbox, "lostanswer")
-    staff = _staff_session(shop.base_url, "refunder")
+    order_id = _paid_order(shop, sandbox)
+    staff = _staff_session(shop.base_url)
     # Alipay takes 2 s over every refund: it makes it, but our call has given up after 1 s.
     # Its notification is lost too, so only the refund query can tell.
     sandbox.set_faults(latency_ms=2000, methods=[REFUND], notify_drop=True)
@@ -188,8 +181,8 @@ def test_a_refund_whose_answer_was_lost_is_confirmed_by_query_not_sent_again(
 def test_alipay_refusing_a_refund_fails_it_and_a_refund_made_elsewhere_is_a_finding(
     shop: ShopClient, sandbox: SandboxControl, alipay_settings: dict[str, str]
 ) -> None:
-    order_id = _paid_order(shop, sandbox, "refusedrefund")
-    staff = _staff_session(shop.base_url, "refunder")
+    order_id = _paid_order(shop, sandbox)
+    staff = _staff_session(shop.base_url)
     # 70.00 refunded at Alipay outside the ledger (as from Alipay's merchant console).
     alipay.trade_refund(out_trade_no=order_id, refund_amount=Decimal("70.00"),
                         out_request_no="console-1", reason="by hand")
@@ -223,8 +216,8 @@ def test_alipay_refusing_a_refund_fails_it_and_a_refund_made_elsewhere_is_a_find
 def test_the_same_idempotency_key_makes_one_refund(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
-    order_id = _paid_order(shop, sandbox, "onceonly")
-    staff = _staff_session(shop.base_url, "refunder")
+    order_id = _paid_order(shop, sandbox)
+    staff = _staff_session(shop.base_url)
 
     first = _refund(staff, shop.base_url, order_id, "12.50", "Missing part", key="rf-0001")
     again = _refund(staff, shop.base_url, order_id, "12.50", "Missing part", key="rf-0001")
@@ -252,15 +245,15 @@ def test_the_same_idempotency_key_makes_one_refund(
 def test_only_staff_allowed_to_refund_may_ask(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
-    order_id = _paid_order(shop, sandbox, "ownbuyer")
+    order_id = _paid_order(shop, sandbox)
     url = shop.url(f"/orders/{order_id}/refunds/")
     body = {"amount": "10.00", "reason": "I want my money"}
 
     buyer = shop.session.post(url, json=body, timeout=10)  # the order's own buyer
     anonymous = requests.post(url, json=body, timeout=10)
-    staff_without = _refund(_staff_session(shop.base_url, "justviewing", may_refund=False),
+    staff_without = _refund(_staff_session(shop.base_url, may_refund=False),
                             shop.base_url, order_id, "10.00")
-    not_staff = _refund(_staff_session(shop.base_url, "permonly", is_staff=False),
+    not_staff = _refund(_staff_session(shop.base_url, is_staff=False),
                         shop.base_url, order_id, "10.00")
 
     assert (buyer.status_code, anonymous.status_code) == (403, 401)
@@ -277,8 +270,8 @@ def test_only_staff_allowed_to_refund_may_ask(
 def test_bad_amounts_and_reasons_are_400(
     web: str, amount: Any, reason: str
 ) -> None:
-    order = _paid_order_rows("badinput")
-    staff = _staff_session(web, "refunder")
+    order = _paid_order_rows()
+    staff = _staff_session(web)
 
     response = _refund(staff, web, order.order_id, amount, reason)
 
@@ -288,9 +281,9 @@ def test_bad_amounts_and_reasons_are_400(
 
 
 def test_refunds_that_cannot_be_made_are_refused_with_a_reason(web: str) -> None:
-    staff = _staff_session(web, "refunder")
-    paid = _paid_order_rows("paidbuyer")
-    unpaid = order_create(user=paid.user, items=[(sku_create(price="5.00").pk, 1)])
+    staff = _staff_session(web)
+    paid = _paid_order_rows()
+    unpaid = OrderFactory(user=paid.user, total_amount=Decimal("5.00"))
 
     not_paid = _refund(staff, web, unpaid.order_id, "5.00")
     too_much = _refund(staff, web, paid.order_id, "100.01")
@@ -309,8 +302,8 @@ def test_refunds_that_cannot_be_made_are_refused_with_a_reason(web: str) -> None
 def test_parallel_refund_requests_never_exceed_the_paid_amount(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
-    order_id = _paid_order(shop, sandbox, "stampede")
-    staff = _staff_session(shop.base_url, "refunder")
+    order_id = _paid_order(shop, sandbox)
+    staff = _staff_session(shop.base_url)
     start = threading.Barrier(10)
 
     def ask(index: int) -> int:
@@ -329,14 +322,9 @@ def test_parallel_refund_requests_never_exceed_the_paid_amount(
     assert _order_status(order_id) == OrderInfo.Status.UNSEND
 
 
-def _paid_order_rows(username: str, amount: str = "100.00") -> OrderInfo:
+def _paid_order_rows(amount: str = "100.00") -> OrderInfo:
     """An order paid by a payment row, as the workers leave it (no trade at the sandbox)."""
-    buyer = User.objects.create_user(username=username, password="s3cret-pass")
-    order = order_create(user=buyer, items=[(sku_create(price=amount).pk, 1)])
-    OrderInfo.objects.filter(pk=order.pk).update(status=OrderInfo.Status.UNSEND)
-    Payment.objects.create(order=order, trade_id=f"2026112622001{order.order_id[-15:]}",
-                           amount=order.total_amount, source="notify")
-    return OrderInfo.objects.get(pk=order.pk)
+    return PaymentFactory(order__total_amount=Decimal(amount)).order
 
 
 def _refund_row(order: OrderInfo, number: int, amount: str, state: str) -> Refund:
@@ -370,7 +358,7 @@ def _event(notify_id: str) -> PaymentEvent:
 
 
 def test_refund_notifications_are_matched_to_the_ledger(web: str, dev_keys: Path) -> None:
-    order = _paid_order_rows("notified")
+    order = _paid_order_rows()
     partial = _refund_row(order, 1, "40.00", State.UNKNOWN)
     full = _refund_row(order, 2, "60.00", State.SENT)
 
@@ -414,8 +402,8 @@ def test_refund_notifications_are_matched_to_the_ledger(web: str, dev_keys: Path
 def test_buyers_see_their_refunds_without_staff_details(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
-    order_id = _paid_order(shop, sandbox, "curious")
-    staff = _staff_session(shop.base_url, "refunder")
+    order_id = _paid_order(shop, sandbox)
+    staff = _staff_session(shop.base_url)
     assert _refund(staff, shop.base_url, order_id, "25.00", "Scratched lid").status_code == 201
 
     status = shop.session.get(shop.url(f"/orders/{order_id}/payment/status/"), timeout=10)
@@ -431,7 +419,7 @@ def test_buyers_see_their_refunds_without_staff_details(
 def test_the_sweeper_takes_up_refunds_left_without_a_worker(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
-    order_id = _paid_order(shop, sandbox, "lostwakeup")
+    order_id = _paid_order(shop, sandbox)
     order = OrderInfo.objects.get(order_id=order_id)
     # Stored, but its message to the workers never left (the broker was away then).
     stranded = Refund.objects.create(
@@ -441,13 +429,12 @@ def test_the_sweeper_takes_up_refunds_left_without_a_worker(
     )
     # A late payment kept from before the ledger: refund pending, no refund row.
     sandbox.set_faults(notify_drop=True)
-    shop.register_and_login("latepayer")
-    late_id = shop.order([{"sku_id": sku_create(price="8.80").pk, "count": 1}])["order_id"]
-    paid = sandbox.pay(shop.pay_link(late_id).json()["alipay_url"])
+    late_order, late_url = order_with_link(total_amount=Decimal("8.80"))
+    late_id = late_order.order_id
+    paid = sandbox.pay(late_url)
     OrderInfo.objects.filter(order_id=late_id).update(status=OrderInfo.Status.CANCELED)
-    late = Payment.objects.create(order_id=late_id, trade_id=paid["trade_no"],
-                                  amount=Decimal("8.80"), source="query",
-                                  status=Payment.Status.REFUND_PENDING)
+    late = PaymentFactory(order=late_order, trade_id=paid["trade_no"], source="query",
+                          status=Payment.Status.REFUND_PENDING)
     Payment.objects.filter(pk=late.pk).update(created_at=timezone.now() - timedelta(minutes=1))
 
     _wait_state(stranded.pk, State.SUCCEEDED, 20)

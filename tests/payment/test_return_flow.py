@@ -9,25 +9,23 @@ import pytest
 from alipay_sandbox.client import SandboxControl
 from payment.models import Payment, PaymentEvent, RefusedRequest
 from shop.models import OrderInfo
-from tests.factories import sku_create
+from tests.factories import OrderFactory, order_with_link, signed_in
 from tests.support import SELLER_ID, ShopClient, query_params, sign_params, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("celery_workers")]
 
 
-def _paid_order(shop: ShopClient, sandbox: SandboxControl, username: str) -> tuple[str, dict]:
-    sku = sku_create(price="128.80", stock=10)
-    shop.register_and_login(username)
-    order = shop.order([{"sku_id": sku.pk, "count": 2}])
-    link = shop.pay_link(order["order_id"])
-    assert link.status_code == 200, link.text
-    paid = sandbox.pay(link.json()["alipay_url"])
-    return order["order_id"], query_params(paid["return_url"])
+def _paid_order(shop: ShopClient, sandbox: SandboxControl) -> tuple[str, dict]:
+    """An order of 257.60 its buyer paid at the sandbox; `shop` is signed in as the buyer."""
+    order, url = order_with_link(total_amount=Decimal("257.60"))
+    signed_in(shop, order.user)
+    paid = sandbox.pay(url)
+    return order.order_id, query_params(paid["return_url"])
 
 
 def test_return_params_pay_the_order(shop: ShopClient, sandbox: SandboxControl) -> None:
     sandbox.set_faults(notify_drop=True)  # the return is what pays
-    order_id, params = _paid_order(shop, sandbox, "alice")
+    order_id, params = _paid_order(shop, sandbox)
     assert Decimal(params["total_amount"]) == Decimal("257.60")
 
     response = shop.put_status(params)
@@ -48,7 +46,7 @@ def test_return_params_pay_the_order(shop: ShopClient, sandbox: SandboxControl) 
 def test_reloading_the_success_page_answers_the_trade_again(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
-    order_id, params = _paid_order(shop, sandbox, "reloader")
+    order_id, params = _paid_order(shop, sandbox)
     first = shop.put_status(params)
     again = shop.put_status(params)
     as_post = shop.session.post(shop.url("/payment/status/"), data=params, timeout=30)
@@ -62,7 +60,7 @@ def test_same_return_put_20_times_concurrently_pays_once(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
     sandbox.set_faults(notify_drop=True)  # the returns are what pays
-    order_id, params = _paid_order(shop, sandbox, "bob")
+    order_id, params = _paid_order(shop, sandbox)
     with ThreadPoolExecutor(20) as pool:
         responses = list(pool.map(lambda _: shop.put_status(params), range(20)))
 
@@ -76,12 +74,11 @@ def test_same_return_put_20_times_concurrently_pays_once(
     assert 1 <= event.deliveries <= 20
 
 
-def _unpaid_order(shop: ShopClient, username: str, price: str = "10.00") -> str:
-    sku = sku_create(price=price, stock=5)
-    shop.register_and_login(username)
-    order_id = shop.order([{"sku_id": sku.pk, "count": 1}])["order_id"]
-    assert shop.pay_link(order_id).status_code == 200
-    return order_id
+def _unpaid_order(shop: ShopClient) -> str:
+    """An order of 10.00 with its pay link; `shop` is signed in as its buyer."""
+    order, _ = order_with_link(total_amount=Decimal("10.00"))
+    signed_in(shop, order.user)
+    return order.order_id
 
 
 def _forged_return(order_id: str, key: Path, **changes: str) -> dict[str, str]:
@@ -120,7 +117,7 @@ def _assert_rejected(shop: ShopClient, order_id: str, params: dict[str, str], wh
 def test_signed_but_wrong_return_is_rejected(
     shop: ShopClient, dev_keys: Path, changes: dict[str, str], why: str
 ) -> None:
-    order_id = _unpaid_order(shop, f"mallory-{why.replace(' ', '-')}")
+    order_id = _unpaid_order(shop)
     params = _forged_return(order_id, dev_keys / "alipay_private_key.pem", **changes)
     _assert_rejected(shop, order_id, params, why)
 
@@ -128,7 +125,7 @@ def test_signed_but_wrong_return_is_rejected(
 def test_return_signed_with_another_key_is_rejected(
     shop: ShopClient, dev_keys: Path
 ) -> None:
-    order_id = _unpaid_order(shop, "forger")
+    order_id = _unpaid_order(shop)
     params = _forged_return(order_id, dev_keys / "app_private_key.pem")
 
     response = shop.put_status(params)
@@ -146,7 +143,7 @@ def test_return_signed_with_another_key_is_rejected(
 
 def test_tampered_signature_is_rejected(shop: ShopClient, sandbox: SandboxControl) -> None:
     sandbox.set_faults(notify_drop=True)  # only the tampered return may reach the order
-    order_id, params = _paid_order(shop, sandbox, "tamperer")
+    order_id, params = _paid_order(shop, sandbox)
     params["sign"] = ("A" if params["sign"][0] != "A" else "B") + params["sign"][1:]
     response = shop.put_status(params)
     assert response.status_code == 403
@@ -157,9 +154,9 @@ def test_tampered_signature_is_rejected(shop: ShopClient, sandbox: SandboxContro
 def test_order_a_params_replayed_for_order_b_are_rejected(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
-    order_a, params = _paid_order(shop, sandbox, "replayer")
-    sku = sku_create(price="128.80", stock=10)
-    order_b = shop.order([{"sku_id": sku.pk, "count": 2}])["order_id"]
+    order_a, params = _paid_order(shop, sandbox)
+    order_b = OrderFactory(user=OrderInfo.objects.get(order_id=order_a).user,
+                           total_amount=Decimal("257.60")).order_id
 
     response = shop.put_status({**params, "out_trade_no": order_b})
 
@@ -176,7 +173,7 @@ def test_paid_with_another_trade_query_mismatch_is_rejected(
 ) -> None:
     """Validly signed, right amount, but Alipay's trade query knows another trade_no."""
     sandbox.set_faults(notify_drop=True)  # only the forged return may reach the order
-    order_id, params = _paid_order(shop, sandbox, "mismatch")
+    order_id, params = _paid_order(shop, sandbox)
     forged = _forged_return(
         order_id, dev_keys / "alipay_private_key.pem", total_amount=params["total_amount"],
         trade_no="2026112522001499999999999999",
@@ -206,7 +203,7 @@ def test_malformed_return_gets_400(web: str, query: str) -> None:
 
 
 def test_garbage_signature_is_rejected_not_500(shop: ShopClient) -> None:
-    order_id = _unpaid_order(shop, "garbage")
+    order_id = _unpaid_order(shop)
     not_a_signature = "bm90IGEgc2lnbmF0dXJlIGF0IGFsbA=="
     response = shop.put_status({"out_trade_no": order_id, "sign": not_a_signature,
                                 "total_amount": "10.00", "app_id": "x"})
@@ -229,7 +226,7 @@ def test_gateway_error_during_confirming_query_is_retried(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
     sandbox.set_faults(notify_drop=True)  # the return alone must pay, through the retries
-    order_id, params = _paid_order(shop, sandbox, "patient")
+    order_id, params = _paid_order(shop, sandbox)
     sandbox.set_faults(error_rate=1.0, error_kind="20000", methods=["alipay.trade.query"])
 
     first = shop.put_status(params)
@@ -253,7 +250,7 @@ def test_gateway_error_during_confirming_query_is_retried(
 
 def test_return_query_string_is_taken_verbatim(shop: ShopClient, sandbox: SandboxControl) -> None:
     """The storefront forwards Alipay's query string as it arrived, percent-encoding and all."""
-    order_id, params = _paid_order(shop, sandbox, "verbatim")
+    order_id, params = _paid_order(shop, sandbox)
     response = shop.put_status(urllib.parse.urlencode(params, quote_via=urllib.parse.quote))
     assert response.status_code == 200
     assert Payment.objects.filter(order_id=order_id).count() == 1
@@ -262,7 +259,7 @@ def test_return_query_string_is_taken_verbatim(shop: ShopClient, sandbox: Sandbo
 def test_return_after_the_notification_paid_is_answered_without_a_write(
     shop: ShopClient, sandbox: SandboxControl
 ) -> None:
-    order_id, params = _paid_order(shop, sandbox, "latecomer")
+    order_id, params = _paid_order(shop, sandbox)
     wait_for(lambda: Payment.objects.filter(order_id=order_id).exists(), 20)  # the notification
 
     response = shop.put_status(params)

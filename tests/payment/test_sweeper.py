@@ -7,15 +7,13 @@ from django.utils import timezone
 
 from payment import sweeper
 from payment.models import PaymentEvent
-from shop.models import OrderInfo, User
+from tests.factories import OrderFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("beat_paused")]
 
 
 def _stuck_event(key: str, attempts: int, due_in: timedelta) -> PaymentEvent:
-    user = User.objects.create_user(username=f"u-{key}", password="x" * 12)
-    order = OrderInfo.objects.create(order_id=f"2026112500009{len(key):06d}{user.pk:03d}",
-                                     user=user, total_amount=Decimal("3.00"))
+    order = OrderFactory(total_amount=Decimal("3.00"))
     return PaymentEvent.objects.create(
         source="return", dedupe_key=key, out_trade_no=order.order_id, order=order,
         raw_data={"out_trade_no": order.order_id}, attempts=attempts,

@@ -14,6 +14,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from shop.models import User
+from tests.factories import UserFactory
 from tests.support import ManagedProcess, free_port, procfile_command, wait_for_port
 
 ACCOUNT_LIMIT = 5
@@ -30,7 +31,7 @@ def limits(settings: Any) -> None:
 
 
 def _user(username: str, **fields: Any) -> User:
-    return User.objects.create_user(username=username, password=PASSWORD, **fields)
+    return UserFactory(username=username, password=PASSWORD, **fields)
 
 
 def _api_sign_in(username: str, password: str, address: str) -> Any:

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from shop.models import SKU, OrderGoods, OrderInfo
-from tests.factories import sku_create
+from tests.factories import UserFactory, signed_in, sku_create
 from tests.support import ShopClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,7 +37,7 @@ def test_register_login_and_order(web: str) -> None:
 
 def test_client_cannot_set_the_total(web: str) -> None:
     sku = sku_create("Monitor", "1899.00", 3)
-    shop = ShopClient(web).register_and_login("eve")
+    shop = signed_in(ShopClient(web), UserFactory())
     response = shop.session.post(
         shop.url("/orders/"),
         json={"items": [{"sku_id": sku.pk, "count": 1}], "total_amount": "0.01"},
@@ -54,7 +54,7 @@ def test_client_cannot_set_the_total(web: str) -> None:
 )
 def test_bad_order_input_gets_400(web: str, body: dict) -> None:
     sku_create()
-    shop = ShopClient(web).register_and_login(f"bad{abs(hash(str(body))) % 10**6}")
+    shop = signed_in(ShopClient(web), UserFactory())
     response = shop.session.post(shop.url("/orders/"), json=body)
     assert response.status_code == 400, response.text
     assert response.json()["message"]
@@ -63,7 +63,7 @@ def test_bad_order_input_gets_400(web: str, body: dict) -> None:
 
 def test_stock_never_goes_below_zero_under_concurrent_orders(web: str) -> None:
     sku = sku_create("Last units", "5.00", 5)
-    buyers = [ShopClient(web).register_and_login(f"buyer{i}") for i in range(12)]
+    buyers = [signed_in(ShopClient(web), UserFactory()) for _ in range(12)]
 
     def place(shop: ShopClient) -> int:
         return shop.session.post(
@@ -80,8 +80,8 @@ def test_stock_never_goes_below_zero_under_concurrent_orders(web: str) -> None:
 
 def test_orders_of_others_are_invisible(web: str) -> None:
     sku = sku_create()
-    owner = ShopClient(web).register_and_login("owner")
-    other = ShopClient(web).register_and_login("other")
+    owner = signed_in(ShopClient(web), UserFactory())
+    other = signed_in(ShopClient(web), UserFactory())
     order_id = owner.order([{"sku_id": sku.pk, "count": 1}])["order_id"]
 
     assert other.session.get(other.url("/orders/")).json() == []
@@ -91,8 +91,8 @@ def test_orders_of_others_are_invisible(web: str) -> None:
 
 def test_pay_link_same_400_for_missing_foreign_and_paid(web: str, alipay_settings: dict) -> None:
     sku = sku_create()
-    owner = ShopClient(web).register_and_login("linkowner")
-    other = ShopClient(web).register_and_login("linkother")
+    owner = signed_in(ShopClient(web), UserFactory())
+    other = signed_in(ShopClient(web), UserFactory())
     order_id = owner.order([{"sku_id": sku.pk, "count": 1}])["order_id"]
     paid_id = owner.order([{"sku_id": sku.pk, "count": 1}])["order_id"]
     OrderInfo.objects.filter(order_id=paid_id).update(status=OrderInfo.Status.UNSEND)
@@ -115,7 +115,7 @@ def test_anonymous_requests_are_refused(web: str) -> None:
 
 
 def test_wrong_password_gets_400(web: str) -> None:
-    ShopClient(web).register_and_login("dave")
+    UserFactory(username="dave")
     response = requests.post(
         f"{web}/authorizations/", json={"username": "dave", "password": "nope"}, timeout=10
     )
@@ -124,7 +124,7 @@ def test_wrong_password_gets_400(web: str) -> None:
 
 
 def test_duplicate_username_and_weak_password_get_400(web: str) -> None:
-    ShopClient(web).register_and_login("frank")
+    UserFactory(username="frank")
     again = requests.post(
         f"{web}/users/", json={"username": "frank", "password": "another-pass-1"}, timeout=10
     )
@@ -147,13 +147,13 @@ def test_duplicate_username_and_weak_password_get_400(web: str) -> None:
 )
 def test_hostile_input_gets_a_4xx_not_a_500(web: str, method: str, path: str,
                                            kwargs: dict) -> None:
-    shop = ShopClient(web).register_and_login(f"hostile-{abs(hash(path)) % 10**6}")
+    shop = signed_in(ShopClient(web), UserFactory())
     response = shop.session.request(method, shop.url(path), timeout=30, **kwargs)
     assert 400 <= response.status_code < 500, response.text[:300]
 
 
 def test_fullwidth_name_of_an_existing_user_is_refused(web: str) -> None:
-    ShopClient(web).register_and_login("dora")
+    UserFactory(username="dora")
     response = requests.post(f"{web}/users/", json={"username": "ｄｏｒａ",
                                                     "password": "s3cret-pass"}, timeout=10)
     assert response.status_code == 400, response.text

@@ -11,7 +11,7 @@ from alipay_sandbox.client import SandboxControl
 from payment.expiry import order_expire, orders_expired
 from shop.models import SKU, OrderInfo, User
 from shop.services import OrderError, UnpaidOrdersLimitError, order_create
-from tests.factories import sku_create
+from tests.factories import UserFactory, signed_in, sku_create
 from tests.support import ShopClient, query_params
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,16 +22,16 @@ def _place(shop: ShopClient, sku: SKU) -> Any:
                              json={"items": [{"sku_id": sku.pk, "count": 1}]}, timeout=30)
 
 
-def _unpaid(username: str) -> int:
-    return OrderInfo.objects.filter(user__username=username,
-                                    status=OrderInfo.Status.UNPAID).count()
+def _unpaid(user: User) -> int:
+    return OrderInfo.objects.filter(user=user, status=OrderInfo.Status.UNPAID).count()
 
 
 def test_an_order_over_the_cap_gets_409_and_takes_no_stock(shop: ShopClient,
                                                            settings: Any) -> None:
     settings.ORDER_MAX_UNPAID = 3
     sku = sku_create(stock=100)
-    shop.register_and_login("hoarder")
+    hoarder = UserFactory()
+    signed_in(shop, hoarder)
     for _ in range(3):
         assert _place(shop, sku).status_code == 201
 
@@ -41,10 +41,11 @@ def test_an_order_over_the_cap_gets_409_and_takes_no_stock(shop: ShopClient,
     message = over.json()["message"]
     assert "3 unpaid orders" in message and "Pay one of them" in message
     assert "30 minutes" in message
-    assert _unpaid("hoarder") == 3
+    assert _unpaid(hoarder) == 3
     assert SKU.objects.get(pk=sku.pk).stock == 97
     # Another account is not held back by this one's orders.
-    assert _place(ShopClient(shop.base_url).register_and_login("neighbour"), sku).status_code == 201
+    neighbour = signed_in(ShopClient(shop.base_url), UserFactory())
+    assert _place(neighbour, sku).status_code == 201
 
 
 def test_paying_an_order_frees_a_slot(shop: ShopClient, sandbox: SandboxControl,
@@ -52,7 +53,8 @@ def test_paying_an_order_frees_a_slot(shop: ShopClient, sandbox: SandboxControl,
     settings.ORDER_MAX_UNPAID = 2
     sandbox.set_faults(notify_drop=True)  # the buyer's return is what pays
     sku = sku_create(price="20.00", stock=100)
-    shop.register_and_login("payer")
+    payer = UserFactory()
+    signed_in(shop, payer)
     first = _place(shop, sku).json()["order_id"]
     assert _place(shop, sku).status_code == 201
     assert _place(shop, sku).status_code == 409
@@ -63,13 +65,14 @@ def test_paying_an_order_frees_a_slot(shop: ShopClient, sandbox: SandboxControl,
     assert OrderInfo.objects.get(order_id=first).status == OrderInfo.Status.UNSEND
     assert _place(shop, sku).status_code == 201
     assert _place(shop, sku).status_code == 409
-    assert _unpaid("payer") == 2
+    assert _unpaid(payer) == 2
 
 
 def test_an_expired_order_frees_a_slot(shop: ShopClient, settings: Any) -> None:
     settings.ORDER_MAX_UNPAID = 1
     sku = sku_create(stock=10)
-    shop.register_and_login("forgetful")
+    forgetful = UserFactory()
+    signed_in(shop, forgetful)
     stale = _place(shop, sku).json()["order_id"]
     assert _place(shop, sku).status_code == 409
     OrderInfo.objects.filter(order_id=stale).update(
@@ -80,16 +83,17 @@ def test_an_expired_order_frees_a_slot(shop: ShopClient, settings: Any) -> None:
 
     assert OrderInfo.objects.get(order_id=stale).status == OrderInfo.Status.CANCELED
     assert _place(shop, sku).status_code == 201
-    assert _unpaid("forgetful") == 1
+    assert _unpaid(forgetful) == 1
 
 
 def test_zero_means_no_cap(shop: ShopClient, settings: Any) -> None:
     settings.ORDER_MAX_UNPAID = 0
     sku = sku_create(stock=100)
-    shop.register_and_login("wholesale")
+    wholesale = UserFactory()
+    signed_in(shop, wholesale)
 
     assert [_place(shop, sku).status_code for _ in range(8)] == [201] * 8
-    assert _unpaid("wholesale") == 8
+    assert _unpaid(wholesale) == 8
 
 
 def _place_at_once(user: User, sku: SKU, count: int) -> tuple[int, list[str]]:
@@ -122,12 +126,12 @@ def test_parallel_orders_of_one_account_never_exceed_the_cap(settings: Any) -> N
     settings.ORDER_MAX_UNPAID = 3
     sku = sku_create(stock=1000)
 
-    for round_no in range(3):  # a few rounds: a race lost once would show in one of them
-        user = User.objects.create_user(username=f"rush{round_no}", password="s3cret-pass")
+    for _ in range(3):  # a few rounds: a race lost once would show in one of them
+        user = UserFactory()
 
         placed, refused = _place_at_once(user, sku, 12)
 
         assert placed == 3, refused
         assert len(refused) == 9 and all("3 unpaid orders" in m for m in refused), refused
-        assert _unpaid(user.username) == 3
+        assert _unpaid(user) == 3
     assert SKU.objects.get(pk=sku.pk).stock == 1000 - 3 * 3

@@ -7,6 +7,7 @@ from django.db import connection, transaction
 from django.test import Client
 
 from shop.models import User
+from tests.factories import UserFactory
 from tests.support import ShopClient, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,7 +59,7 @@ def test_a_sign_up_that_loses_the_race_for_a_name_gets_400_not_500(web: str) -> 
     """The other sign-up commits after this one's check: the database refuses the second row."""
     outcome: list[requests.Response] = []
     with transaction.atomic():
-        User.objects.create_user(username="racer", password=PASSWORD)  # not committed yet
+        UserFactory(username="racer")  # not committed yet
         request = threading.Thread(target=lambda: outcome.append(_sign_up(web, "RACER")))
         request.start()
 
@@ -112,7 +113,7 @@ def test_sign_in_finds_the_account_whatever_the_case(web: str) -> None:
 
 
 def test_storefront_sign_in_finds_the_account_whatever_the_case(client: Client) -> None:
-    user = User.objects.create_user(username="nils", password=PASSWORD)
+    user = UserFactory(username="nils", password=PASSWORD)
 
     response = client.post("/login/", {"username": "NILS", "password": PASSWORD})
 
@@ -121,7 +122,7 @@ def test_storefront_sign_in_finds_the_account_whatever_the_case(client: Client) 
 
 
 def test_admin_user_forms_refuse_a_case_twin_and_still_work(admin_client: Client) -> None:
-    User.objects.create_user(username="olga", password=PASSWORD)
+    UserFactory(username="olga")
     form = {"username": "OLGA", "password1": PASSWORD, "password2": PASSWORD,
             "usable_password": "true"}
 

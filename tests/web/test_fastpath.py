@@ -1,24 +1,18 @@
 """The intake endpoints as production serves them (payment/fastpath.py under uvicorn):
 the same answers and records as the Django views, with real workers and the sandbox."""
 import urllib.parse
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import requests
 
 from alipay_sandbox.client import SandboxControl
-from payment.links import payment_link_create
 from payment.models import Payment, PaymentEvent, RefusedRequest
 from shop.models import OrderInfo
-from tests.factories import OrderFactory
+from tests.factories import OrderFactory, order_with_link
 from tests.support import APP_ID, SELLER_ID, query_params, sign_params, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("celery_workers")]
-
-
-def _order(tag: str, price: str = "9.90") -> OrderInfo:
-    return OrderFactory(total_amount=Decimal(price))
 
 
 def _put(base: str, params: dict[str, str]) -> requests.Response:
@@ -29,8 +23,8 @@ def test_return_pays_then_reload_is_answered_from_the_payment(
     asgi_web: str, sandbox: SandboxControl
 ) -> None:
     sandbox.set_faults(notify_drop=True)  # the return is what pays
-    order = _order("fastret")
-    paid = sandbox.pay(payment_link_create(user=order.user, order_id=order.order_id))
+    order, url = order_with_link()
+    paid = sandbox.pay(url)
     params = query_params(paid["return_url"])
 
     first = _put(asgi_web, params)
@@ -44,7 +38,7 @@ def test_return_pays_then_reload_is_answered_from_the_payment(
 
 
 def test_forged_and_malformed_returns_are_refused(asgi_web: str, dev_keys: Path) -> None:
-    order = _order("fastforge")
+    order = OrderFactory()
     forged = sign_params({
         "out_trade_no": order.order_id, "method": "alipay.trade.page.pay.return",
         "total_amount": "9.90", "trade_no": "2026112622001400000000000123", "app_id": APP_ID,
@@ -76,7 +70,7 @@ def test_forged_and_malformed_returns_are_refused(asgi_web: str, dev_keys: Path)
 
 
 def test_notification_stored_once_counted_and_applied(asgi_web: str, dev_keys: Path) -> None:
-    order = _order("fastnote")
+    order = OrderFactory()
     params = sign_params({
         "notify_type": "trade_status_sync", "notify_id": f"fast-{order.order_id}",
         "app_id": APP_ID, "out_trade_no": order.order_id,

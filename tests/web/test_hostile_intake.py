@@ -4,7 +4,6 @@ client across processes, while Alipay's verified notifications always get throug
 import json
 import urllib.parse
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
-from payment.models import Payment, PaymentEvent, RefusedRequest
+from payment.models import PaymentEvent, RefusedRequest
 from payment.tasks import records_prune_task
-from shop.models import OrderInfo
-from tests.factories import OrderFactory
+from tests.factories import OrderFactory, PaymentFactory
 from tests.support import (
     APP_ID,
     SELLER_ID,
@@ -52,10 +50,6 @@ def strict_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     web.stop()
 
 
-def _order(tag: str) -> OrderInfo:
-    return OrderFactory()
-
-
 def _notification(order_id: str, key: Path, notify_id: str) -> dict[str, str]:
     return sign_params({
         "notify_type": "trade_status_sync", "notify_id": notify_id, "app_id": APP_ID,
@@ -74,7 +68,7 @@ def _post(base: str, data: dict[str, str] | str) -> requests.Response:
 def test_forged_notifications_are_counted_bounded_and_throttled_across_processes(
     strict_web: str, dev_keys: Path
 ) -> None:
-    order = _order("junk")
+    order = OrderFactory()
     forged = [_post(strict_web, _notification(order.order_id, dev_keys / "app_private_key.pem",
                                               f"forged-{i}")) for i in range(REFUSED_RATE + 8)]
     oversized = _post(strict_web, "&".join(f"f{i}={'x' * 4000}" for i in range(62)))
@@ -95,7 +89,7 @@ def test_forged_notifications_are_counted_bounded_and_throttled_across_processes
 def test_verified_notifications_and_their_retries_are_never_throttled(
     strict_web: str, dev_keys: Path
 ) -> None:
-    order = _order("genuine")
+    order = OrderFactory()
     for i in range(REFUSED_RATE + 1):
         _post(strict_web, {"sign": "x" * 20, "out_trade_no": order.order_id, "n": str(i)})
     assert _post(strict_web, {"junk": "1"}).status_code == 429
@@ -122,7 +116,7 @@ def test_parameters_far_larger_than_alipay_sends_are_refused_with_a_small_sample
 
 
 def test_returns_are_throttled_per_client_with_retry_after(strict_web: str) -> None:
-    order = _order("reload")
+    order = OrderFactory()
     query = urllib.parse.urlencode({"out_trade_no": order.order_id, "sign": "s" * 32})
 
     answers = [requests.put(f"{strict_web}/payment/status/?{query}", timeout=10,
@@ -148,10 +142,8 @@ def test_retention_deletes_settled_events_and_old_refusals_only(
 ) -> None:
     assert settings.CELERY_BEAT_SCHEDULE["prune-payment-records"]["task"] == (
         records_prune_task.name)
-    order = _order("retained")
     old_applied = _event("applied", 500, "old-applied")
-    payment = Payment.objects.create(order=order, trade_id="T1", amount=Decimal("9.90"),
-                                     source="notify", event=old_applied)
+    payment = PaymentFactory(event=old_applied)
     kept = [_event("dead", 500, "old-dead"), _event("received", 500, "old-waiting"),
             _event("applied", 10, "recent")]
     old_rejected = _event("rejected", 401, "old-rejected")

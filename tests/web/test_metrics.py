@@ -6,6 +6,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from payment import alipay
 from payment.models import BillReport, Payment, PaymentEvent, Refund
 from payment.tasks import bill_reconcile_task, events_process_task, reconcile_dispatch_task
 from shop.models import OrderInfo
-from tests.factories import sku_create
+from tests.factories import OrderFactory, UserFactory, signed_in
 from tests.support import (
     APP_ID,
     SELLER_ID,
@@ -99,9 +100,10 @@ def test_web_and_worker_count_payments_refusals_reconciliation_and_gateway_error
                       METRICS_TOKEN=TOKEN, METRICS_ALLOWED_NETWORKS=NETWORKS)
     worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
     web_metrics = f"{metrics_web}/metrics"
-    shop = ShopClient(metrics_web).register_and_login("metered")
-    sku = sku_create(price="12.30", stock=10)
-    orders = [shop.order([{"sku_id": sku.pk, "count": 1}])["order_id"] for _ in range(3)]
+    buyer = UserFactory()
+    shop = signed_in(ShopClient(metrics_web), buyer)
+    orders = [order.order_id for order in OrderFactory.create_batch(
+        3, user=buyer, total_amount=Decimal("12.30"))]
     paid_order, rejected_order, reconciled_order = orders
 
     # A real payment: the sandbox notifies the web, a worker applies it, the buyer returns.

@@ -8,9 +8,9 @@ import pytest
 from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl
-from payment.links import payment_link_create
 from payment.tasks import order_expire_task
-from shop.models import OrderInfo, User
+from shop.models import OrderInfo
+from tests.factories import order_with_link
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -21,10 +21,7 @@ def test_a_gateway_that_stays_down_is_a_warning_not_an_error(
     sandbox.set_faults(error_rate=1.0, error_kind="http500")
     worker = exclusive_workers("gatewaydown", concurrency=1, PAYMENT_EVENT_MAX_ATTEMPTS="2",
                                PAYMENT_RETRY_BACKOFF="1", PAYMENT_RETRY_BACKOFF_MAX="2")
-    user = User.objects.create_user(username="expiring", password="x" * 12)
-    order = OrderInfo.objects.create(order_id="20261126000000000000000000042", user=user,
-                                     total_amount=Decimal("1.00"))
-    payment_link_create(user=user, order_id=order.order_id)  # so expiry must ask Alipay
+    order, _ = order_with_link(total_amount=Decimal("1.00"))  # so expiry must ask Alipay
     OrderInfo.objects.filter(pk=order.pk).update(
         created_at=timezone.now() - timedelta(days=1))
 

@@ -19,7 +19,7 @@ from payment import events, intake
 from payment.models import Payment, PaymentAttempt, PaymentEvent
 from shop.models import OrderInfo
 from tests.conftest import worker_process
-from tests.factories import orders_with_links
+from tests.factories import OrderFactory, orders_with_links
 from tests.support import (
     APP_ID,
     SELLER_ID,
@@ -266,9 +266,8 @@ def test_worker_killed_inside_a_batch_transaction_leaves_nothing_half_applied(
     for params in _signed_notifications(order_ids, "7.77",
                                         (dev_keys / "alipay_private_key.pem").read_bytes()):
         events.event_store(source=PaymentEvent.Source.NOTIFY, params=params)
-    elsewhere = OrderInfo.objects.create(
-        order_id=f"{order_ids[0][:-3]}999", user=OrderInfo.objects.get(
-            order_id=order_ids[0]).user, total_amount=Decimal("7.77"))
+    elsewhere = OrderFactory(user=OrderInfo.objects.get(order_id=order_ids[0]).user,
+                             total_amount=Decimal("7.77"))
 
     # Another transaction holds the last order's trade_no, uncommitted: the worker's batch
     # insert of the payments stops there, inside its transaction, with rows already written.
