@@ -65,6 +65,15 @@ def generous_throttles() -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def fresh_redis() -> None:
+    """A new test database numbers its events from 1 again: wake-ups another session left in
+    Redis (`payment:settled:<event id>`, kept a minute) would answer this session's waits."""
+    for url in {settings.CELERY_BROKER_URL, settings.PAYMENT_REDIS_URL}:
+        if url.startswith("redis://"):
+            redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def flush_retried_on_deadlock() -> Iterator[None]:
     """The live workers and beat keep querying while a test's data is flushed: TRUNCATE can
     deadlock with one of their statements, and PostgreSQL may abort the flush. Try again."""
