@@ -8,6 +8,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,16 @@ JOBS = (
     "payment.tasks.records_prune_task",
 )
 RECEIVED = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) INFO \S+ Task ([\w.]+)\[[-\w]+\] received$",
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z INFO \S+ Task ([\w.]+)\[[-\w]+\] received$",
     re.MULTILINE,
 )
 
 
 def _runs(worker_log: str) -> dict[str, list[float]]:
-    """When the worker received each job, by task name (processes share this TZ: Django's)."""
+    """When the worker received each job, by task name (log times are UTC)."""
     runs: dict[str, list[float]] = defaultdict(list)
-    for stamp, millis, task in RECEIVED.findall(worker_log):
-        runs[task].append(time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
-                          + int(millis) / 1000)
+    for stamp, task in RECEIVED.findall(worker_log):
+        runs[task].append(datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp())
     return {task: sorted(times) for task, times in runs.items()}
 
 
