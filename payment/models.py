@@ -46,6 +46,7 @@ class EventSource(models.TextChoices):
     OPERATOR = "operator", "operator"
     BILL = "bill", "Alipay's daily bill"
 
+
 class EventState(models.TextChoices):
     """Where a payment event stands in its processing."""
 
@@ -163,6 +164,7 @@ class RefundState(models.TextChoices):
     UNKNOWN = "unknown"  # sent, no usable answer (lost, time-out, busy): ask Alipay
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # Alipay refused it (sub_code); no money moved
+
 
 class RefundSource(models.TextChoices):
     """Who asked for a refund."""
