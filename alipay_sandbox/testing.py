@@ -14,7 +14,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import Any, Self
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -76,14 +76,14 @@ class ManagedProcess:
         self.cwd = cwd
         self.log_path = Path(log_dir) / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     def start(self) -> Self:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed when the process ends)
-        self.proc = subprocess.Popen(
-            self.args, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The child writes through its own copy of the file; ours closes at once.
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     @property
@@ -103,13 +103,16 @@ class ManagedProcess:
         wait_for(seen, timeout, 0.1)
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                self.kill()
-        self._close_log()
+        """SIGTERM to the whole group (children a leader left behind too), then SIGKILL."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except ProcessLookupError:  # the group is gone
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
     def kill(self) -> None:
         if self.proc is None:
@@ -119,12 +122,6 @@ class ManagedProcess:
         except ProcessLookupError:
             pass
         self.proc.wait(10)
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 class SandboxProcess(ManagedProcess):

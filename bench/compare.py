@@ -74,7 +74,7 @@ BASELINE_RATE_GUESS = 1200
 NOTIFY_RATE_GUESS = 1500
 WARMUP_REQUESTS = 50
 IDLE_REQUESTS = 100
-# Enough that the probe cannot run out (its rate would be capped at PROBE_ORDERS / 3 s).
+# The probe measures at most PROBE_ORDERS / PROBE_SECONDS (1,000 req/s) before it runs out.
 PROBE_ORDERS = 3000
 MIN_RETURNS = 3000
 PROBE_SECONDS = 3

@@ -128,7 +128,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="sandbox-bench-") as tmp:
         keys = Path(tmp) / "keys"
-        write_keys(keys)
+        write_keys(keys, sandbox=True)
         sandbox = start_sandbox(keys, Path(tmp) / "store.sqlite3", time_factor=1.0)
         try:
             began = time.perf_counter()

@@ -72,7 +72,7 @@ class Stack:
         from payment.keys import write_keys
 
         self.keys.mkdir()
-        write_keys(self.keys)
+        write_keys(self.keys, sandbox=True)
         subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists",
                         self.db_name], check=True)
         subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", self.db_name],

@@ -40,7 +40,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def write_keys(directory: Path, *, sandbox: bool = True) -> list[Path]:
+def write_keys(directory: Path, *, sandbox: bool = False) -> list[Path]:
     """Write the app's key pair into ``directory``, and the sandbox's when ``sandbox``.
 
     Files: ``app_private_key.pem``, ``app_public_key.pem`` and, for the sandbox,

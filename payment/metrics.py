@@ -211,17 +211,18 @@ def gateway_timed(method: str) -> Iterator[None]:
 
 def ledger_families() -> list[GaugeMetricFamily]:
     """Gauges read from the database at scrape time: two cheap indexed counts."""
-    from payment.models import PaymentEvent, Refund
+    from payment.models import EventState, PaymentEvent, Refund
 
-    State = PaymentEvent.State
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL statement_timeout = '2s'")
-        events = PaymentEvent.objects.filter(state__in=(State.RECEIVED, State.DEAD)).aggregate(
-            waiting=Count("id", filter=Q(state=State.RECEIVED)),
-            dead=Count("id", filter=Q(state=State.DEAD)),
-            oldest=Min("received_at", filter=Q(state=State.RECEIVED)),
+        events = PaymentEvent.objects.filter(
+            state__in=(EventState.RECEIVED, EventState.DEAD)
+        ).aggregate(
+            waiting=Count("id", filter=Q(state=EventState.RECEIVED)),
+            dead=Count("id", filter=Q(state=EventState.DEAD)),
+            oldest=Min("received_at", filter=Q(state=EventState.RECEIVED)),
         )
         refunds = dict(Refund.objects.order_by().values("state").annotate(n=Count("id"))
                        .values_list("state", "n"))

@@ -321,7 +321,9 @@ CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env.float(
 )
 # Only with tasks running: on idle Celery sleeps out the whole timeout, past honcho's 5 s.
 # Countdowns a worker holds (Redis) need no wait: they are unacknowledged messages, which the
-# worker puts back in their queues when it closes its broker connection, idle or not.
+# worker puts back in their queues when it closes its broker connection, idle or not (a
+# killed worker's come back after the visibility timeout, wait or no wait). On RabbitMQ they
+# wait in its delay queues, never in a worker.
 CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = False
 # A request that enqueues must not hang on a broker that is away: the event is stored and
 # the sweeper sends it later.

@@ -20,7 +20,7 @@ def test_generate_key_pair_loads_in_sdk() -> None:
 
 
 def test_write_keys_never_overwrites(tmp_path: Path) -> None:
-    written = write_keys(tmp_path)
+    written = write_keys(tmp_path, sandbox=True)
     names = sorted(path.name for path in written)
     assert names == [
         "alipay_private_key.pem",
@@ -31,10 +31,10 @@ def test_write_keys_never_overwrites(tmp_path: Path) -> None:
     for name in ("alipay_private_key.pem", "app_private_key.pem"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
     before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
-    assert write_keys(tmp_path) == []
+    assert write_keys(tmp_path, sandbox=True) == []
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
     (tmp_path / "app_public_key.pem").unlink()
-    assert write_keys(tmp_path) == [tmp_path / "app_public_key.pem"]
+    assert write_keys(tmp_path, sandbox=True) == [tmp_path / "app_public_key.pem"]
     assert (tmp_path / "app_public_key.pem").read_bytes() == before["app_public_key.pem"]
 
 
