@@ -591,8 +591,7 @@ def start_web(bench: Bench, wait: str) -> ManagedProcess:
 def start_worker(bench: Bench) -> ManagedProcess:
     """The Procfile's worker line, once it logs `ready.` (each start logs to its own file)."""
     bench.started += 1
-    process = bench.stack.start_procfile("worker", name=f"worker-{bench.started}",
-                                         extra="--without-mingle --without-gossip")
+    process = bench.stack.start_procfile("worker", name=f"worker-{bench.started}")
     process.wait_log("ready.", timeout=90)
     return process
 
