@@ -13,7 +13,9 @@ from celery import Celery, signals
 from django.conf import settings
 from kombu import Exchange, Queue
 
-from workers import observability  # noqa: F401  (request ids in task headers; worker metrics)
+# Connected for their signals: request ids in task headers and worker metrics; a cold shutdown
+# run in the worker's event loop.
+from workers import observability, shutdown  # noqa: F401
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
 
