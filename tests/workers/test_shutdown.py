@@ -218,3 +218,29 @@ def test_sigterm_as_a_message_arrives_never_hangs_a_rabbitmq_worker(
         assert not [line for line in worker.log_text().splitlines()
                     if " ERROR " in line or "Traceback" in line]
     assert max(took) < 5, [f"{t:.1f} s" for t in took]
+
+
+def test_sigterm_stops_a_rabbitmq_worker_whose_broker_is_away(
+    worker_env: dict[str, str], log_dir: Path, tmp_path: Path,
+) -> None:
+    """Reconnecting, the worker's event loop does not run: the alarm a second after the signal
+    runs Celery's handler, and the worker stops between two connection attempts."""
+    (tmp_path / "node").mkdir()
+    node = RabbitMQNode(tmp_path / "node", log_dir, name="away-rabbitmq").start()
+    env = {**worker_env, "CELERY_BROKER_URL": node.url, "PAYMENT_REDIS_URL": "",
+           "WORKER_CONCURRENCY": "2"}
+    worker = ManagedProcess("broker-away", procfile_command("worker"), env, log_dir)
+    try:
+        worker.start().wait_log("ready.", timeout=60)
+        node.stop()
+        worker.wait_log("Cannot connect to amqp", timeout=30)
+        assert worker.proc is not None
+        os.killpg(worker.proc.pid, signal.SIGTERM)
+        stopped_at = time.monotonic()
+        worker.proc.wait(30)
+        took = time.monotonic() - stopped_at
+    finally:
+        worker.kill()
+        node.kill()
+    assert took < 5, f"{took:.1f} s"
+    assert "Cold shutdown" in worker.log_text()
