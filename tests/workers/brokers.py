@@ -124,6 +124,12 @@ class BrokerUnderTest:
     url: str
     env: dict[str, str] = field(default_factory=dict)  # on top of worker_env
 
+    @classmethod
+    def rabbitmq(cls, node: RabbitMQNode) -> "BrokerUnderTest":
+        """A RabbitMQ node with no Redis at all (PAYMENT_REDIS_URL empty: waits and throttles
+        use their fallbacks)."""
+        return cls("rabbitmq", node.url, {"CELERY_BROKER_URL": node.url, "PAYMENT_REDIS_URL": ""})
+
     def _queue(self, name: str) -> Queue:
         return {queue.name: queue for queue in task_queues(self.kind)}[name]
 

@@ -20,12 +20,10 @@ def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(params=["redis", "rabbitmq"])
 def broker(request: pytest.FixtureRequest, worker_env: dict[str, str]) -> BrokerUnderTest:
     """The broker a test's workers use: the session's Redis, or RabbitMQ (a private node)
-    with no Redis at all (PAYMENT_REDIS_URL empty: waits and throttles use their fallbacks)."""
+    with no Redis at all."""
     if request.param == "redis":
         return BrokerUnderTest("redis", worker_env["CELERY_BROKER_URL"])
-    node: RabbitMQNode = request.getfixturevalue("rabbitmq_node")
-    return BrokerUnderTest("rabbitmq", node.url,
-                           {"CELERY_BROKER_URL": node.url, "PAYMENT_REDIS_URL": ""})
+    return BrokerUnderTest.rabbitmq(request.getfixturevalue("rabbitmq_node"))
 
 
 @pytest.fixture

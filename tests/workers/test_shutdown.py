@@ -192,8 +192,7 @@ def test_sigterm_as_a_message_arrives_never_hangs_a_rabbitmq_worker(
     the consumer on that connection from inside the signal handler, and the worker then waited
     for ever on a reply it had already read (8 hangs in 20 stops before workers/shutdown.py).
     Each stop here ends within honcho's grace, and the message is back in the queue."""
-    broker = BrokerUnderTest("rabbitmq", rabbitmq_node.url,
-                             {"CELERY_BROKER_URL": rabbitmq_node.url, "PAYMENT_REDIS_URL": ""})
+    broker = BrokerUnderTest.rabbitmq(rabbitmq_node)
     env = {**worker_env, **broker.env, "WORKER_CONCURRENCY": "2"}
     took = []
     for stop in range(STOPS):
@@ -227,8 +226,7 @@ def test_sigterm_stops_a_rabbitmq_worker_whose_broker_is_away(
     runs Celery's handler, and the worker stops between two connection attempts."""
     (tmp_path / "node").mkdir()
     node = RabbitMQNode(tmp_path / "node", log_dir, name="away-rabbitmq").start()
-    env = {**worker_env, "CELERY_BROKER_URL": node.url, "PAYMENT_REDIS_URL": "",
-           "WORKER_CONCURRENCY": "2"}
+    env = {**worker_env, **BrokerUnderTest.rabbitmq(node).env, "WORKER_CONCURRENCY": "2"}
     worker = ManagedProcess("broker-away", procfile_command("worker"), env, log_dir)
     try:
         worker.start().wait_log("ready.", timeout=60)
