@@ -4,6 +4,7 @@
 need workers use them for real.
 """
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -41,7 +42,7 @@ def fast_password_hashing() -> None:
 PROCESS_FIXTURES = frozenset({
     "celery_workers", "exclusive_workers", "celery_beat", "beat_paused", "asgi_web", "web",
     "live_server", "sandbox", "sandbox_server", "shop", "page", "strict_web", "proxy",
-    "sbx", "alipay_settings", "worker_env", "broker", "broker_with_beat",
+    "sbx", "alipay_settings", "worker_env", "broker", "broker_with_beat", "rabbitmq_node",
 })
 
 
@@ -50,6 +51,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker(
                 "slow"):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def fast_tier_starts_no_process(request: pytest.FixtureRequest,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test outside the slow tier that starts a process (a command, the sandbox, a broker)
+    fails and says so: mark it `@pytest.mark.slow`, and `make test-fast` stays fast."""
+    if request.node.get_closest_marker("slow"):
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts a process: mark it "
+                             "@pytest.mark.slow (or use a process fixture)")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 # Every test client is 127.0.0.1: the payment endpoints' throttles would add up across tests.

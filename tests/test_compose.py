@@ -305,6 +305,7 @@ def _compose_plugin() -> bool:
     return result.returncode == 0
 
 
+@pytest.mark.slow
 def test_docker_compose_config_accepts_the_file() -> None:
     if not _compose_plugin():
         pytest.skip("the docker compose plugin is not installed")
@@ -347,6 +348,7 @@ def test_web_worker_and_beat_scale_without_clashing(services: dict) -> None:
     assert "celery@$$HOSTNAME" in " ".join(services["worker"]["healthcheck"]["test"])
 
 
+@pytest.mark.slow
 def test_beat_replicas_share_one_lock_in_redis(services: dict) -> None:
     environment = service_environment("beat", PRODUCTION_VARIABLES)
     assert environment["CELERY_BROKER_URL"].startswith("redis://")

@@ -37,6 +37,7 @@ def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_deploy_check_is_clean_with_the_production_profile_environment(
     production_env: dict[str, str],
 ) -> None:
@@ -48,6 +49,7 @@ def test_deploy_check_is_clean_with_the_production_profile_environment(
     assert "no issues" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("changes", "removed", "message"),
     [
@@ -82,6 +84,7 @@ def test_each_unsafe_production_setting_stops_manage_py_with_its_message(
     assert "SystemCheckError" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry_point", ["web", "worker", "beat", "wsgi"])
 def test_every_entry_point_refuses_to_start_in_production_without_a_seller_id(
     production_env: dict[str, str], entry_point: str, tmp_path: Path,
@@ -110,6 +113,7 @@ def test_every_entry_point_refuses_to_start_in_production_without_a_seller_id(
         assert "Reason: Worker failed to boot." in output
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_demo_users_are_never_created_in_production(production_env: dict[str, str]) -> None:
     db = connection.settings_dict

@@ -197,6 +197,7 @@ print(json.dumps({"status": response.status_code, "figures": shown}))
 """
 
 
+@pytest.mark.slow
 def test_dashboard_works_on_sqlite_as_make_run_serves_it(tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
            "CELERY_BROKER_URL": "filesystem://", "CELERY_BROKER_FOLDER": str(tmp_path)}

@@ -9,6 +9,7 @@ import pytest
 from tests.support import ROOT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [
@@ -35,6 +36,7 @@ def test_missing_key_file_stops_startup_with_one_clear_line(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_models_and_migrations_agree(tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
     result = subprocess.run(

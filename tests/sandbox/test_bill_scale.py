@@ -8,6 +8,8 @@ import time
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from alipay_sandbox.testing import start_sandbox
 from tests.sandbox.support import bill_url, cn_day, make_client, session
 
@@ -23,6 +25,7 @@ def peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM in /proc status")
 
 
+@pytest.mark.slow
 def test_bill_of_a_day_with_100000_trades_streams(sbx_keys: Path, tmp_path: Path) -> None:
     sandbox = start_sandbox(sbx_keys, tmp_path / "scale.sqlite3")
     try:

@@ -144,6 +144,7 @@ def test_post_form_to_gateway(sbx: SandboxProcess, alipay: AliPay) -> None:
     assert node["sub_code"] == "ACQ.TRADE_NOT_EXIST"
 
 
+@pytest.mark.slow
 def test_control_api_off_by_default(sbx_keys: Path, tmp_path: Path) -> None:
     from alipay_sandbox.testing import start_sandbox
 

@@ -23,6 +23,7 @@ from tests.sandbox.support import (
 )
 
 
+@pytest.mark.slow
 def test_pending_notification_survives_restart(sbx_keys: Path, tmp_path: Path) -> None:
     receiver = NotifyReceiver(script=["fail"])
     store = tmp_path / "restart.sqlite3"
@@ -51,6 +52,7 @@ def test_pending_notification_survives_restart(sbx_keys: Path, tmp_path: Path) -
         receiver.close()
 
 
+@pytest.mark.slow
 def test_gives_up_after_eight_deliveries(sbx_keys: Path, tmp_path: Path) -> None:
     receiver = NotifyReceiver(default="fail")
     sandbox = start_sandbox(sbx_keys, tmp_path / "giveup.sqlite3", time_factor=0.00001)
@@ -67,6 +69,7 @@ def test_gives_up_after_eight_deliveries(sbx_keys: Path, tmp_path: Path) -> None
         receiver.close()
 
 
+@pytest.mark.slow
 def test_missing_key_file_is_one_clear_line(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "alipay_private_key.pem"
     result = subprocess.run(
@@ -128,6 +131,7 @@ def test_bad_behaviour_flags_stop_start_up() -> None:
             parse_config(argv, {})
 
 
+@pytest.mark.slow
 def test_behaviour_flags_reach_the_settings(sbx_keys: Path, tmp_path: Path) -> None:
     sandbox = start_sandbox(
         sbx_keys,
@@ -149,6 +153,7 @@ def test_behaviour_flags_reach_the_settings(sbx_keys: Path, tmp_path: Path) -> N
         sandbox.stop()
 
 
+@pytest.mark.slow
 def test_synthetic_trades_from_the_command_line(sbx_keys: Path, tmp_path: Path) -> None:
     store = tmp_path / "cli.sqlite3"
     result = subprocess.run(
@@ -205,6 +210,7 @@ def test_synthetic_trades_from_the_command_line(sbx_keys: Path, tmp_path: Path) 
     assert bad.returncode == 2 and "date must be yyyy-MM-dd" in bad.stderr
 
 
+@pytest.mark.slow
 def test_store_written_by_an_older_sandbox_is_upgraded(sbx_keys: Path, tmp_path: Path) -> None:
     store = tmp_path / "old.sqlite3"
     with sqlite3.connect(store) as conn:

@@ -99,6 +99,7 @@ class Proxy:
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 
 
+@pytest.mark.slow
 @needs_nginx
 @pytest.mark.parametrize("tls", [False, True], ids=["plain-http", "tls"])
 def test_nginx_accepts_the_proxy_config(tls: bool, tmp_path: Path) -> None:

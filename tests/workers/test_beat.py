@@ -81,6 +81,7 @@ def _scheduler(**environment: str) -> str:
     return result.stdout.split()[-1]
 
 
+@pytest.mark.slow
 def test_beat_takes_the_lock_wherever_there_is_redis_and_keeps_a_file_without() -> None:
     locked = "workers.beat:LockedScheduler"
     assert _scheduler(CELERY_BROKER_URL="redis://127.0.0.1:6379/0") == locked

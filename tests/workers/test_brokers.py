@@ -42,6 +42,7 @@ def _celery_conf(broker_url: str, **env: str) -> dict:
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow
 def test_redis_gets_one_visibility_timeout_in_the_three_places_celery_reads_it() -> None:
     conf = _celery_conf("redis://127.0.0.1:6379/0")
     assert conf["broker_transport_options"]["visibility_timeout"] == 7200
@@ -59,6 +60,7 @@ def test_redis_gets_one_visibility_timeout_in_the_three_places_celery_reads_it()
     assert changed["soft_shutdown"] == [25.0, False]
 
 
+@pytest.mark.slow
 def test_an_amqp_url_gets_quorum_queues_publisher_confirms_and_the_same_routes() -> None:
     redis = _celery_conf("redis://127.0.0.1:6379/0")
     conf = _celery_conf("amqp://guest:guest@127.0.0.1:5672//")
