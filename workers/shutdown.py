@@ -31,7 +31,7 @@ class LoopShutdown:
 
     def __init__(self, hub: Any) -> None:
         self.pid = os.getpid()
-        self.pending: list[tuple[Handler, int]] = []
+        self.pending: tuple[Handler, int] | None = None  # one request: a repeat adds nothing
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
@@ -47,9 +47,9 @@ class LoopShutdown:
             if os.getpid() != self.pid:  # a pool process forked after this was set up
                 celery_handler(signum, frame)
                 return
-            if self.pending:  # the same request again, before the loop took the first
+            if self.pending is not None:  # again, before the loop took the first
                 return
-            self.pending.append((celery_handler, signum))
+            self.pending = (celery_handler, signum)
             signal.setitimer(signal.ITIMER_REAL, FALLBACK_AFTER)
             try:
                 os.write(self.write_fd, b"\0")
@@ -64,8 +64,8 @@ class LoopShutdown:
                 pass
         except BlockingIOError:
             pass
-        while self.pending:
-            celery_handler, signum = self.pending.pop(0)
+        if self.pending is not None:
+            (celery_handler, signum), self.pending = self.pending, None
             celery_handler(signum, None)  # it installs its handlers for a second signal
 
     def on_alarm(self, signum: int, frame: FrameType | None) -> None:
