@@ -24,5 +24,5 @@ RUN python manage.py collectstatic --noinput --verbosity 0
 
 EXPOSE 8000 8090
 # The Procfile's web command; docker-compose.yml names each service's command itself.
-CMD ["gunicorn", "shop.asgi:application", "--bind", "0.0.0.0:8000", \
-     "--worker-class", "shop.serving.Worker", "--workers", "2", "--access-logfile", "-"]
+CMD ["gunicorn", "config.asgi:application", "--bind", "0.0.0.0:8000", \
+     "--worker-class", "config.serving.Worker", "--workers", "2", "--access-logfile", "-"]

@@ -58,7 +58,7 @@ test-fast: install-test
 
 lint: install-test
 	$(BIN)/ruff check .
-	$(BIN)/mypy shop payment workers alipay_sandbox bench
+	$(BIN)/mypy config infra shop payment backoffice workers alipay_sandbox bench
 	$(BIN)/python manage.py spectacular --validate --fail-on-warn --skip-checks --file /dev/null
 
 bench: install-test

@@ -5,35 +5,35 @@ their signature) arrive in it, and logs never carry signatures or whole payloads
 
 Metrics: the master makes the web's folder of metric files before it starts its workers
 (they inherit PROMETHEUS_MULTIPROC_DIR), tells it when a worker exits, and removes it at exit
-(shop/metrics.py). Logs: gunicorn's own lines and the access log take the application's
-format (JSON in production, text in development) and its clock (UTC, shop/logs.py).
+(infra/metrics.py). Logs: gunicorn's own lines and the access log take the application's
+format (JSON in production, text in development) and its clock (UTC, infra/logs.py).
 """
 import os
 from typing import Any
 
-from shop import logs
+from infra import logs
 
 access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 
-# The rule shop/settings.py applies; gunicorn reads the environment before Django does.
+# The rule config/settings.py applies; gunicorn reads the environment before Django does.
 _log_format = logs.log_format(configured=os.environ.get("LOG_FORMAT", ""),
                               django_env=os.environ.get("DJANGO_ENV", "development"))
 logconfig_dict = logs.gunicorn_config(log_format=_log_format)
 
 
 def on_starting(server: Any) -> None:
-    from shop import metrics
+    from infra import metrics
 
     metrics.multiprocess_dir_create("web", base=os.environ.get("METRICS_DIR", ""))
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    from shop import metrics
+    from infra import metrics
 
     metrics.process_dead(worker.pid)
 
 
 def on_exit(server: Any) -> None:
-    from shop import metrics
+    from infra import metrics
 
     metrics.multiprocess_dir_remove()

@@ -43,11 +43,12 @@ def child(day: str) -> None:
 
     import django
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     django.setup()
-    from payment import alipay, bills
+    from payment import gateway
+    from payment.reconciliation import bills
 
-    alipay.client_warm()
+    gateway.client_warm()
     base = rss_mib()
     started = time.perf_counter()
     result = bills.bill_reconcile(day=date.fromisoformat(day))
@@ -61,19 +62,20 @@ def our_books(day: date, prefix: str) -> int:
     """Payments here for every trade of the day's bill: orders and payments bulk-inserted."""
     from django.utils import timezone
 
-    from payment import alipay, bills
+    from payment import gateway
     from payment.models import Payment
+    from payment.reconciliation import bills
     from shop.models import OrderInfo, User
 
-    url = alipay.bill_download_url(bill_date=day.isoformat())
+    url = gateway.bill_download_url(bill_date=day.isoformat())
     assert url, "the sandbox has no bill for the day"
     with tempfile.TemporaryFile() as bill:
-        alipay.bill_download(url=url, into=bill)
+        gateway.bill_download(url=url, into=bill)
         bill.seek(0)
         trades = [(r.out_trade_no, r.trade_no) for r in bills.bill_rows(bill)
                   if r.kind == "trade"]
     user, _ = User.objects.get_or_create(username="billbench")
-    paid_at = datetime.combine(day, datetime.min.time(), tzinfo=alipay.BEIJING) + timedelta(
+    paid_at = datetime.combine(day, datetime.min.time(), tzinfo=gateway.BEIJING) + timedelta(
         hours=12)
     for start in range(0, len(trades), 10000):
         chunk = trades[start:start + 10000]

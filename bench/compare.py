@@ -482,13 +482,13 @@ def orders_create(bench: Bench, tag: str, count: int, start: int = 0) -> list[st
 
 def paid_returns(bench: Bench, tag: str, count: int) -> tuple[list[str], list[str]]:
     """New orders paid at the sandbox; their ids and return paths as Alipay redirects them."""
-    from payment import alipay
+    from payment import gateway
 
     ids = orders_create(bench, tag, count)
     start = time.perf_counter()
 
     def pay(order_id: str) -> str:
-        url = alipay.page_pay_url(out_trade_no=order_id, total_amount=AMOUNT,
+        url = gateway.page_pay_url(out_trade_no=order_id, total_amount=AMOUNT,
                                   subject=f"bench {order_id}",
                                   time_expire=link_expires())
         return_url = bench.control.pay(url)["return_url"]
@@ -785,10 +785,10 @@ def reconcile_row(bench: Bench) -> None:
 
 
 def pay_at_sandbox(bench: Bench, ids: list[str]) -> None:
-    from payment import alipay
+    from payment import gateway
 
     def pay(order_id: str) -> None:
-        bench.control.pay(alipay.page_pay_url(out_trade_no=order_id, total_amount=AMOUNT,
+        bench.control.pay(gateway.page_pay_url(out_trade_no=order_id, total_amount=AMOUNT,
                                               subject=f"bench {order_id}",
                                   time_expire=link_expires()))
 

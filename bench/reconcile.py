@@ -44,8 +44,10 @@ def main() -> None:
         from django.conf import settings
         from django.utils import timezone
 
-        from payment import alipay, reconciliation, verification
+        from payment import gateway
         from payment.models import PaymentAttempt
+        from payment.processing import verification
+        from payment.reconciliation import trades
         from shop.models import OrderInfo, User
 
         user = User.objects.create_user(username="bench", password="x" * 12)
@@ -61,7 +63,7 @@ def main() -> None:
         )
         paid_ids = [o.order_id for o in orders[::10]]
         for order_id in paid_ids:
-            control.pay(alipay.page_pay_url(out_trade_no=order_id,
+            control.pay(gateway.page_pay_url(out_trade_no=order_id,
                                             total_amount=Decimal("9.90"), subject="bench",
                                             time_expire=link_expires()))
         control.set_faults(notify_drop=True, drop_return=True, latency_ms=args.latency_ms,
@@ -75,12 +77,12 @@ def main() -> None:
             cursor += args.slice
             PaymentAttempt.objects.filter(order_id__in=ids).update(next_check_at=past)
             claimed = []
-            while batch := reconciliation.attempts_claim(limit=500):
+            while batch := trades.attempts_claim(limit=500):
                 claimed += batch
             start = time.perf_counter()
             settings.RECONCILE_CONCURRENCY = level
             verification._query_pool.cache_clear()
-            counts = reconciliation.orders_reconcile(order_ids=claimed).counts
+            counts = trades.orders_reconcile(order_ids=claimed).counts
             wall = time.perf_counter() - start
             print(f"in-process, concurrency {level:>3}: {len(claimed)} checks in {wall:.2f} s "
                   f"= {len(claimed) / wall:.0f} checks/s ({counts})")

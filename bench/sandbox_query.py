@@ -37,7 +37,7 @@ from alipay.utils import AliPayConfig  # noqa: E402
 
 from alipay_sandbox.config import DEFAULT_APP_ID  # noqa: E402
 from alipay_sandbox.testing import SandboxProcess, clear_proxy_env, start_sandbox  # noqa: E402
-from payment.keys import write_keys  # noqa: E402
+from payment.gateway.keys import write_keys  # noqa: E402
 
 
 def make_client(keys: Path, gateway: str) -> AliPay:

@@ -69,7 +69,7 @@ class Stack:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def prepare(self) -> None:
-        from payment.keys import write_keys
+        from payment.gateway.keys import write_keys
 
         self.keys.mkdir()
         write_keys(self.keys, sandbox=True)
@@ -84,7 +84,7 @@ class Stack:
                        check=True)
         import django
 
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
         django.setup()
 
     def start_sandbox(self, *extra: str) -> None:
@@ -96,7 +96,7 @@ class Stack:
 
     def start_web(self, workers: int = 2, threads: int = 16) -> None:
         self._start("web", [
-            sys.executable, "-m", "gunicorn", "shop.wsgi", "--bind",
+            sys.executable, "-m", "gunicorn", "config.wsgi", "--bind",
             f"127.0.0.1:{self.web_port}", "--worker-class", "gthread", "--workers", str(workers),
             "--threads", str(threads), "--log-level", "warning",
         ])

@@ -6,4 +6,4 @@ class PaymentConfig(AppConfig):
     verbose_name = "Payments"
 
     def ready(self) -> None:
-        from payment import checks  # noqa: F401  (registers the key file check)
+        from payment.gateway import checks  # noqa: F401  (registers the key file check)

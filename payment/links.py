@@ -6,10 +6,10 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from payment import alipay
+from infra.logs import log_ids
+from payment import gateway
 from payment.errors import PaymentError
 from payment.models import PaymentAttempt
-from shop.logs import log_ids
 from shop.models import OrderInfo, User
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def payment_link_create(*, user: User, order_id: str) -> str:
         # Expiry cancels it soon; until then it is no longer payable either.
         raise PaymentError("Order not found or not awaiting payment: its time to pay has "
                            "passed.")
-    url = alipay.page_pay_url(
+    url = gateway.page_pay_url(
         out_trade_no=order.order_id,
         total_amount=order.total_amount,
         subject=f"{settings.ALIPAY_SUBJECT_PREFIX}{order.order_id}",

@@ -2,7 +2,7 @@
 
 Labels are few-valued: sources, outcomes, states, Alipay's method names and error codes;
 never an order, trade or event id. Names and meanings are listed in README.md
-("Operations"); shop/metrics.py serves them.
+("Operations"); infra/metrics.py serves them.
 """
 import functools
 import logging

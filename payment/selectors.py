@@ -1,6 +1,6 @@
 """Selectors of the payment domain: functions that read."""
+from payment.api.serializers import BuyerRefundSerializer
 from payment.models import Payment, PaymentEvent, Refund
-from payment.serializers import BuyerRefundSerializer
 from shop.models import OrderInfo, User
 
 # A buyer is told whether the money is on its way back, not how the workers get it there.

@@ -12,10 +12,13 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from payment import bills, expiry, reconciliation, refunds, retention, sweeper, wakeups
-from payment.alipay import GatewayUnavailable
-from payment.processing import events_process
-from payment.retry import retry_policy
+from payment import gateway, wakeups
+from payment.gateway import GatewayUnavailable
+from payment.processing import sweeper
+from payment.processing.batch import events_process
+from payment.processing.retry import retry_policy
+from payment.reconciliation import bills, expiry, retention, trades
+from payment.refunds import ledger
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ def events_process_task(event_ids: list[int] | None = None) -> dict[str, int]:
 @shared_task(base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
 def refund_process_task(refund_id: int) -> str:
     """One step of a refund (send or confirm); it queues its own next step."""
-    step = refunds.refund_process(refund_id=refund_id)
+    step = ledger.refund_process(refund_id=refund_id)
     if step.next_in is not None:
         refund_process_task.apply_async((refund_id,), countdown=step.next_in)
     return step.state
@@ -66,7 +69,7 @@ def refund_process_task(refund_id: int) -> str:
 @shared_task(base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
 def payment_refund_task(payment_id: int) -> str:
     """A late payment's refund, as queued before the ledger: now its ledger row's first step."""
-    refund_id = refunds.late_payment_refund_ensure(payment_id=payment_id)
+    refund_id = ledger.late_payment_refund_ensure(payment_id=payment_id)
     if refund_id is None:
         return "settled"
     return refund_process_task(refund_id)
@@ -93,7 +96,7 @@ def reconcile_dispatch_task() -> int:
     """Claim every due check in batches and spread the batches over the workers."""
     claimed = 0
     for _ in range(MAX_BATCHES_PER_RUN):
-        order_ids, token = reconciliation.attempts_claim_with_token(
+        order_ids, token = trades.attempts_claim_with_token(
             limit=settings.RECONCILE_BATCH_SIZE
         )
         if not order_ids:
@@ -105,10 +108,10 @@ def reconcile_dispatch_task() -> int:
 
 @shared_task
 def reconcile_batch_task(order_ids: list[str], token: str) -> dict[str, int]:
-    held = reconciliation.attempts_hold(
+    held = trades.attempts_hold(
         order_ids=order_ids, token=datetime.fromisoformat(token)
     )
-    result = reconciliation.orders_reconcile(order_ids=held)
+    result = trades.orders_reconcile(order_ids=held)
     _refunds_send(result.refunds)
     return result.counts
 
@@ -141,7 +144,7 @@ def bill_reconcile_task(bill_date: str) -> dict[str, object]:
 def bills_reconcile_dispatch_task() -> list[str]:
     """The last BILL_RECONCILE_DAYS days (bills are T+1); a bill late one day, or a day whose
     reconciliation failed, is done again by the next run."""
-    today = timezone.now().astimezone(bills.alipay.BEIJING).date()
+    today = timezone.now().astimezone(gateway.BEIJING).date()
     days = [(today - timedelta(days=n)).isoformat()
             for n in range(1, settings.BILL_RECONCILE_DAYS + 1)]
     for day in days:

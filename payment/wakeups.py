@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import redis
 from django.db import transaction
 
-from payment import redisconn
+from infra import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +27,13 @@ def _key(event_id: int) -> str:
 
 def events_settled(*, event_ids: list[int]) -> None:
     """Wake whoever waits for these events, once the current transaction commits."""
-    if event_ids and redisconn.enabled():
+    if event_ids and redis_client.enabled():
         transaction.on_commit(lambda: _push(event_ids))
 
 
 def _push(event_ids: list[int]) -> None:
     try:
-        pipe = redisconn.sync_client().pipeline(transaction=False)
+        pipe = redis_client.sync_client().pipeline(transaction=False)
         for event_id in event_ids:
             pipe.rpush(_key(event_id), 1)
             pipe.expire(_key(event_id), KEY_TTL)
@@ -55,10 +55,10 @@ def workers_wake_claim() -> bool:
     one adds only an empty task; under a burst those took the workers' whole CPU. The flag
     expires, so a wake-up lost on its way cannot hold the next one back for long.
     """
-    if not redisconn.enabled():
+    if not redis_client.enabled():
         return True
     try:
-        return bool(redisconn.sync_client().set(WAKE_PENDING, 1, nx=True,
+        return bool(redis_client.sync_client().set(WAKE_PENDING, 1, nx=True,
                                                   px=WAKE_PENDING_TTL_MS))
     except redis.RedisError:
         return True
@@ -66,9 +66,9 @@ def workers_wake_claim() -> bool:
 
 def workers_wake_taken() -> None:
     """A wake-up's task has started: the next event needs a wake-up of its own."""
-    if redisconn.enabled():
+    if redis_client.enabled():
         try:
-            redisconn.sync_client().delete(WAKE_PENDING)
+            redis_client.sync_client().delete(WAKE_PENDING)
         except redis.RedisError:
             pass
 
@@ -79,11 +79,11 @@ async def event_settled_wait(
     """Return when the event is settled or `timeout` seconds have passed."""
     if timeout <= 0:
         return
-    if not redisconn.enabled():
+    if not redis_client.enabled():
         await _poll(timeout, is_settled)
         return
     try:
-        async with redisconn.async_client() as client:
+        async with redis_client.async_client() as client:
             item = await client.blpop([_key(event_id)], timeout=timeout)
             if item is not None:
                 # Passed on to the next request waiting for the same event.

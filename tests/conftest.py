@@ -17,7 +17,7 @@ from django.conf import settings
 
 from alipay_sandbox.client import SandboxControl
 from alipay_sandbox.testing import start_sandbox
-from payment.keys import write_keys
+from payment.gateway.keys import write_keys
 from tests.support import (
     APP_ID,
     SELLER_ID,
@@ -159,7 +159,7 @@ def sandbox(sandbox_server: SandboxControl) -> SandboxControl:
 @pytest.fixture(scope="session")
 def alipay_settings(dev_keys: Path, sandbox_server: SandboxControl) -> dict[str, str]:
     """Point this process at the throwaway keys and the sandbox; the env for child processes."""
-    from payment import alipay
+    from payment import gateway
 
     values = {
         "ALIPAY_APPID": APP_ID,
@@ -172,7 +172,7 @@ def alipay_settings(dev_keys: Path, sandbox_server: SandboxControl) -> dict[str,
     for name, value in values.items():
         setattr(settings, name, Path(value) if name.endswith("_PATH") else value)
     settings.ALIPAY_TIMEOUT = 5.0
-    alipay.clients_reset()
+    gateway.clients_reset()
     return values
 
 

@@ -294,7 +294,7 @@ def test_dockerfile_installs_the_project_and_runs_unprivileged() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     text = (ROOT / "Dockerfile").read_text()
     command = text[text.index("\nCMD "):]
-    assert "shop.asgi:application" in command and "shop.serving.Worker" in command
+    assert "config.asgi:application" in command and "config.serving.Worker" in command
     assert {".git", ".venv", "var", "keys/*.pem"} <= set(ignored)
 
 
@@ -358,7 +358,7 @@ def test_beat_replicas_share_one_lock_in_redis(services: dict) -> None:
             "print(app.conf.beat_scheduler)")
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
-        env={"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "shop.settings",
+        env={"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "config.settings",
              "CELERY_BROKER_URL": environment["CELERY_BROKER_URL"]},
     )
     assert result.stdout.split() == ["workers.beat:LockedScheduler"], result.stderr

@@ -97,7 +97,7 @@ def test_every_entry_point_refuses_to_start_in_production_without_a_seller_id(
         "WEB_BIND": f"127.0.0.1:{free_port()}",
     }
     command = (procfile_command(entry_point) if entry_point != "wsgi"
-               else [sys.executable, "-c", "import shop.wsgi"])
+               else [sys.executable, "-c", "import config.wsgi"])
 
     # gunicorn used to restart a refused worker for ever; it must stop by itself.
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,

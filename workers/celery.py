@@ -17,7 +17,7 @@ from kombu import Exchange, Queue
 # run in the worker's event loop.
 from workers import observability, shutdown  # noqa: F401
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 QUEUE_NAMES = ("payments", "reconcile")
 
@@ -74,8 +74,8 @@ app.autodiscover_tasks()
 @signals.worker_init.connect
 @signals.beat_init.connect
 def _startup_require(**kwargs: Any) -> None:
-    from payment.alipay import keys_require
-    from shop.checks import checks_require
+    from infra.checks import checks_require
+    from payment.gateway import keys_require
 
     keys_require()
     checks_require()
@@ -83,7 +83,7 @@ def _startup_require(**kwargs: Any) -> None:
 
 @signals.worker_process_init.connect
 def _worker_process_init(**kwargs: Any) -> None:
-    from payment.alipay import client_warm
+    from payment.gateway import client_warm
 
     client_warm()
 

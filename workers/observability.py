@@ -3,7 +3,7 @@
 - Request ids: a task published while a request id is set (a web request, or a task that
   has one) carries it in its message headers; the worker sets it again for the task's run, so
   the task's lines, and the tasks it publishes, carry it too.
-- Metrics (shop/metrics.py): a worker's main process makes the folder its prefork children
+- Metrics (infra/metrics.py): a worker's main process makes the folder its prefork children
   write their samples to, serves them on WORKER_METRICS_PORT once the pool is up, and removes
   the folder at shutdown; a child that exits is marked dead (its counters stay counted).
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import signals
 
-from shop import logs, metrics
+from infra import logs, metrics
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from django.test import Client
 from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl
-from payment.events import event_store
+from payment.event_store import event_store
 from payment.models import Payment, PaymentEvent, Refund
 from shop.models import OrderInfo
 from tests.factories import PaymentFactory, StaffFactory, order_with_link

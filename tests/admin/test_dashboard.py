@@ -12,7 +12,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from payment import dashboard
+from backoffice.dashboard import queries
 from payment.models import Payment
 from tests.factories import (
     StaffFactory,
@@ -62,7 +62,7 @@ def _listed(client: Client, url: str) -> int:
     return int(response.context["cl"].result_count)
 
 
-def _a_day_of_everything(window: dashboard.Window) -> None:
+def _a_day_of_everything(window: queries.Window) -> None:
     start = window.start
     for hour, seconds in ((2, 30), (2, 90), (9, 600)):
         paid_at = start + hour * H
@@ -92,7 +92,7 @@ def _a_day_of_everything(window: dashboard.Window) -> None:
 
 
 def test_dashboard_shows_the_figures_and_links_each_to_the_rows_it_counts() -> None:
-    _a_day_of_everything(dashboard.dashboard_window())
+    _a_day_of_everything(queries.dashboard_window())
     client = _staff(VIEW_ALL)
 
     response = client.get(URL)
@@ -163,7 +163,7 @@ def test_the_admin_index_leads_to_the_dashboard() -> None:
 
 
 def test_lists_the_user_may_not_open_are_not_linked() -> None:
-    window = dashboard.dashboard_window()
+    window = queries.dashboard_window()
     payment = paid_order_create(paid_at=window.start + H)
     refund_create(payment=payment, state="sent", requested_at=window.start + H)
     client = _staff(["payment.view_paymentevent", "payment.view_payment"])
@@ -181,9 +181,9 @@ import json, re
 from datetime import timedelta
 from django.test import Client
 from django.utils import timezone
-from payment import dashboard
+from backoffice.dashboard import queries
 from tests.factories import StaffFactory, event_create, paid_order_create
-window = dashboard.dashboard_window()
+window = queries.dashboard_window()
 for seconds in (10, 20, 30, 40, 100):
     at = window.start + timedelta(hours=4)
     paid_order_create(source="return", paid_at=at, link_at=at - timedelta(seconds=seconds))

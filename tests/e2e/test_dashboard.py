@@ -21,8 +21,8 @@ from playwright.sync_api import Page, expect
 
 from alipay_sandbox.client import SandboxControl
 from payment.models import Payment, PaymentAttempt, PaymentEvent, Refund
-from payment.reconciliation import order_reconcile
-from payment.refund_requests import refund_request
+from payment.reconciliation.trades import order_reconcile
+from payment.refunds.requests import refund_request
 from tests.factories import (
     StaffFactory,
     UserFactory,

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl, SandboxError
-from payment import alipay
+from payment import gateway
 from payment.models import Payment, PaymentEvent
 from shop.models import OrderInfo
 from tests.factories import order_with_link, signed_in
@@ -32,10 +32,10 @@ def easysdk_key(tmp_path: Path) -> Iterator[dict[str, Any]]:
     key_path.write_text(fixture["alipay_public_key"])
     saved = settings.ALIPAY_PUBLIC_KEY_PATH
     settings.ALIPAY_PUBLIC_KEY_PATH = key_path
-    alipay.clients_reset()
+    gateway.clients_reset()
     yield fixture
     settings.ALIPAY_PUBLIC_KEY_PATH = saved
-    alipay.clients_reset()
+    gateway.clients_reset()
 
 
 def test_a_notification_alipay_signed_with_an_empty_parameter_verifies(
@@ -44,10 +44,10 @@ def test_a_notification_alipay_signed_with_an_empty_parameter_verifies(
     params = dict(easysdk_key["params"])
     assert params["isv_ticket"] == ""  # Alipay signed it, empty
 
-    assert alipay.signature_valid(params)
-    assert not alipay.signature_valid({**params, "isv_ticket": "x"})
-    assert not alipay.signature_valid({k: v for k, v in params.items() if k != "isv_ticket"})
-    assert not alipay.signature_valid({**params, "total_price": "0.02"})
+    assert gateway.signature_valid(params)
+    assert not gateway.signature_valid({**params, "isv_ticket": "x"})
+    assert not gateway.signature_valid({k: v for k, v in params.items() if k != "isv_ticket"})
+    assert not gateway.signature_valid({**params, "total_price": "0.02"})
 
 
 def _order_with_link(shop: ShopClient) -> str:
@@ -101,7 +101,7 @@ def test_pay_link_expires_with_the_order(shop: ShopClient) -> None:
     link = shop.pay_link(order_id).json()["alipay_url"]
     biz = json.loads(query_params(link)["biz_content"])
     deadline = order.created_at + settings.ORDER_PAY_TIMEOUT
-    assert biz["time_expire"] == alipay.beijing_time(deadline)
+    assert biz["time_expire"] == gateway.beijing_time(deadline)
     assert biz["time_expire"] == (deadline + timedelta(hours=8)).strftime("%Y-%m-%d %H:%M:%S")
 
     OrderInfo.objects.filter(pk=order_id).update(

@@ -5,7 +5,7 @@ import pytest
 
 from payment.errors import EventRejected
 from payment.models import PaymentEvent
-from payment.verification import event_verify
+from payment.processing.verification import event_verify
 
 ORDER = "20261126000000000000000000042"
 

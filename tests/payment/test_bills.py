@@ -8,8 +8,9 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl
-from payment import alipay, bills
+from payment import gateway
 from payment.models import BillFinding, BillReport, Payment, PaymentEvent
+from payment.reconciliation import bills
 from shop.models import OrderInfo
 from tests.factories import PaymentFactory, orders_with_links
 from tests.support import wait_for
@@ -37,7 +38,7 @@ def test_a_day_is_reconciled_against_the_bill_and_a_rerun_changes_nothing(
 ) -> None:
     sandbox.set_settings(refund_window_s=10**9)  # no TRADE_FINISHED when the clock moves on
     orders = _pay_all(sandbox, 200)
-    today = timezone.now().astimezone(alipay.BEIJING).date()
+    today = timezone.now().astimezone(gateway.BEIJING).date()
     sandbox.set_settings(clock_offset_s=86400)  # at Alipay it is tomorrow: today's bill is out
 
     # Our books drift from Alipay's in three ways.
@@ -84,7 +85,7 @@ def test_a_day_is_reconciled_against_the_bill_and_a_rerun_changes_nothing(
 
 
 def test_a_day_without_a_bill_reports_what_we_hold(sandbox: SandboxControl) -> None:
-    yesterday = timezone.now().astimezone(alipay.BEIJING).date() - timezone.timedelta(days=1)
+    yesterday = timezone.now().astimezone(gateway.BEIJING).date() - timezone.timedelta(days=1)
 
     result = bills.bill_reconcile(day=yesterday)
 

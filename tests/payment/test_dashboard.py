@@ -7,7 +7,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from payment import dashboard
+from backoffice.dashboard import queries
 from payment.models import Payment, PaymentEvent, Refund
 from tests.factories import (
     attempt_checked_create,
@@ -25,13 +25,13 @@ S = timedelta(seconds=1)
 
 
 @pytest.fixture
-def window() -> dashboard.Window:
-    return dashboard.dashboard_window()
+def window() -> queries.Window:
+    return queries.dashboard_window()
 
 
 def test_window_is_the_24_hours_ending_with_the_current_hour() -> None:
     now = timezone.now()
-    window = dashboard.dashboard_window(now=now)
+    window = queries.dashboard_window(now=now)
     assert window.end - window.start == 24 * H
     assert window.start < now - 23 * H and now < window.end <= now + H
     local_end = timezone.localtime(window.end)
@@ -40,7 +40,7 @@ def test_window_is_the_24_hours_ending_with_the_current_hour() -> None:
     assert window.buckets(H)[0] == window.start and window.buckets(H)[-1] == window.end - H
 
 
-def test_payments_are_counted_per_minute_by_source(window: dashboard.Window) -> None:
+def test_payments_are_counted_per_minute_by_source(window: queries.Window) -> None:
     start = window.start
     for _ in range(2):
         paid_order_create(source="notify", paid_at=start + 5 * M + 10 * S)
@@ -51,7 +51,7 @@ def test_payments_are_counted_per_minute_by_source(window: dashboard.Window) -> 
     paid_order_create(source="notify", paid_at=start - S)  # before the window
     paid_order_create(source="notify", paid_at=window.end)  # after it
 
-    counts = dashboard.payments_by_source(window=window)
+    counts = queries.payments_by_source(window=window)
 
     assert len(counts.buckets) == 1440
     by_source = {s.key: s.values for s in counts.series}
@@ -63,7 +63,7 @@ def test_payments_are_counted_per_minute_by_source(window: dashboard.Window) -> 
     assert counts.total == 5
 
 
-def _paid_after(seconds: float, hour: int, window: dashboard.Window, **kwargs: object) -> None:
+def _paid_after(seconds: float, hour: int, window: queries.Window, **kwargs: object) -> None:
     paid_at = window.start + hour * H + 30 * M
     paid_order_create(paid_at=paid_at, link_at=paid_at - timedelta(seconds=seconds),
                       **kwargs)  # type: ignore[arg-type]
@@ -71,7 +71,7 @@ def _paid_after(seconds: float, hour: int, window: dashboard.Window, **kwargs: o
 
 @pytest.mark.parametrize("in_database", [True, False], ids=["percentile_cont", "python"])
 def test_time_to_paid_percentiles_per_hour_and_overall(
-    window: dashboard.Window, in_database: bool
+    window: queries.Window, in_database: bool
 ) -> None:
     for seconds in (10, 20, 30, 40, 100):
         _paid_after(seconds, 2, window)
@@ -82,7 +82,7 @@ def test_time_to_paid_percentiles_per_hour_and_overall(
     paid_order_create(source="bill", paid_at=window.start + 5 * H)
     paid_order_create(paid_at=window.start - H, link_at=window.start - 2 * H)
 
-    took = dashboard.time_to_paid(window=window, in_database=in_database)
+    took = queries.time_to_paid(window=window, in_database=in_database)
 
     assert took.counts[2] == 5 and took.counts[5] == 2 and sum(took.counts) == 7
     # percentile_cont: linear interpolation at fraction * (n - 1)
@@ -94,20 +94,20 @@ def test_time_to_paid_percentiles_per_hour_and_overall(
 
 
 def test_time_to_paid_in_postgresql_is_one_query_per_hour_and_overall(
-    window: dashboard.Window
+    window: queries.Window
 ) -> None:
     for seconds in (10, 20):
         _paid_after(seconds, 1, window)
-    with CaptureQueriesContext(connection) as queries:
-        took = dashboard.time_to_paid(window=window)
-    assert len(queries) == 1
-    assert "PERCENTILE_CONT(0.95) WITHIN GROUP" in queries[0]["sql"]
-    assert "ROLLUP" in queries[0]["sql"]
+    with CaptureQueriesContext(connection) as captured:
+        took = queries.time_to_paid(window=window)
+    assert len(captured) == 1
+    assert "PERCENTILE_CONT(0.95) WITHIN GROUP" in captured[0]["sql"]
+    assert "ROLLUP" in captured[0]["sql"]
     assert (took.count, took.counts[1], took.overall_p50) == (2, 2, pytest.approx(15))
 
 
 def test_events_per_hour_by_state_and_the_ones_waiting_or_dead_now(
-    window: dashboard.Window
+    window: queries.Window
 ) -> None:
     start = window.start
     for _ in range(3):
@@ -119,8 +119,8 @@ def test_events_per_hour_by_state_and_the_ones_waiting_or_dead_now(
     old_waiting = event_create(state="received", received_at=start - 3 * H)
     event_create(state="dead", received_at=start - 30 * H)
 
-    counts = dashboard.events_by_state(window=window)
-    now = dashboard.events_now()
+    counts = queries.events_by_state(window=window)
+    now = queries.events_now()
 
     by_state = {s.key: s.values for s in counts.series}
     assert by_state["applied"][1] == 3 and by_state["rejected"][4] == 2
@@ -131,7 +131,7 @@ def test_events_per_hour_by_state_and_the_ones_waiting_or_dead_now(
     assert now.oldest_waiting == old_waiting.received_at
 
 
-def test_reconciliation_checks_by_what_they_found(window: dashboard.Window) -> None:
+def test_reconciliation_checks_by_what_they_found(window: queries.Window) -> None:
     at = window.start + 7 * H
     for result in ("applied", "stored", "WAIT_BUYER_PAY", "TRADE_NOT_EXIST",
                    "error: alipay.trade.query: 20000 isp.unknow-error", "rejected", "settled",
@@ -139,7 +139,7 @@ def test_reconciliation_checks_by_what_they_found(window: dashboard.Window) -> N
         attempt_checked_create(result=result, checked_at=at)
     attempt_checked_create(result="applied", checked_at=window.start - M)
 
-    counts = dashboard.reconciliation_checks(window=window)
+    counts = queries.reconciliation_checks(window=window)
 
     assert counts.totals() == {"paid": 2, "unpaid": 2, "mismatch": 1, "settled": 1,
                                "error": 1, "other": 1}
@@ -154,7 +154,7 @@ def test_bill_days_are_the_seven_days_before_today_oldest_first() -> None:
                        findings={"missing_here": 2, "amount_mismatch": 1}, matched=40)
     balanced = bill_report_create(day=today - timedelta(days=7), findings={}, matched=3)
 
-    days = dashboard.bill_days(today=today)
+    days = queries.bill_days(today=today)
 
     assert [d.bill_date for d in days] == [today - timedelta(days=n) for n in range(7, 0, -1)]
     assert days[-1].findings == {"missing_here": 2, "missing_at_alipay": 0,
@@ -166,7 +166,7 @@ def test_bill_days_are_the_seven_days_before_today_oldest_first() -> None:
     assert days[1].state == "" and days[1].total == 0
 
 
-def test_gateway_errors_from_events_checks_and_refunds(window: dashboard.Window) -> None:
+def test_gateway_errors_from_events_checks_and_refunds(window: queries.Window) -> None:
     at = window.start + 12 * H
     event_create(state="dead", received_at=at,
                  last_error="GatewayUnavailable: alipay.trade.query: 20000 isp.unknow-error")
@@ -181,14 +181,14 @@ def test_gateway_errors_from_events_checks_and_refunds(window: dashboard.Window)
                   last_error="40004 ACQ.TRADE_HAS_CLOSE")
     refund_create(payment=payment, state="succeeded", requested_at=at)
 
-    counts = dashboard.gateway_errors(window=window)
+    counts = queries.gateway_errors(window=window)
 
     assert counts.totals() == {"events": 2, "reconciliation": 1, "refunds": 1}
     assert [s.values[12] for s in counts.series] == [2, 1, 1]
     assert counts.total == 4
 
 
-def test_refunds_by_state_open_ones_and_the_amount_refunded(window: dashboard.Window) -> None:
+def test_refunds_by_state_open_ones_and_the_amount_refunded(window: queries.Window) -> None:
     payment = paid_order_create(paid_at=window.start, amount="100.00")
     at = window.start + 20 * H
     refund_create(payment=payment, state="succeeded", requested_at=at, amount="12.50")
@@ -199,8 +199,8 @@ def test_refunds_by_state_open_ones_and_the_amount_refunded(window: dashboard.Wi
     refund_create(payment=payment, state="succeeded", requested_at=window.start - H,
                   amount="30.00")
 
-    counts = dashboard.refunds_by_state(window=window)
-    now = dashboard.refunds_now(window=window)
+    counts = queries.refunds_by_state(window=window)
+    now = queries.refunds_now(window=window)
 
     assert counts.totals() == {"requested": 0, "sent": 1, "unknown": 0, "succeeded": 2,
                                "failed": 1}

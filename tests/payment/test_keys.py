@@ -5,7 +5,7 @@ from pathlib import Path
 from alipay import AliPay
 from django.core.management import call_command
 
-from payment.keys import generate_key_pair, write_keys
+from payment.gateway.keys import generate_key_pair, write_keys
 
 
 def test_generate_key_pair_loads_in_sdk() -> None:

@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from alipay_sandbox.client import SandboxControl
+from infra.logs import ContextFilter, JsonFormatter, event_origins, log_ids
 from payment.models import PaymentEvent, Refund
-from shop.logs import ContextFilter, JsonFormatter, event_origins, log_ids
 from tests.factories import OrderFactory, StaffFactory, order_with_link, signed_in
 from tests.support import (
     ManagedProcess,
@@ -150,7 +150,7 @@ def test_production_logs_are_json_lines_with_the_request_id_from_web_to_worker(
     assert len(applied) == 1
     assert (applied[0]["order_id"], applied[0]["trade_no"]) == (order_id, trade_no)
     assert applied[0]["request_id"] == return_id
-    assert applied[0]["logger"] == "payment.applying" and applied[0]["level"] == "INFO"
+    assert applied[0]["logger"] == "payment.processing.applying" and applied[0]["level"] == "INFO"
     access = [line for line in web_lines if line["logger"] == "uvicorn.access"
               and "/payment/status/" in line["message"]]
     assert access and access[0]["request_id"] == return_id
@@ -182,12 +182,12 @@ def test_json_lines_keep_a_request_path_but_never_its_query_string(rf: Any) -> N
 
 
 def test_lines_about_an_event_carry_the_request_id_it_arrived_with() -> None:
-    logger = logging.getLogger("payment.processing")
+    logger = logging.getLogger("payment.processing.batch")
     with event_origins({7: "from-the-web-1234"}):
-        about_event = logger.makeRecord("payment.processing", logging.INFO, __file__, 1,
+        about_event = logger.makeRecord("payment.processing.batch", logging.INFO, __file__, 1,
                                         "payment event id=%s", (7,), None,
                                         extra=log_ids(order_id="o1", event_id=7))
-        about_other = logger.makeRecord("payment.processing", logging.INFO, __file__, 1,
+        about_other = logger.makeRecord("payment.processing.batch", logging.INFO, __file__, 1,
                                         "payment event id=%s", (8,), None,
                                         extra=log_ids(order_id="o2", event_id=8))
         for record in (about_event, about_other):

@@ -13,7 +13,7 @@ import requests
 from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl
-from payment import alipay
+from payment import gateway
 from payment.models import Payment, PaymentEvent, Refund
 from shop.models import OrderInfo
 from tests.factories import (
@@ -184,7 +184,7 @@ def test_alipay_refusing_a_refund_fails_it_and_a_refund_made_elsewhere_is_a_find
     order_id = _paid_order(shop, sandbox)
     staff = _staff_session(shop.base_url)
     # 70.00 refunded at Alipay outside the ledger (as from Alipay's merchant console).
-    alipay.trade_refund(out_trade_no=order_id, refund_amount=Decimal("70.00"),
+    gateway.trade_refund(out_trade_no=order_id, refund_amount=Decimal("70.00"),
                         out_request_no="console-1", reason="by hand")
 
     def finding() -> PaymentEvent | None:

@@ -14,7 +14,7 @@ from tests.support import ROOT
     "command",
     [
         ["manage.py", "check"],
-        ["-c", "import shop.wsgi"],
+        ["-c", "import config.wsgi"],
     ],
     ids=["manage-check", "wsgi"],
 )

@@ -13,7 +13,7 @@ from alipay.exceptions import AliPayException
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from alipay_sandbox.testing import SandboxProcess, check_envelope, fetch_raw
-from payment.keys import generate_key_pair
+from payment.gateway.keys import generate_key_pair
 from tests.sandbox.support import make_client, session
 
 

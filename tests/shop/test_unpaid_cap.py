@@ -8,7 +8,7 @@ from django.db import connection
 from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl
-from payment.expiry import order_expire, orders_expired
+from payment.reconciliation.expiry import order_expire, orders_expired
 from shop.models import SKU, OrderInfo, User
 from shop.services import OrderError, UnpaidOrdersLimitError, order_create
 from tests.factories import UserFactory, signed_in, sku_create

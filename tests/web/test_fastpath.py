@@ -1,4 +1,4 @@
-"""The intake endpoints as production serves them (payment/fastpath.py under uvicorn):
+"""The intake endpoints as production serves them (payment/intake/asgi.py under uvicorn):
 the same answers and records as the Django views, with real workers and the sandbox."""
 import urllib.parse
 from pathlib import Path

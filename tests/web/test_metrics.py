@@ -17,7 +17,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from alipay_sandbox.client import SandboxControl
-from payment import alipay
+from payment import gateway
 from payment.models import BillReport, Payment, PaymentEvent, Refund
 from payment.tasks import bill_reconcile_task, events_process_task, reconcile_dispatch_task
 from shop.models import OrderInfo
@@ -86,7 +86,7 @@ def _samples_counting(url: str, name: str, **labels: str) -> Samples | None:
 def _signed_notification(order_id: str, amount: str, key: Path) -> dict[str, str]:
     return sign_params({
         "notify_type": "trade_status_sync", "notify_id": f"metrics-{order_id}",
-        "notify_time": alipay.beijing_time(timezone.now()), "app_id": APP_ID,
+        "notify_time": gateway.beijing_time(timezone.now()), "app_id": APP_ID,
         "out_trade_no": order_id, "trade_no": f"2026112622{order_id[-18:]}",
         "trade_status": "TRADE_SUCCESS", "total_amount": amount, "seller_id": SELLER_ID,
     }, key.read_bytes())
@@ -143,7 +143,7 @@ def test_web_and_worker_count_payments_refusals_reconciliation_and_gateway_error
     wait_for(reconciled, 30, 0.5)
 
     # The day's bill, with a trade this shop never heard of.
-    today = timezone.now().astimezone(alipay.BEIJING).date()
+    today = timezone.now().astimezone(gateway.BEIJING).date()
     sandbox.generate_trades(today.isoformat(), 1)
     sandbox.set_faults(notify_drop=True)  # no TRADE_FINISHED notifications when time jumps
     sandbox.set_settings(clock_offset_s=86400)  # at Alipay it is tomorrow: today's bill is out

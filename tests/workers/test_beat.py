@@ -74,7 +74,7 @@ def _scheduler(**environment: str) -> str:
             "print(app.conf.beat_scheduler)")
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
-        env={"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "shop.settings",
+        env={"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "config.settings",
              **environment},
     )
     assert result.returncode == 0, result.stderr

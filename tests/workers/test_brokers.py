@@ -36,7 +36,7 @@ def _celery_conf(broker_url: str, **env: str) -> dict:
     """The Celery configuration a process started with this broker URL gets."""
     result = subprocess.run(
         [sys.executable, "-c", CONF_SCRIPT], cwd=ROOT, capture_output=True, text=True,
-        timeout=60, env={"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "shop.settings",
+        timeout=60, env={"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "config.settings",
                          "CELERY_BROKER_URL": broker_url, **env})
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
@@ -111,7 +111,7 @@ def test_rabbitmq_countdowns_wait_in_rabbitmq_quorum_queues(
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(COUNTDOWN_SCRIPT)], cwd=ROOT,
         capture_output=True, text=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "shop.settings",
+        env={"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "config.settings",
              "CELERY_BROKER_URL": rabbitmq_node.url})
     assert result.returncode == 0, result.stderr[-3000:]
     # Rounded up to one second, the message waits in RabbitMQ's one-second delay queue (no

@@ -15,7 +15,8 @@ from django.db import connection
 from django.db.models import Count
 
 from alipay_sandbox.client import SandboxControl
-from payment import events, intake
+from payment import event_store
+from payment.intake import core
 from payment.models import Payment, PaymentAttempt, PaymentEvent
 from shop.models import OrderInfo
 from tests.conftest import worker_process
@@ -77,7 +78,7 @@ def test_worker_killed_mid_500_payments_pays_all_once(
     links = _orders_with_links(500)
     order_ids = [order_id for order_id, _ in links]
     for params in _pay_all(sandbox, links):
-        intake.event_record(source=PaymentEvent.Source.RETURN, params=params)
+        core.event_record(source=PaymentEvent.Source.RETURN, params=params)
 
     # Small batches, so that the kill lands with some orders paid and others not yet.
     first = exclusive_workers("doomed", concurrency=4, PAYMENT_BATCH_SIZE="20", **broker.env)
@@ -107,7 +108,7 @@ def test_broker_down_while_notifications_arrive_loses_nothing(
            **({"PAYMENT_REDIS_URL": ""} if kind == "rabbitmq" else {})}
     web_port = free_port()
     web = ManagedProcess(f"private-web-{kind}", python_args(
-        "-m", "gunicorn", "shop.wsgi", "--bind", f"127.0.0.1:{web_port}", "--worker-class",
+        "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{web_port}", "--worker-class",
         "gthread", "--threads", "8"), env, log_dir).start()
     extra: list[ManagedProcess] = [web]
     try:
@@ -162,7 +163,7 @@ def test_database_away_from_workers_then_back_applies_all(
 
         proxy.down()
         for params in returns:
-            intake.event_record(source=PaymentEvent.Source.RETURN, params=params)
+            core.event_record(source=PaymentEvent.Source.RETURN, params=params)
         time.sleep(4)
         assert _paid_count(order_ids) == 0  # the workers cannot reach the database
         proxy.up()
@@ -212,7 +213,7 @@ def test_notification_answers_fail_while_the_database_is_away(
            "DATABASE_URL": worker_env["DATABASE_URL"].replace(":5432/", f":{proxy.port}/"),
            "DATABASE_CONN_MAX_AGE": "0"}
     web = ManagedProcess("db-away-web", python_args(
-        "-m", "gunicorn", "shop.wsgi", "--bind", f"127.0.0.1:{port}", "--worker-class",
+        "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--worker-class",
         "gthread", "--threads", "2"), env, log_dir).start()
     try:
         wait_for_port(port)
@@ -265,7 +266,7 @@ def test_worker_killed_inside_a_batch_transaction_leaves_nothing_half_applied(
     order_ids = [order_id for order_id, _ in links]
     for params in _signed_notifications(order_ids, "7.77",
                                         (dev_keys / "alipay_private_key.pem").read_bytes()):
-        events.event_store(source=PaymentEvent.Source.NOTIFY, params=params)
+        event_store.event_store(source=PaymentEvent.Source.NOTIFY, params=params)
     elsewhere = OrderFactory(user=OrderInfo.objects.get(order_id=order_ids[0]).user,
                              total_amount=Decimal("7.77"))
 

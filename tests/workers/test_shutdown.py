@@ -17,7 +17,7 @@ from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
 
-from payment import events
+from payment import event_store
 from payment.models import Payment, PaymentEvent
 from shop.models import OrderInfo, User
 from tests.support import APP_ID, SELLER_ID, ManagedProcess, procfile_command, sign_params, wait_for
@@ -36,7 +36,7 @@ def _notified_orders(user: User, prefix: str, count: int, key: bytes) -> list[st
                                             total_amount=Decimal("5.55"))
                                   for order_id in order_ids)
     for order_id in order_ids:
-        events.event_store(source=PaymentEvent.Source.NOTIFY, params=sign_params({
+        event_store.event_store(source=PaymentEvent.Source.NOTIFY, params=sign_params({
             "notify_type": "trade_status_sync", "notify_id": f"deploy-{order_id}",
             "app_id": APP_ID, "out_trade_no": order_id, "trade_no": f"T{order_id}",
             "trade_status": "TRADE_SUCCESS", "total_amount": "5.55", "seller_id": SELLER_ID,

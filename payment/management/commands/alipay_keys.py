@@ -4,7 +4,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from payment.keys import write_keys
+from payment.gateway.keys import write_keys
 
 
 class Command(BaseCommand):

@@ -3,7 +3,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from payment import retention
+from payment.reconciliation import retention
 
 
 class Command(BaseCommand):

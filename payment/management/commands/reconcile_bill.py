@@ -4,7 +4,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from payment import alipay, bills
+from payment import gateway
+from payment.reconciliation import bills
 from payment.tasks import payment_refund_task
 
 
@@ -25,10 +26,10 @@ class Command(BaseCommand):
             except ValueError:
                 raise CommandError("--date must be YYYY-MM-DD") from None
         else:
-            day = timezone.now().astimezone(alipay.BEIJING).date() - timedelta(days=1)
+            day = timezone.now().astimezone(gateway.BEIJING).date() - timedelta(days=1)
         try:
             result = bills.bill_reconcile(day=day)
-        except alipay.GatewayUnavailable as exc:
+        except gateway.GatewayUnavailable as exc:
             raise CommandError(f"Alipay could not be asked: {exc}") from None
         for payment_id in result.refunds:
             payment_refund_task.delay(payment_id)

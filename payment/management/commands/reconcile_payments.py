@@ -3,7 +3,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from payment import reconciliation
+from payment.reconciliation import trades
 from payment.tasks import payment_refund_task
 
 
@@ -18,8 +18,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         totals: dict[str, int] = {}
-        while order_ids := reconciliation.attempts_claim(limit=options["batch_size"]):
-            result = reconciliation.orders_reconcile(order_ids=order_ids)
+        while order_ids := trades.attempts_claim(limit=options["batch_size"]):
+            result = trades.orders_reconcile(order_ids=order_ids)
             for payment_id in result.refunds:
                 payment_refund_task.delay(payment_id)
             for outcome, count in result.counts.items():

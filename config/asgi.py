@@ -1,0 +1,77 @@
+"""The ASGI application that production serves (gunicorn with uvicorn workers, see Procfile).
+
+`PUT /payment/status/` waits for the workers without holding a thread, which only an event
+loop can do. The two endpoints Alipay and the returning browser hit in bursts are authenticated
+by Alipay's signature and need none of the browser middleware (sessions, CSRF,
+authentication, messages): on PostgreSQL they are served by payment/intake/asgi.py on the event
+loop, elsewhere (the embedded SQLite defaults) by Django's handler without middleware.
+`GET /metrics` (infra/metrics.py) is served ahead of Django too; every request gets its
+request id first (infra/logs.py).
+"""
+import asyncio
+import os
+from typing import Any
+
+# Each request's database work runs on a short-lived thread: connections come from a pool.
+os.environ.setdefault("DATABASE_POOL", "true")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+import django  # noqa: E402
+
+django.setup(set_prefix=False)
+
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
+
+from infra import logs, metrics, redis_client  # noqa: E402
+from infra.checks import checks_require  # noqa: E402
+from payment.gateway import keys_require  # noqa: E402
+from payment.intake import asgi  # noqa: E402
+
+keys_require()
+checks_require()
+
+
+class LeanASGIHandler(ASGIHandler):
+    """Django's handler with no middleware, for the signature-authenticated endpoints."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        # BaseHandler.load_middleware with an empty MIDDLEWARE list.
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        get_response = getattr(self, "_get_response_async" if is_async else "_get_response")
+        self._middleware_chain = convert_exception_to_response(get_response)
+
+
+django_application = ASGIHandler()
+lean_application = LeanASGIHandler()
+
+
+async def _route(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+    elif scope["type"] == "http" and scope["path"] == metrics.PATH:
+        # Prometheus asks by address, over plain HTTP: no host check, no HTTPS redirect.
+        await metrics.app(scope, receive, send)
+    elif scope["type"] == "http" and scope["path"] in asgi.PATHS:
+        await (asgi.app if asgi.available() else lean_application)(scope, receive, send)
+    else:
+        await django_application(scope, receive, send)
+
+
+# Every request, on whichever path, has a request id in its log lines and its answer.
+application = logs.RequestIdASGIMiddleware(_route)
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            redis_client.server_loop_started(asyncio.get_running_loop())
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await redis_client.server_loop_stopping(asyncio.get_running_loop())
+            await asgi.pools_close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,285 @@
+"""Log lines: JSON in production, text in development, with the ids that follow the work.
+
+Every record gets `request_id` (the web request, or the request whose work a Celery task does)
+and `task_id`; lines about a payment also carry `order_id`, `trade_no` and `event_id` as
+fields (`extra=log_ids(...)`), while their messages stay readable with the same ids in them.
+
+The request id is taken from a well-formed `X-Request-ID` or made here, kept in a context
+variable for the request, answered in the `X-Request-ID` header, stored with the payment event
+the request brought (a worker's lines about that event carry it, see `event_origins`) and sent
+with every Celery task published while it is set (workers/observability.py).
+
+Importable before Django is set up: gunicorn's configuration uses the formatter and filter.
+"""
+import contextvars
+import logging
+import logging.config
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from pythonjsonlogger.json import JsonFormatter as BaseJsonFormatter
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
+                                                                       default=None)
+TASK_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("task_id", default=None)
+# The request id each payment event of the batch being processed was stored with.
+EVENT_ORIGINS: contextvars.ContextVar[Mapping[int, str] | None] = contextvars.ContextVar(
+    "event_origins", default=None)
+
+HEADER = "X-Request-ID"
+# What a proxy or client may send as a request id (UUIDs, nginx's $request_id, ...); anything
+# else is replaced, so a header cannot put arbitrary text into the logs.
+REQUEST_ID_FORMAT = re.compile(r"[A-Za-z0-9._:-]{8,64}")
+FORMATS = ("json", "text")
+
+
+def log_format(*, configured: str, django_env: str) -> str:
+    """LOG_FORMAT when given, else JSON everywhere but in development."""
+    chosen = configured.strip().lower() or ("text" if django_env == "development" else "json")
+    if chosen not in FORMATS:
+        raise ValueError(f"LOG_FORMAT must be one of {', '.join(FORMATS)}, not {configured!r}")
+    return chosen
+
+
+def request_id_new() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_accept(value: str | bytes | None) -> str:
+    """The request id to use for a request that sent `value` in X-Request-ID."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if value and REQUEST_ID_FORMAT.fullmatch(value):
+        return value
+    return request_id_new()
+
+
+def request_id() -> str | None:
+    return REQUEST_ID.get()
+
+
+def log_ids(*, order_id: str | None = None, trade_no: str | None = None,
+            event_id: int | None = None, **more: Any) -> dict[str, Any]:
+    """`extra=` for a line about a payment: the three ids, null where not known."""
+    return {"order_id": order_id or None, "trade_no": trade_no or None, "event_id": event_id,
+            **more}
+
+
+@contextmanager
+def event_origins(origins: Mapping[int, str]) -> Iterator[None]:
+    """While processing events: lines about one of them carry the request id it came with."""
+    token = EVENT_ORIGINS.set(origins)
+    try:
+        yield
+    finally:
+        EVENT_ORIGINS.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Adds `request_id` and `task_id` to every record (a handler's filter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            event_id = getattr(record, "event_id", None)
+            origins = EVENT_ORIGINS.get()
+            origin = origins.get(event_id) if origins and event_id is not None else None
+            record.request_id = origin or REQUEST_ID.get()
+        if getattr(record, "task_id", None) is None:
+            record.task_id = TASK_ID.get()
+        return True
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    # Never an object's repr: a request's repr carries its query string, a signature too.
+    return f"<{type(value).__name__}>"
+
+
+def utc_time(record: logging.LogRecord) -> str:
+    """Every log line's time: UTC, ISO 8601 with a `Z`, as the API's times. The local zone
+    differs between processes (Django sets TZ to the shop's zone once its settings load, the
+    gunicorn master logs before that), so it is never used."""
+    return datetime.fromtimestamp(record.created, UTC).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonFormatter(BaseJsonFormatter):
+    """One JSON object per line: time, level, logger, pid, message, then the record's fields."""
+
+    # Objects some libraries attach (Django's request logger: the request, whose repr has the
+    # query string, with Alipay's signature on a return): only their method and path are kept.
+    # uvicorn's `color_message` is its message again, with terminal colours.
+    DROPPED_FIELDS = ("request", "response", "color_message")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
+                           "process": "pid"},
+            json_default=_json_default, json_ensure_ascii=False, **kwargs,
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return utc_time(record)
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
+                   message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_data, record, message_dict)
+        request = log_data.pop("request", None)
+        if request is not None and isinstance(getattr(request, "path", None), str):
+            log_data["http_method"] = getattr(request, "method", None)
+            log_data["http_path"] = request.path
+        for name in self.DROPPED_FIELDS:
+            log_data.pop(name, None)
+
+
+class TextFormatter(logging.Formatter):
+    """The development format; the request id is added when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return utc_time(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request = getattr(record, "request_id", None)
+        return f"{line} request_id={request}" if request else line
+
+
+def configure(config: dict[str, Any]) -> None:
+    """Django's LOGGING_CONFIG: the dictionary, and Python's warnings as log lines too (a
+    warning printed as it is would be a line of another format)."""
+    logging.config.dictConfig(config)
+    logging.captureWarnings(True)
+
+
+def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
+    """Django's LOGGING: one console handler with the chosen format and the context filter."""
+    formatter = {"()": f"{__name__}.JsonFormatter"} if log_format == "json" else {
+        "()": f"{__name__}.TextFormatter"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"context": {"()": f"{__name__}.ContextFilter"}},
+        "formatters": {"line": formatter},
+        "handlers": {
+            # Standard error, as before: Celery's workers replace sys.stdout with a logger.
+            "console": {"class": "logging.StreamHandler", "formatter": "line",
+                        "filters": ["context"]},
+        },
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {
+            # The SDK turns itself to DEBUG on import and may log signed data.
+            "python-alipay-sdk": {"handlers": [], "level": "WARNING", "propagate": False},
+            "django.db.backends": {"level": "INFO"},
+        },
+    }
+
+
+class SocketClosedTwice(logging.Filter):
+    """Drops gunicorn's "Error while closing socket [Errno 9] Bad file descriptor" at each
+    worker's stop: uvicorn has already closed the listening socket the worker shares, and
+    gunicorn closes it again. Nothing failed; an "Error" line at every stop would say so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "Error while closing socket %s"
+                    and "[Errno 9]" in str(record.args))
+
+
+def gunicorn_config(*, log_format: str) -> dict[str, Any]:
+    """gunicorn's logconfig_dict: its own lines and the access log (uvicorn's, through
+    gunicorn's handlers) in the same format as the application's."""
+    config = logging_config(log_format=log_format, level="INFO")
+    config["filters"]["socket_closed_twice"] = {"()": f"{__name__}.SocketClosedTwice"}
+    logger = {"handlers": ["console"], "level": "INFO", "propagate": False}
+    return {**config, "loggers": {
+        "gunicorn.error": {**logger, "filters": ["socket_closed_twice"]},
+        "gunicorn.access": logger,
+    }}
+
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class RequestIdASGIMiddleware:
+    """Every HTTP request of the ASGI application, the fast path's too, gets its request id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = next((value for name, value in scope.get("headers", ())
+                     if name == b"x-request-id"), None)
+        current = request_id_accept(sent)
+        header = (b"x-request-id", current.encode())
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != header[0]]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        token = REQUEST_ID.set(current)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)
+
+
+class RequestIdMiddleware:
+    """Django's side, for servers other than config.asgi (the WSGI handler, runserver): the same
+    request id rules. Under config.asgi the ASGI middleware has set it already."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: Any) -> Any:
+        if self.is_async:
+            return self._acall(request)
+        if REQUEST_ID.get() is not None:
+            return self.get_response(request)
+        current = request_id_accept(request.headers.get(HEADER))
+        token = REQUEST_ID.set(current)
+        try:
+            response = self.get_response(request)
+        finally:
+            REQUEST_ID.reset(token)
+        response.headers.setdefault(HEADER, current)
+        return response
+
+    async def _acall(self, request: Any) -> Any:
+        if REQUEST_ID.get() is not None:
+            return await self.get_response(request)
+        current = request_id_accept(request.headers.get(HEADER))
+        token = REQUEST_ID.set(current)
+        try:
+            response = await self.get_response(request)
+        finally:
+            REQUEST_ID.reset(token)
+        response.headers.setdefault(HEADER, current)
+        return response

@@ -1,0 +1,186 @@
+"""Reconciliation: ask Alipay about UNPAID orders whose pay link is older than RECONCILE_AFTER.
+
+Due checks are claimed in batches (a lease on the order's `PaymentAttempt`, so overlapping
+runs never check one order twice); the trade queries of a batch run concurrently on the
+process's long-lived pool of gateway threads over keep-alive connections; every result is
+written back in one bulk update, and paid trades go through the same batch processing as
+notifications and returns.
+"""
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from infra.bulk_sql import rows_update
+from infra.logs import log_ids
+from payment import event_store, gateway, metrics
+from payment.models import EventSource, PaymentAttempt, PaymentEvent
+from payment.processing.batch import events_process
+from payment.processing.verification import query_pool
+from shop.models import OrderInfo
+
+logger = logging.getLogger(__name__)
+
+CLAIM_LEASE = timedelta(minutes=5)
+MAX_CHECK_GAP = timedelta(minutes=10)
+
+
+@dataclass
+class Reconciled:
+    counts: dict[str, int] = field(default_factory=dict)
+    refunds: list[int] = field(default_factory=list)
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + n
+
+
+def attempts_claim(*, limit: int) -> list[str]:
+    """Claim due reconciliation checks. Overlapping runs never claim the same order."""
+    return attempts_claim_with_token(limit=limit)[0]
+
+
+def attempts_claim_with_token(*, limit: int) -> tuple[list[str], datetime]:
+    """Claim due checks; the token (the lease's end) lets the batch prove it still holds them."""
+    now = timezone.now()
+    return attempts_lease(Q(next_check_at__lte=now), "next_check_at", limit=limit, now=now)
+
+
+def attempts_lease(
+    due: Q, order_by: str, *, limit: int, now: datetime
+) -> tuple[list[str], datetime]:
+    """Lease the UNPAID orders' attempts that match `due` and no one holds (row locks skipped)."""
+    token = now + CLAIM_LEASE
+    with transaction.atomic():
+        order_ids = list(
+            PaymentAttempt.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(due, order__status=OrderInfo.Status.UNPAID)
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .order_by(order_by).values_list("order_id", flat=True)[:limit]
+        )
+        PaymentAttempt.objects.filter(order_id__in=order_ids).update(claimed_until=token)
+    return order_ids, token
+
+
+def attempts_hold(*, order_ids: list[str], token: datetime) -> list[str]:
+    """The claimed orders this batch still holds, with their lease renewed.
+
+    A batch that waited in the queue past its lease may have been claimed again by a later
+    run; it then leaves those orders to that run instead of checking them twice.
+    """
+    with transaction.atomic():
+        held = list(
+            PaymentAttempt.objects.select_for_update(skip_locked=True)
+            .filter(order_id__in=order_ids, claimed_until=token)
+            .values_list("order_id", flat=True)
+        )
+        PaymentAttempt.objects.filter(order_id__in=held).update(
+            claimed_until=timezone.now() + CLAIM_LEASE
+        )
+    return held
+
+
+def order_reconcile(*, order_id: str) -> Reconciled:
+    """Ask Alipay about one order and apply a payment it reports."""
+    return orders_reconcile(order_ids=[order_id])
+
+
+def orders_reconcile(*, order_ids: list[str]) -> Reconciled:
+    """Check a claimed batch; the trade queries run concurrently on the gateway pool.
+
+    Every database step stays on this thread, so a batch holds one database connection
+    however many queries are in flight.
+    """
+    started = time.perf_counter()
+    attempts = list(PaymentAttempt.objects.select_related("order").filter(order_id__in=order_ids))
+    result = Reconciled()
+    now = timezone.now()
+    unpaid = [a for a in attempts if a.order.status == OrderInfo.Status.UNPAID]
+    for attempt in attempts:
+        if attempt.order.status != OrderInfo.Status.UNPAID:
+            _check_note(attempt, "settled", None, now)
+            result.count("settled")
+    answers = list(query_pool().map(_trade_ask, [a.order_id for a in unpaid]))
+    paid: list[tuple[PaymentAttempt, gateway.TradeStatus]] = []
+    for attempt, answer in zip(unpaid, answers, strict=True):
+        if isinstance(answer, Exception):
+            # Retried by a later run, sooner than an unpaid order would be.
+            _check_note(attempt, f"error: {answer}", now + _check_gap(attempt.checks, 0.5), now)
+            result.count("error")
+        elif answer is not None and answer.is_paid:
+            paid.append((attempt, answer))
+        else:
+            status = answer.trade_status if answer else "TRADE_NOT_EXIST"
+            _check_note(attempt, status, now + _check_gap(attempt.checks, 1.0), now)
+            result.count("unpaid")
+    if paid:
+        outcomes = trades_found_apply(trades=[(a.order_id, t) for a, t in paid])
+        for attempt, _trade in paid:
+            outcome = outcomes.counts_by_order.get(attempt.order_id, "stored")
+            _check_note(attempt, outcome, None, now)
+            result.count(outcome)
+        result.refunds = outcomes.refunds
+    rows_update(
+        model=PaymentAttempt,
+        columns=["checks", "last_checked_at", "last_check_result", "next_check_at",
+                 "claimed_until"],
+        rows=[(a.order_id, a.checks, a.last_checked_at, a.last_check_result, a.next_check_at,
+               a.claimed_until) for a in attempts],
+    )
+    metrics.reconcile_observe(counts=result.counts, seconds=time.perf_counter() - started)
+    logger.info("reconciled batch size=%s outcomes=%s", len(order_ids), result.counts)
+    return result
+
+
+def _check_note(
+    attempt: PaymentAttempt, result: str, next_check_at: datetime | None, now: datetime
+) -> None:
+    """Record a check's result and next time on the row, and release its claim."""
+    attempt.checks += 1
+    attempt.last_checked_at = now
+    attempt.last_check_result = result[:100]
+    attempt.next_check_at = next_check_at
+    attempt.claimed_until = None
+
+
+def _trade_ask(order_id: str) -> gateway.TradeStatus | None | Exception:
+    try:
+        return gateway.trade_query(out_trade_no=order_id)
+    except (gateway.GatewayUnavailable, gateway.GatewayRejected) as exc:
+        logger.warning("reconcile query failed order_id=%s error=%s", order_id, exc,
+                       extra=log_ids(order_id=order_id))
+        return exc
+
+
+@dataclass
+class FoundApplied:
+    counts_by_order: dict[str, str]
+    refunds: list[int]
+
+
+def trades_found_apply(*, trades: list[tuple[str, gateway.TradeStatus]],
+                       source: str = EventSource.QUERY) -> FoundApplied:
+    """Record paid trades a query found (for reconciliation, or to confirm a line of the
+    bill), and apply them through the common batch path."""
+    ids: dict[int, str] = {}
+    for order_id, trade in trades:
+        params = {k: str(v) for k, v in trade.raw.items() if not isinstance(v, list | dict)}
+        params.setdefault("out_trade_no", order_id)
+        stored = event_store.event_store(source=source, params=params)
+        ids[stored.id] = order_id
+    try:
+        batch = events_process(limit=len(ids), event_ids=list(ids))
+    except Exception as exc:  # noqa: BLE001  (stored; the sweeper takes it up again)
+        logger.warning("query events left for the sweeper ids=%s: %s", list(ids), exc)
+        return FoundApplied({}, [])
+    states = dict(PaymentEvent.objects.filter(pk__in=ids).values_list("pk", "state"))
+    return FoundApplied({ids[pk]: str(state) for pk, state in states.items()}, batch.refunds)
+
+
+def _check_gap(checks: int, base: float) -> timedelta:
+    gap = timedelta(seconds=settings.RECONCILE_INTERVAL * base * (checks + 1))
+    return min(gap, MAX_CHECK_GAP)
