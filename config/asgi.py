@@ -3,10 +3,11 @@
 `PUT /payment/status/` waits for the workers without holding a thread, which only an event
 loop can do. The two endpoints Alipay and the returning browser hit in bursts are authenticated
 by Alipay's signature and need none of the browser middleware (sessions, CSRF,
-authentication, messages): on PostgreSQL they are served by payment/intake/asgi.py on the event
-loop, elsewhere (the embedded SQLite defaults) by Django's handler without middleware.
-`GET /metrics` (infra/metrics.py) is served ahead of Django too; every request gets its
-request id first (infra/logs.py).
+authentication, messages): they are served by the intake's own ASGI app
+(payment/intake/asgi.py) on every database, PostgreSQL through an async pool. `GET /metrics`
+(infra/metrics.py) is served ahead of Django too; every request gets its request id first
+(infra/logs.py). Django serves the same apps on the same paths (config/urls.py), so the WSGI
+module and runserver answer alike.
 """
 import asyncio
 import os
@@ -21,31 +22,18 @@ import django  # noqa: E402
 django.setup(set_prefix=False)
 
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
-from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 
 from infra import logs, metrics, redis_client  # noqa: E402
 from infra.checks import checks_require  # noqa: E402
 from payment.gateway import keys_require  # noqa: E402
-from payment.intake import asgi  # noqa: E402
+from payment.intake import asgi as intake  # noqa: E402
+from payment.intake.store import PsycopgStore  # noqa: E402
 
 keys_require()
 checks_require()
 
-
-class LeanASGIHandler(ASGIHandler):
-    """Django's handler with no middleware, for the signature-authenticated endpoints."""
-
-    def load_middleware(self, is_async: bool = False) -> None:
-        # BaseHandler.load_middleware with an empty MIDDLEWARE list.
-        self._view_middleware: list[Any] = []
-        self._template_response_middleware: list[Any] = []
-        self._exception_middleware: list[Any] = []
-        get_response = getattr(self, "_get_response_async" if is_async else "_get_response")
-        self._middleware_chain = convert_exception_to_response(get_response)
-
-
 django_application = ASGIHandler()
-lean_application = LeanASGIHandler()
+intake_application = intake.server_app()
 
 
 async def _route(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -54,8 +42,8 @@ async def _route(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif scope["type"] == "http" and scope["path"] == metrics.PATH:
         # Prometheus asks by address, over plain HTTP: no host check, no HTTPS redirect.
         await metrics.app(scope, receive, send)
-    elif scope["type"] == "http" and scope["path"] in asgi.PATHS:
-        await (asgi.app if asgi.available() else lean_application)(scope, receive, send)
+    elif scope["type"] == "http" and scope["path"] in intake.PATHS:
+        await intake_application(scope, receive, send)
     else:
         await django_application(scope, receive, send)
 
@@ -72,6 +60,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await redis_client.server_loop_stopping(asyncio.get_running_loop())
-            await asgi.pools_close()
+            if isinstance(intake_application.store, PsycopgStore):
+                await intake_application.store.close()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -7,8 +7,10 @@ from drf_spectacular.views import (
 )
 
 from backoffice.dashboard.views import dashboard_view
-from infra import health
+from infra import health, metrics
+from infra.asgi_bridge import asgi_view
 from payment.api import views as payment_apis
+from payment.intake import asgi as intake
 from shop import apis as shop_apis
 from shop import pages
 from shop.converters import OrderIdConverter
@@ -39,8 +41,11 @@ urlpatterns = [
         payment_apis.OrderRefundsApi.as_view(),
         name="order-refunds",
     ),
-    path("payment/alipay/notify/", payment_apis.alipay_notify, name="alipay-notify"),
-    path("payment/status/", payment_apis.payment_status, name="payment-status"),
+    # The intake and /metrics are plain ASGI apps, which the ASGI server (config/asgi.py)
+    # runs ahead of Django; the same apps answer here for every other entry.
+    path("payment/alipay/notify/", asgi_view(intake.django_app), name="alipay-notify"),
+    path("payment/status/", asgi_view(intake.django_app), name="payment-status"),
+    path("metrics", asgi_view(metrics.app), name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),

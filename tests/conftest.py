@@ -43,6 +43,7 @@ PROCESS_FIXTURES = frozenset({
     "celery_workers", "exclusive_workers", "celery_beat", "beat_paused", "asgi_web", "web",
     "live_server", "sandbox", "sandbox_server", "shop", "page", "strict_web", "proxy",
     "sbx", "alipay_settings", "worker_env", "broker", "broker_with_beat", "rabbitmq_node",
+    "intake_stack", "stack", "entries",
 })
 
 

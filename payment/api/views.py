@@ -1,15 +1,11 @@
-"""The payment API. The two endpoints Alipay and the buyer's browser hit after a payment are
-lean Django views (no DRF, no session or CSRF machinery): they are authenticated by Alipay's
-signature, record what arrived and hand it to the workers."""
+"""The payment API for buyers and staff: pay links, an order's payment status, refunds.
+
+The two endpoints Alipay and the buyer's browser hit after a payment are not here: they are
+the intake's own ASGI app (payment/intake/asgi.py), routed in config/asgi.py and config/urls.py.
+"""
 import logging
 import re
 
-from asgiref.sync import sync_to_async
-from django.conf import settings
-from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_http_methods, require_POST
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -18,8 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from infra.logs import log_ids
-from payment import metrics, selectors, wakeups
+from payment import selectors
 from payment.api.serializers import (
     MessageSerializer,
     PaymentLinkSerializer,
@@ -27,10 +22,9 @@ from payment.api.serializers import (
     RefundInputSerializer,
     RefundSerializer,
 )
-from payment.errors import PaymentError, Throttled
-from payment.intake import core
+from payment.errors import PaymentError
 from payment.links import payment_link_create
-from payment.models import EventSource, Refund
+from payment.models import Refund
 from payment.refunds.requests import (
     IdempotencyKeyReused,
     RefundConflict,
@@ -41,10 +35,6 @@ from payment.refunds.requests import (
 from shop.apis import authenticated_user
 
 logger = logging.getLogger(__name__)
-
-
-def _remote_addr(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
 
 
 class PaymentLinkApi(APIView):
@@ -61,48 +51,6 @@ class PaymentLinkApi(APIView):
         return Response({"alipay_url": url})
 
 
-@csrf_exempt
-@require_http_methods(["PUT", "POST"])
-async def payment_status(request: HttpRequest) -> HttpResponse:
-    """Alipay's return parameters, as the pay_success page hands them over.
-
-    200 `{trade_id}` once applied (also on reload, answered from the payment without a
-    write), 202 `{status: processing, order_id}` when not settled within
-    PAYMENT_STATUS_WAIT, 403 when rejected, 409 when paid after the order was canceled, 400
-    for what is not Alipay's signed return. The wait holds no thread: it blocks on Redis
-    from the event loop.
-    """
-    remote_addr = _remote_addr(request)
-    params: dict[str, str] = {}
-    try:
-        await sync_to_async(core.status_throttle)(remote_addr)
-        params = core.params_clean(core.params_parse(
-            query=request.META.get("QUERY_STRING", ""), body=request.body,
-            content_type=request.content_type or ""))
-        receipt = await sync_to_async(core.return_receive)(
-            params=params, remote_addr=remote_addr)
-    except PaymentError as exc:
-        error = await sync_to_async(core.refusal)(
-            source=EventSource.RETURN, params=params, remote_addr=remote_addr, error=exc)
-        return _json(core.refused_answer(error))
-    answer = receipt.answer
-    if not answer.is_final and receipt.event_id is not None:
-        event_id = receipt.event_id
-        await wakeups.event_settled_wait(
-            event_id=event_id, timeout=settings.PAYMENT_STATUS_WAIT,
-            is_settled=lambda: sync_to_async(core.event_is_settled)(event_id=event_id),
-        )
-        answer = await sync_to_async(core.stored_event_answer)(event_id=event_id)
-    return _json(answer)
-
-
-def _json(answer: core.Answer) -> JsonResponse:
-    response = JsonResponse(answer.body, status=answer.status)
-    if answer.retry_after:
-        response["Retry-After"] = str(answer.retry_after)
-    return response
-
-
 class OrderPaymentStatusApi(APIView):
     @extend_schema(responses={200: PaymentStatusSerializer,
                               404: OpenApiResponse(MessageSerializer, description="not yours")})
@@ -111,46 +59,6 @@ class OrderPaymentStatusApi(APIView):
         if order is None:
             return Response({"message": "Order not found."}, status=status.HTTP_404_NOT_FOUND)
         return Response(selectors.order_payment_status(order=order))
-
-
-@csrf_exempt
-@require_POST
-def alipay_notify(request: HttpRequest) -> HttpResponse:
-    """Alipay's asynchronous notification: store it, then answer `success`.
-
-    `success` is answered only once the notification is durably stored (or was already);
-    Alipay delivers again after `fail`, so nothing is lost when the database is away.
-    """
-    remote_addr = _remote_addr(request)
-    params: dict[str, str] = {}
-    try:
-        content_type = request.content_type or ""
-        if content_type not in (core.FORM, ""):
-            raise PaymentError("A notification is a form.")
-        # Parsed by the intake, not request.POST: a GBK notification is decoded as GBK.
-        params = core.params_clean(core.params_parse(query=b"", body=request.body,
-                                                         content_type=content_type))
-        core.notification_receive(params=params, remote_addr=remote_addr)
-    except PaymentError as exc:
-        try:
-            error = core.refusal(source=EventSource.NOTIFY, params=params,
-                                   remote_addr=remote_addr, error=exc)
-        except DatabaseError as db_exc:
-            return _not_stored(params, db_exc)
-        return HttpResponse("fail", content_type="text/plain",
-                            status=429 if isinstance(error, Throttled) else 400)
-    except DatabaseError as exc:
-        return _not_stored(params, exc)
-    return HttpResponse("success", content_type="text/plain")
-
-
-def _not_stored(params: dict[str, str], exc: DatabaseError) -> HttpResponse:
-    metrics.event_received(source=EventSource.NOTIFY, outcome="error")
-    logger.error("notification not stored out_trade_no=%s error=%s",
-                 params.get("out_trade_no"), type(exc).__name__,
-                 extra=log_ids(order_id=params.get("out_trade_no"),
-                               trade_no=params.get("trade_no")))
-    return HttpResponse("fail", content_type="text/plain", status=503)
 
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")

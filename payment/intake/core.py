@@ -1,128 +1,43 @@
-"""Intake: what the web does with a return redirect or a notification, and nothing more.
+"""The intake's decisions, written once for every database and every HTTP entry.
 
-Shape check, Alipay's signature (microseconds with `cryptography`) before anything is stored
-or deduplicated, a reload of an applied return answered from its `Payment` without a write,
-a new event stored with one statement, and a wake-up for the workers published off the
-request path. Verification against the order and Alipay happens on the workers.
+What the web does with a return redirect or a notification, and nothing more: throttle, parse,
+check the shape and Alipay's signature (microseconds with `cryptography`) before anything is
+stored or deduplicated, answer a reload of an applied return from its `Payment` without a
+write, store a new event with one statement, wake the workers off the request path, and (for
+a return) wait for the workers' outcome without holding a thread. What is not Alipay's is
+counted apart (RefusedRequest), never an event. Verification against the order and Alipay
+happens on the workers.
+
+Every read and write goes through an `IntakeStore` (payment/intake/store.py); the HTTP side is
+payment/intake/asgi.py.
 """
-import json
 import logging
-import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from django.core.exceptions import SuspiciousOperation
-from django.db import connection, transaction
-from django.http import QueryDict
+from django.conf import settings
 
 from infra.logs import log_ids
-from payment import event_store, gateway, metrics, wakeups
+from payment import event_store, metrics, wakeups
 from payment.errors import PaymentError, SignatureInvalid, Throttled
 from payment.intake import throttle
+from payment.intake.params import params_authenticate, params_clean, params_parse
+from payment.intake.store import IntakeStore, StoreUnavailable
 from payment.models import EventSource, EventState, Payment, PaymentEvent
 from payment.tasks import events_process_task
 
 logger = logging.getLogger(__name__)
 
 
-OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_]{1,64}")
-BASE64 = re.compile(r"[A-Za-z0-9+/=]{16,1024}")
-
-
-FORM = "application/x-www-form-urlencoded"
-# Far above Alipay's largest return or notification (about 2 KB), far below what fills a disk.
-MAX_BODY_SIZE = 64 * 1024
-
-
-def params_parse(*, query: str | bytes, body: bytes, content_type: str) -> dict[str, Any]:
-    """Query string and body (form or JSON object) merged; the body wins."""
-    try:
-        return _params_parse(query, body, content_type)
-    except SuspiciousOperation:  # more fields than DATA_UPLOAD_MAX_NUMBER_FIELDS
-        raise PaymentError("Too many parameters.") from None
-
-
-CHARSET_PARAM = re.compile(r"(?:^|&)charset=([^&]{0,20})")
-
-
-def _codec(raw: str | bytes) -> str:
-    """The codec of a form or query Alipay sent: its own `charset` parameter says (GBK when
-    the request that started the trade was GBK), UTF-8 when there is none."""
-    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
-    match = CHARSET_PARAM.search(text)
-    codec = gateway.charset_codec(match.group(1) if match else None)
-    if codec is None:
-        raise PaymentError("The charset is not one Alipay uses.")
-    return codec
-
-
-def _params_parse(query: str | bytes, body: bytes, content_type: str) -> dict[str, Any]:
-    try:
-        params: dict[str, Any] = dict(QueryDict(query, encoding=_codec(query)).lists())
-    except (ValueError, UnicodeDecodeError):
-        raise PaymentError("The query string cannot be read.") from None
-    if not body:
-        return params
-    if content_type == "application/json":
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
-            raise PaymentError("The request body is not valid JSON.") from None
-        if not isinstance(data, dict):
-            raise PaymentError("The request body must be a form or a JSON object.")
-        params.update(data)
-    elif content_type in (FORM, "") or content_type.startswith("text/"):
-        try:
-            params.update(QueryDict(body, encoding=_codec(body)).lists())
-        except (ValueError, UnicodeDecodeError):
-            raise PaymentError("The request body cannot be read.") from None
-    else:
-        raise PaymentError("The request body must be a form or a JSON object.")
-    return params
-
-
-def params_clean(raw: dict[str, Any]) -> dict[str, str]:
-    """Alipay's parameters as a plain dict of str, or PaymentError when they are not."""
-    if len(raw) > event_store.MAX_PARAMS:
-        raise PaymentError("Too many parameters.")
-    params: dict[str, str] = {}
-    size = 0
-    for key, value in raw.items():
-        if isinstance(value, list):
-            value = value[-1] if value else ""
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise PaymentError("Parameters must be text.")
-        if len(key) > 64 or len(value) > event_store.MAX_VALUE_LENGTH:
-            raise PaymentError("A parameter is too long.")
-        size += len(key) + len(value)
-        if size > event_store.MAX_PARAMS_SIZE:
-            raise PaymentError("The parameters are too large.")
-        params[key] = value
-    return params
-
-
-def params_authenticate(params: dict[str, str]) -> None:
-    """The shape every return or notification must have, and Alipay's signature over it."""
-    if not params.get("sign") or not params.get("out_trade_no"):
-        raise PaymentError(
-            "These are not Alipay's parameters: sign and out_trade_no are required."
-        )
-    if not OUT_TRADE_NO.fullmatch(params["out_trade_no"]):
-        raise PaymentError("out_trade_no must be 1 to 64 letters, digits or underscores.")
-    if not BASE64.fullmatch(params["sign"]):
-        raise PaymentError("sign is not a base64 signature.")
-    if not gateway.signature_valid(params):
-        raise SignatureInvalid("signature does not verify with Alipay's public key")
-
-
 @dataclass(frozen=True)
 class Answer:
-    """What the return endpoint tells the browser: the seed's contract and its additions."""
+    """What an intake endpoint answers: JSON for the return, `success`/`fail` for Alipay."""
 
     status: int
-    body: dict[str, Any]
+    body: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None
     retry_after: int = 0
 
     @property
@@ -130,13 +45,16 @@ class Answer:
         return self.status != 202
 
 
-def _table(model: type[Payment] | type[PaymentEvent]) -> str:
-    return model._meta.db_table
+SUCCESS = Answer(200, text="success")
 
+# The reads of the intake, in SQL every store runs as it is.
+PAYMENT_STATUS_SQL = (f"SELECT status FROM {Payment._meta.db_table}"
+                      " WHERE trade_id = %s AND order_id = %s")
+EVENT_SQL = (f"SELECT state, out_trade_no, trade_no FROM {PaymentEvent._meta.db_table}"
+             " WHERE id = %s")
 
-# The reads of the intake, as SQL shared by the Django view and the ASGI fast path.
-PAYMENT_STATUS_SQL = f"SELECT status FROM {_table(Payment)} WHERE trade_id = %s AND order_id = %s"
-EVENT_SQL = f"SELECT state, out_trade_no, trade_no FROM {_table(PaymentEvent)} WHERE id = %s"
+UNAVAILABLE_MESSAGE = "Payments cannot be checked right now; reload this page in a moment."
+TOO_LARGE_MESSAGE = "The request body is too large."
 
 
 def processing_answer(order_id: str) -> Answer:
@@ -169,106 +87,6 @@ def event_answer(*, state: str, order_id: str, trade_no: str,
     return processing_answer(order_id)
 
 
-def _fetch(sql: str, values: list[Any]) -> tuple[Any, ...] | None:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, values)
-        row: tuple[Any, ...] | None = cursor.fetchone()
-        return row
-
-
-def _payment_status(trade_no: str, order_id: str) -> str | None:
-    row = _fetch(PAYMENT_STATUS_SQL, [trade_no, order_id])
-    return None if row is None else str(row[0])
-
-
-def stored_event_answer(*, event_id: int) -> Answer:
-    """The answer for a stored return event, read now."""
-    row = _fetch(EVENT_SQL, [event_id])
-    assert row is not None
-    state, order_id, trade_no = row
-    status = _payment_status(trade_no, order_id) if state == EventState.APPLIED else None
-    return event_answer(state=state, order_id=order_id, trade_no=trade_no,
-                        payment_status=status)
-
-
-def event_is_settled(*, event_id: int) -> bool:
-    row = _fetch(EVENT_SQL, [event_id])
-    return row is not None and row[0] != EventState.RECEIVED
-
-
-@dataclass(frozen=True)
-class ReturnReceipt:
-    event_id: int | None
-    answer: Answer
-
-
-def return_receive(*, params: dict[str, str], remote_addr: str | None) -> ReturnReceipt:
-    """A return redirect: answered from its payment on a reload, else stored and queued.
-
-    Raises PaymentError for what is not Alipay's signed return (see `refusal`).
-    """
-    params_authenticate(params)
-    order_id = params["out_trade_no"]
-    answer = payment_answer(status=_payment_status(params.get("trade_no", ""), order_id),
-                            trade_no=params.get("trade_no", ""), order_id=order_id)
-    if answer is not None:
-        metrics.event_received(source=EventSource.RETURN, outcome="duplicate")
-        return ReturnReceipt(event_id=None, answer=answer)
-    stored = event_record(source=EventSource.RETURN, params=params, remote_addr=remote_addr)
-    if stored.state != EventState.RECEIVED:
-        return ReturnReceipt(event_id=stored.id, answer=stored_event_answer(event_id=stored.id))
-    return ReturnReceipt(event_id=stored.id, answer=processing_answer(order_id))
-
-
-def notification_receive(*, params: dict[str, str], remote_addr: str | None) -> None:
-    """Alipay's notification, stored once (a repeat counts a delivery); PaymentError if not
-    Alipay's (see `refusal`)."""
-    params_authenticate(params)
-    metrics.notify_lag_observe(params.get("notify_time", ""))
-    event_record(source=EventSource.NOTIFY, params=params, remote_addr=remote_addr)
-
-
-def status_throttle(remote_addr: str | None) -> None:
-    """Every return a client sends counts; Throttled past PAYMENT_STATUS_RATE."""
-    if not throttle.STATUS.allow(remote_addr):
-        raise throttled(throttle.STATUS, EventSource.RETURN, remote_addr)
-
-
-def throttled(limit: throttle.Throttle, source: str, remote_addr: str | None) -> Throttled:
-    """The error for a throttled client, logged once per client and window in each process."""
-    metrics.event_received(source=source, outcome="throttled")
-    if throttle.log_once(f"{limit.scope}:{remote_addr}"):
-        logger.warning("%s throttled from %s (%s)", source, remote_addr, limit.scope)
-    return Throttled(limit.retry_after())
-
-
-def refusal(*, source: str, params: dict[str, Any], remote_addr: str | None,
-            error: PaymentError) -> PaymentError:
-    """A request that is not Alipay's: counted with a sample (RefusedRequest), never an event.
-
-    Returns the error to answer with: `error`, or Throttled once the client has sent more
-    than PAYMENT_REFUSED_RATE of them (those are not even counted in the database).
-    """
-    if isinstance(error, Throttled):
-        return error
-    if not throttle.REFUSED.allow(remote_addr):
-        return throttled(throttle.REFUSED, source, remote_addr)
-    metrics.event_received(source=source, outcome="refused")
-    count = event_store.refusal_store(source=source, params=params, remote_addr=remote_addr,
-                                 reason=str(error))
-    refusal_note(source, params, remote_addr, error, count)
-    return error
-
-
-def refusal_note(source: str, params: dict[str, Any], remote_addr: str | None,
-                 error: PaymentError, count: int) -> None:
-    """Logged for a client's first refusal of the hour; the rest are counted."""
-    if count == 1:
-        order_id = str(params.get("out_trade_no", ""))[:64]
-        logger.warning("%s refused from %s out_trade_no=%s: %s", source, remote_addr,
-                       order_id, error, extra=log_ids(order_id=order_id, source=source))
-
-
 def refused_answer(error: PaymentError) -> Answer:
     """What the return endpoint answers for a request it refused."""
     if isinstance(error, Throttled):
@@ -278,15 +96,171 @@ def refused_answer(error: PaymentError) -> Answer:
     return Answer(400, {"message": str(error)})
 
 
-def event_record(
-    *, source: str, params: dict[str, Any], remote_addr: str | None = None
-) -> event_store.StoredEvent:
-    """Store an event and wake the workers when it waits for them."""
-    stored = event_store.event_store(source=source, params=params, remote_addr=remote_addr)
-    if stored.state == EventState.RECEIVED:
-        transaction.on_commit(workers_wake)
-    return stored
+def notification_refused_answer(error: PaymentError) -> Answer:
+    return Answer(429 if isinstance(error, Throttled) else 400, text="fail")
 
+
+# -- the two endpoints ------------------------------------------------------------------------
+
+async def return_receive(store: IntakeStore, *, query: bytes | str, body: bytes,
+                         content_type: str, remote_addr: str | None) -> Answer:
+    """PUT /payment/status/: Alipay's return parameters, as the pay_success page hands them
+    over. 200 once applied (a reload too), 202 when not settled within PAYMENT_STATUS_WAIT,
+    403 rejected, 409 paid after the order was closed, 400/429 refused, 503 database away."""
+    params: dict[str, str] = {}
+    try:
+        try:
+            if not await throttle.STATUS.aallow(remote_addr):
+                raise throttled_error(throttle.STATUS, EventSource.RETURN, remote_addr)
+            params = params_clean(params_parse(query=query, body=body,
+                                               content_type=content_type))
+            return await _return_accept(store, params, remote_addr)
+        except PaymentError as exc:
+            return refused_answer(
+                await request_refuse(store, EventSource.RETURN, params, remote_addr, exc))
+    except StoreUnavailable as exc:
+        _not_stored(EventSource.RETURN, params, exc)
+        return Answer(503, {"message": UNAVAILABLE_MESSAGE})
+
+
+async def notification_receive(store: IntakeStore, *, body: bytes, content_type: str,
+                               remote_addr: str | None) -> Answer:
+    """POST /payment/alipay/notify/: `success` once the notification is durably stored (or
+    was already); `fail` otherwise, and Alipay delivers it again."""
+    params: dict[str, str] = {}
+    try:
+        try:
+            if content_type not in ("application/x-www-form-urlencoded", ""):
+                raise PaymentError("A notification is a form.")
+            # Parsed here, not by a framework: a GBK notification is decoded as GBK.
+            params = params_clean(params_parse(query=b"", body=body, content_type=content_type))
+            await _notification_accept(store, params, remote_addr)
+        except PaymentError as exc:
+            return notification_refused_answer(
+                await request_refuse(store, EventSource.NOTIFY, params, remote_addr, exc))
+    except StoreUnavailable as exc:
+        _not_stored(EventSource.NOTIFY, params, exc)
+        return Answer(503, text="fail")
+    return SUCCESS
+
+
+def too_large_answer(source: str) -> Answer:
+    """A body above the limit, refused before it is read."""
+    metrics.event_received(source=source, outcome="refused")
+    if source == EventSource.NOTIFY:
+        return Answer(413, text="fail")
+    return Answer(413, {"message": TOO_LARGE_MESSAGE})
+
+
+def incomplete_answer(source: str) -> Answer:
+    """A body shorter than its Content-Length: the client gave up; nothing is stored."""
+    metrics.event_received(source=source, outcome="refused")
+    if source == EventSource.NOTIFY:
+        return Answer(400, text="fail")
+    return Answer(400, {"message": "The request body is shorter than its Content-Length."})
+
+
+# -- the steps --------------------------------------------------------------------------------
+
+async def _return_accept(store: IntakeStore, params: dict[str, str],
+                         remote_addr: str | None) -> Answer:
+    params_authenticate(params)
+    order_id, trade_no = params["out_trade_no"], params.get("trade_no", "")
+    answer = payment_answer(status=await _payment_status(store, trade_no, order_id),
+                            trade_no=trade_no, order_id=order_id)
+    if answer is not None:
+        metrics.event_received(source=EventSource.RETURN, outcome="duplicate")
+        return answer
+    stored = await _event_insert(store, EventSource.RETURN, params, remote_addr)
+    if stored.state != EventState.RECEIVED:
+        return await _event_answer(store, stored.id)
+    workers_wake()
+    await wakeups.event_settled_wait(
+        event_id=stored.id, timeout=settings.PAYMENT_STATUS_WAIT,
+        is_settled=lambda: _event_is_settled(store, stored.id))
+    return await _event_answer(store, stored.id)
+
+
+async def _notification_accept(store: IntakeStore, params: dict[str, str],
+                               remote_addr: str | None) -> None:
+    params_authenticate(params)
+    metrics.notify_lag_observe(params.get("notify_time", ""))
+    stored = await _event_insert(store, EventSource.NOTIFY, params, remote_addr)
+    if stored.state == EventState.RECEIVED:
+        workers_wake()
+
+
+async def _event_insert(store: IntakeStore, source: str, params: dict[str, str],
+                        remote_addr: str | None) -> event_store.StoredEvent:
+    sql, values = event_store.insert_statement(source=source, params=params,
+                                               remote_addr=remote_addr)
+    row = await store.fetch_one(sql, values)
+    assert row is not None  # INSERT ... RETURNING always returns the row
+    return event_store.stored(row, source, params.get("out_trade_no", ""),
+                              params.get("trade_no", ""))
+
+
+async def _payment_status(store: IntakeStore, trade_no: str, order_id: str) -> str | None:
+    row = await store.fetch_one(PAYMENT_STATUS_SQL, [trade_no, order_id])
+    return None if row is None else str(row[0])
+
+
+async def _event_answer(store: IntakeStore, event_id: int) -> Answer:
+    row = await store.fetch_one(EVENT_SQL, [event_id])
+    assert row is not None  # events are deleted by retention only once settled for months
+    state, order_id, trade_no = row
+    status = (await _payment_status(store, trade_no, order_id)
+              if state == EventState.APPLIED else None)
+    return event_answer(state=state, order_id=order_id, trade_no=trade_no,
+                        payment_status=status)
+
+
+async def _event_is_settled(store: IntakeStore, event_id: int) -> bool:
+    row = await store.fetch_one(EVENT_SQL, [event_id])
+    return row is not None and row[0] != EventState.RECEIVED
+
+
+async def request_refuse(store: IntakeStore, source: str, params: dict[str, Any],
+                         remote_addr: str | None, error: PaymentError) -> PaymentError:
+    """A request that is not Alipay's: counted with a sample (RefusedRequest), never an event.
+
+    Returns the error to answer with: `error`, or Throttled once the client has sent more
+    than PAYMENT_REFUSED_RATE of them (those are not even counted in the database).
+    """
+    if isinstance(error, Throttled):
+        return error
+    if not await throttle.REFUSED.aallow(remote_addr):
+        return throttled_error(throttle.REFUSED, source, remote_addr)
+    metrics.event_received(source=source, outcome="refused")
+    sql, values = event_store.refusal_statement(source=source, params=params,
+                                                remote_addr=remote_addr, reason=str(error))
+    row = await store.fetch_one(sql, values)
+    assert row is not None  # INSERT ... RETURNING always returns the row
+    if int(row[0]) == 1:  # a client's first refusal of the hour is logged, the rest counted
+        order_id = str(params.get("out_trade_no", ""))[:64]
+        logger.warning("%s refused from %s out_trade_no=%r: %s", source, remote_addr,
+                       order_id, error, extra=log_ids(order_id=order_id, source=source))
+    return error
+
+
+def throttled_error(limit: throttle.Throttle, source: str,
+                    remote_addr: str | None) -> Throttled:
+    """The error for a throttled client, logged once per client and window in each process."""
+    metrics.event_received(source=source, outcome="throttled")
+    if throttle.log_once(f"{limit.scope}:{remote_addr}"):
+        logger.warning("%s throttled from %s (%s)", source, remote_addr, limit.scope)
+    return Throttled(limit.retry_after())
+
+
+def _not_stored(source: str, params: dict[str, str], exc: StoreUnavailable) -> None:
+    metrics.event_received(source=source, outcome="error")
+    logger.error("%s not stored out_trade_no=%r error=%s", source,
+                 params.get("out_trade_no"), exc,
+                 extra=log_ids(order_id=params.get("out_trade_no"),
+                               trade_no=params.get("trade_no")))
+
+
+# -- waking the workers -----------------------------------------------------------------------
 
 WAKE_INTERVAL = 0.002
 

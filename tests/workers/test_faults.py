@@ -16,8 +16,8 @@ from django.db.models import Count
 
 from alipay_sandbox.client import SandboxControl
 from payment import event_store
-from payment.intake import core
 from payment.models import Payment, PaymentAttempt, PaymentEvent
+from payment.tasks import events_process_task
 from shop.models import OrderInfo
 from tests.conftest import worker_process
 from tests.factories import OrderFactory, orders_with_links
@@ -78,7 +78,7 @@ def test_worker_killed_mid_500_payments_pays_all_once(
     links = _orders_with_links(500)
     order_ids = [order_id for order_id, _ in links]
     for params in _pay_all(sandbox, links):
-        core.event_record(source=PaymentEvent.Source.RETURN, params=params)
+        event_store.event_store(source=PaymentEvent.Source.RETURN, params=params)
 
     # Small batches, so that the kill lands with some orders paid and others not yet.
     first = exclusive_workers("doomed", concurrency=4, PAYMENT_BATCH_SIZE="20", **broker.env)
@@ -163,7 +163,8 @@ def test_database_away_from_workers_then_back_applies_all(
 
         proxy.down()
         for params in returns:
-            core.event_record(source=PaymentEvent.Source.RETURN, params=params)
+            event_store.event_store(source=PaymentEvent.Source.RETURN, params=params)
+        events_process_task.delay()  # the wake-up the intake sends
         time.sleep(4)
         assert _paid_count(order_ids) == 0  # the workers cannot reach the database
         proxy.up()
