@@ -32,6 +32,23 @@ from payment import metrics
 
 logger = logging.getLogger(__name__)
 
+SDK_LOGGER = "python-alipay-sdk"
+
+
+def _sdk_logging_quiet() -> None:
+    """The SDK's import runs a dictConfig of its own: its logger at DEBUG with a stderr handler,
+    over the project's LOGGING (applied earlier, by django.setup()). It may log signed data:
+    keep warnings only, through no handler of its own (infra/logs.py configures it the same)."""
+    sdk = logging.getLogger(SDK_LOGGER)
+    for handler in list(sdk.handlers):
+        sdk.removeHandler(handler)
+    sdk.setLevel(logging.WARNING)
+    sdk.propagate = False
+
+
+# Here, where the SDK is first imported: no other module imports it (the import contracts).
+_sdk_logging_quiet()
+
 PAID_STATUSES = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
 
 

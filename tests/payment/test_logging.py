@@ -197,3 +197,15 @@ def test_lines_about_an_event_carry_the_request_id_it_arrived_with() -> None:
     assert (first["request_id"], first["order_id"], first["trade_no"], first["event_id"]) == (
         "from-the-web-1234", "o1", None, 7)
     assert json.loads(JsonFormatter().format(about_other))["request_id"] is None
+
+
+def test_sdk_logger_stays_quiet_after_the_sdk_is_imported() -> None:
+    """The SDK configures its own logger (DEBUG, to stderr) when first imported; the gateway,
+    its one importer, puts the project's quiet configuration back."""
+    import payment.gateway.client  # noqa: F401  (imports the SDK)
+
+    sdk = logging.getLogger("python-alipay-sdk")
+    # (pytest's own capturing handlers may be attached; the SDK's stderr handler must not be.)
+    assert not [h for h in sdk.handlers if type(h) is logging.StreamHandler]
+    assert sdk.getEffectiveLevel() >= logging.WARNING
+    assert sdk.propagate is False
