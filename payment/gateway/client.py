@@ -202,7 +202,7 @@ def _gateway_pool() -> urllib3.PoolManager:
     if pool is None:
         with _pool_lock:
             pool = _pools.setdefault(pid, urllib3.PoolManager(
-                num_pools=4, maxsize=max(8, settings.RECONCILE_CONCURRENCY), block=False,
+                num_pools=4, maxsize=max(8, settings.GATEWAY_CONCURRENCY), block=False,
                 retries=False,
             ))
     return pool

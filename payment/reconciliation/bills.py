@@ -29,7 +29,6 @@ from django.utils import timezone
 
 from payment import gateway, metrics
 from payment.models import BillEntry, BillFinding, BillReport, Payment, PaymentEvent, Refund
-from payment.processing.verification import query_pool
 from payment.reconciliation.trades import trades_found_apply
 
 logger = logging.getLogger(__name__)
@@ -311,7 +310,7 @@ def _missing_apply(report: BillReport) -> tuple[int, list[int]]:
     refunds: list[int] = []
     for start in range(0, len(pending), APPLY_BATCH):
         batch = pending[start:start + APPLY_BATCH]
-        answers = list(query_pool().map(_trade_confirm, [f.out_trade_no for f in batch]))
+        answers = list(gateway.call_pool().map(_trade_confirm, [f.out_trade_no for f in batch]))
         found: list[tuple[str, gateway.TradeStatus]] = []
         for finding, answer in zip(batch, answers, strict=True):
             if isinstance(answer, Exception):

@@ -21,7 +21,6 @@ from infra.logs import log_ids
 from payment import event_store, gateway, metrics
 from payment.models import EventSource, PaymentAttempt, PaymentEvent
 from payment.processing.batch import events_process
-from payment.processing.verification import query_pool
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ def orders_reconcile(*, order_ids: list[str]) -> Reconciled:
         if attempt.order.status != OrderInfo.Status.UNPAID:
             _check_note(attempt, "settled", None, now)
             result.count("settled")
-    answers = list(query_pool().map(_trade_ask, [a.order_id for a in unpaid]))
+    answers = list(gateway.call_pool().map(_trade_ask, [a.order_id for a in unpaid]))
     paid: list[tuple[PaymentAttempt, gateway.TradeStatus]] = []
     for attempt, answer in zip(unpaid, answers, strict=True):
         if isinstance(answer, Exception):
