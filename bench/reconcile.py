@@ -46,7 +46,7 @@ def main() -> None:
 
         from payment import gateway
         from payment.models import PaymentAttempt
-        from payment.reconciliation import trades
+        from payment.reconciliation import claims, trades
         from shop.models import OrderInfo, User
 
         user = User.objects.create_user(username="bench", password="x" * 12)
@@ -76,7 +76,7 @@ def main() -> None:
             cursor += args.slice
             PaymentAttempt.objects.filter(order_id__in=ids).update(next_check_at=past)
             claimed = []
-            while batch := trades.attempts_claim(limit=500):
+            while batch := claims.reconciliation_checks_claim(limit=500):
                 claimed += batch
             start = time.perf_counter()
             settings.GATEWAY_CONCURRENCY = level

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from payment import gateway, metrics
 from payment.models import BillEntry, BillFinding, BillReport, Payment, PaymentEvent, Refund
-from payment.reconciliation.trades import trades_found_apply
+from payment.reconciliation.found import trades_found_apply
 
 logger = logging.getLogger(__name__)
 
