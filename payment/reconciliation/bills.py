@@ -149,7 +149,7 @@ def bill_reconcile(*, day: date) -> BillReconciled:
     except Exception:
         metrics.bill_observe(state="error", findings={}, seconds=perf_counter() - timer)
         raise
-    findings = dict(reconciled.report.lines.order_by().values("outcome")
+    findings = dict(reconciled.report.finding_rows.order_by().values("outcome")
                     .annotate(n=Count("id")).values_list("outcome", "n"))
     metrics.bill_observe(state=reconciled.report.state, findings=findings,
                          seconds=perf_counter() - timer)
@@ -184,7 +184,7 @@ def _report_build(*, day: date, bill: IO[bytes] | None, started: datetime) -> Bi
         report, _ = BillReport.objects.select_for_update().get_or_create(
             bill_date=day, defaults={"state": BillReport.State.DONE, "started_at": started})
         report.entries.all().delete()
-        report.lines.all().delete()
+        report.finding_rows.all().delete()
         if bill is not None:
             for batch in _batched(bill_rows(bill), ENTRY_BATCH):
                 BillEntry.objects.bulk_create(BillEntry(
