@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from alipay_sandbox.client import SandboxControl
-from infra.logs import ContextFilter, JsonFormatter, event_origins, log_ids
+from infra.logs import ContextFilter, JsonFormatter, log_ids, request_origins
 from payment.models import PaymentEvent, Refund
 from tests.factories import OrderFactory, StaffFactory, order_with_link, signed_in
 from tests.support import (
@@ -183,7 +183,7 @@ def test_json_lines_keep_a_request_path_but_never_its_query_string(rf: Any) -> N
 
 def test_lines_about_an_event_carry_the_request_id_it_arrived_with() -> None:
     logger = logging.getLogger("payment.processing.batch")
-    with event_origins({7: "from-the-web-1234"}):
+    with request_origins(field="event_id", origins={7: "from-the-web-1234"}):
         about_event = logger.makeRecord("payment.processing.batch", logging.INFO, __file__, 1,
                                         "payment event id=%s", (7,), None,
                                         extra=log_ids(order_id="o1", event_id=7))
