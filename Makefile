@@ -59,6 +59,7 @@ test-fast: install-test
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy config infra shop payment backoffice workers alipay_sandbox bench
+	$(BIN)/lint-imports
 	$(BIN)/python manage.py spectacular --validate --fail-on-warn --skip-checks --file /dev/null
 
 bench: install-test

@@ -6,7 +6,7 @@ Reproduce:  .venv/bin/python bench/reconcile.py [--orders 10000] [--latency-ms 1
 
 Part 1 runs `orders_reconcile` in this process over a fresh slice of claimed orders for each
 concurrency setting. Part 2 checks all --orders through the real path: the dispatch task
-claims batches, two `celery worker` processes check them with RECONCILE_CONCURRENCY=32.
+claims batches, two `celery worker` processes check them with GATEWAY_CONCURRENCY=32.
 One order in ten is paid at the sandbox and must end paid.
 """
 import argparse
@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
-    with Stack(RECONCILE_CONCURRENCY="32", RECONCILE_BATCH_SIZE="200") as stack:
+    with Stack(GATEWAY_CONCURRENCY="32", RECONCILE_BATCH_SIZE="200") as stack:
         stack.prepare()
         stack.start_sandbox()
         control = stack.sandbox_control()
@@ -46,8 +46,7 @@ def main() -> None:
 
         from payment import gateway
         from payment.models import PaymentAttempt
-        from payment.processing import verification
-        from payment.reconciliation import trades
+        from payment.reconciliation import claims, trades
         from shop.models import OrderInfo, User
 
         user = User.objects.create_user(username="bench", password="x" * 12)
@@ -77,11 +76,11 @@ def main() -> None:
             cursor += args.slice
             PaymentAttempt.objects.filter(order_id__in=ids).update(next_check_at=past)
             claimed = []
-            while batch := trades.attempts_claim(limit=500):
+            while batch := claims.reconciliation_checks_claim(limit=500):
                 claimed += batch
             start = time.perf_counter()
-            settings.RECONCILE_CONCURRENCY = level
-            verification._query_pool.cache_clear()
+            settings.GATEWAY_CONCURRENCY = level
+            gateway.call_pool_reset()
             counts = trades.orders_reconcile(order_ids=claimed).counts
             wall = time.perf_counter() - start
             print(f"in-process, concurrency {level:>3}: {len(claimed)} checks in {wall:.2f} s "
@@ -104,7 +103,7 @@ def main() -> None:
         wall = time.perf_counter() - start
         paid = OrderInfo.objects.filter(order_id__in=paid_ids,
                                         status=OrderInfo.Status.UNSEND).count()
-        print(f"workers (2 processes x 2, RECONCILE_CONCURRENCY=32): {remaining} checks in "
+        print(f"workers (2 processes x 2, GATEWAY_CONCURRENCY=32): {remaining} checks in "
               f"{wall:.1f} s = {remaining / wall:.0f} checks/s; paid found {paid}/"
               f"{len(paid_ids)}")
         print(f"reproduce: .venv/bin/python bench/reconcile.py --orders {args.orders} "

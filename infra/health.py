@@ -1,6 +1,7 @@
 """GET /healthz: can this process reach the database and the broker?"""
 import logging
 
+from celery import current_app
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
@@ -23,10 +24,9 @@ def _database() -> str:
 
 
 def _broker() -> str:
-    from workers import celery_app
-
+    # The process's Celery app (workers/celery.py, loaded with the installed apps): its broker.
     try:
-        with celery_app.connection_for_write(connect_timeout=BROKER_TIMEOUT) as conn:
+        with current_app.connection_for_write(connect_timeout=BROKER_TIMEOUT) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=BROKER_TIMEOUT)
     except Exception as exc:  # the transports raise their own error types
         logger.warning("health check: broker error=%s", type(exc).__name__)

@@ -5,9 +5,10 @@ and `task_id`; lines about a payment also carry `order_id`, `trade_no` and `even
 fields (`extra=log_ids(...)`), while their messages stay readable with the same ids in them.
 
 The request id is taken from a well-formed `X-Request-ID` or made here, kept in a context
-variable for the request, answered in the `X-Request-ID` header, stored with the payment event
-the request brought (a worker's lines about that event carry it, see `event_origins`) and sent
-with every Celery task published while it is set (workers/observability.py).
+variable for the request, answered in the `X-Request-ID` header, and sent with every Celery
+task published while it is set (workers/observability.py). Work done at once for items that
+came with different requests (a batch of stored payment events) names each item's request
+through `request_origins`: a line whose field names the item carries that item's request id.
 
 Importable before Django is set up: gunicorn's configuration uses the formatter and filter.
 """
@@ -28,9 +29,10 @@ from pythonjsonlogger.json import JsonFormatter as BaseJsonFormatter
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
                                                                        default=None)
 TASK_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("task_id", default=None)
-# The request id each payment event of the batch being processed was stored with.
-EVENT_ORIGINS: contextvars.ContextVar[Mapping[int, str] | None] = contextvars.ContextVar(
-    "event_origins", default=None)
+# While items of several requests are worked on: (the record field naming an item, the
+# request id of each item).
+REQUEST_ORIGINS: contextvars.ContextVar[tuple[str, Mapping[Any, str]] | None] = (
+    contextvars.ContextVar("request_origins", default=None))
 
 HEADER = "X-Request-ID"
 # What a proxy or client may send as a request id (UUIDs, nginx's $request_id, ...); anything
@@ -72,13 +74,14 @@ def log_ids(*, order_id: str | None = None, trade_no: str | None = None,
 
 
 @contextmanager
-def event_origins(origins: Mapping[int, str]) -> Iterator[None]:
-    """While processing events: lines about one of them carry the request id it came with."""
-    token = EVENT_ORIGINS.set(origins)
+def request_origins(*, field: str, origins: Mapping[Any, str]) -> Iterator[None]:
+    """While working on items that came with different requests: a line whose `field` (an
+    `extra=` field) names one of the items carries the request id that item came with."""
+    token = REQUEST_ORIGINS.set((field, origins))
     try:
         yield
     finally:
-        EVENT_ORIGINS.reset(token)
+        REQUEST_ORIGINS.reset(token)
 
 
 class ContextFilter(logging.Filter):
@@ -86,9 +89,11 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
-            event_id = getattr(record, "event_id", None)
-            origins = EVENT_ORIGINS.get()
-            origin = origins.get(event_id) if origins and event_id is not None else None
+            origin = None
+            if (current := REQUEST_ORIGINS.get()) is not None:
+                field, origins = current
+                item = getattr(record, field, None)
+                origin = origins.get(item) if item is not None else None
             record.request_id = origin or REQUEST_ID.get()
         if getattr(record, "task_id", None) is None:
             record.task_id = TASK_ID.get()

@@ -24,12 +24,13 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from celery import current_app
 from django.conf import settings
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -154,10 +155,21 @@ class _Forward(Collector):
         return self.source.collect()
 
 
+ScrapeSource = Callable[[], Iterable[Metric]]
+# Gauges a domain app reads at scrape time, by the name `shop_metrics_source_up` reports them
+# under; registered from an AppConfig.ready() (payment/apps.py: the ledger, from the database).
+_scrape_sources: dict[str, ScrapeSource] = {}
+
+
+def scrape_source_register(name: str, source: ScrapeSource) -> None:
+    """Read `source` at every scrape of the web; registering a name again replaces it."""
+    _scrape_sources[name] = source
+
+
 class ScrapeTimeCollector(Collector):
-    """Gauges read when the web is scraped: the ledger's (payment/metrics.py) from the
-    database, and the messages waiting in each Celery queue (Redis brokers: LLEN; other
-    brokers are skipped). A source that cannot be read is reported down, never a failed scrape.
+    """Gauges read when the web is scraped: the registered sources (scrape_source_register),
+    and the messages waiting in each Celery queue (Redis brokers: LLEN; other brokers are
+    skipped). A source that cannot be read is reported down, never a failed scrape.
     """
 
     # kombu's Redis transport keeps one list per priority step: name, name\x06\x163, ...
@@ -165,18 +177,18 @@ class ScrapeTimeCollector(Collector):
     PRIORITY_STEPS = (0, 3, 6, 9)
 
     def collect(self) -> Iterator[Metric]:
-        from payment.metrics import ledger_families
-
         up = GaugeMetricFamily("shop_metrics_source_up",
                                "1 when a scrape-time source could be read, else 0",
                                labels=["source"])
         families: list[Metric] = []
-        try:
-            families.extend(ledger_families())
-            up.add_metric(["database"], 1)
-        except Exception as exc:  # noqa: BLE001  (any driver error: report it down)
-            logger.warning("metrics: database gauges not read error=%s", type(exc).__name__)
-            up.add_metric(["database"], 0)
+        for name, source in sorted(_scrape_sources.items()):
+            try:
+                families.extend(source())
+                up.add_metric([name], 1)
+            except Exception as exc:  # noqa: BLE001  (any driver error: report it down)
+                logger.warning("metrics: %s gauges not read error=%s", name,
+                               type(exc).__name__)
+                up.add_metric([name], 0)
         url = str(settings.CELERY_BROKER_URL)
         if url.startswith(("redis://", "rediss://")):
             try:
@@ -198,9 +210,8 @@ class ScrapeTimeCollector(Collector):
     def _depths(self, url: str) -> dict[str, int]:
         import redis
 
-        from workers import celery_app
-
-        names = [queue.name for queue in celery_app.conf.task_queues or ()]
+        # The process's Celery app (workers/celery.py, loaded with the installed apps).
+        names = [queue.name for queue in current_app.conf.task_queues or ()]
         client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         try:
             with client.pipeline(transaction=False) as pipe:

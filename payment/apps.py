@@ -6,4 +6,8 @@ class PaymentConfig(AppConfig):
     verbose_name = "Payments"
 
     def ready(self) -> None:
+        from infra.metrics import scrape_source_register
         from payment.gateway import checks  # noqa: F401  (registers the key file check)
+        from payment.metrics import ledger_families
+
+        scrape_source_register("database", ledger_families)

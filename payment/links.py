@@ -1,6 +1,5 @@
 """Pay links: the signed Alipay page-pay URL for an order, and the attempt it records."""
 import logging
-from datetime import datetime
 
 from django.conf import settings
 from django.db.models import F
@@ -11,17 +10,9 @@ from payment import gateway
 from payment.errors import PaymentError
 from payment.models import PaymentAttempt
 from shop.models import OrderInfo, User
+from shop.selectors import order_pay_deadline
 
 logger = logging.getLogger(__name__)
-
-
-def order_pay_deadline(order: OrderInfo) -> datetime:
-    """When the order stops being payable: ORDER_PAY_TIMEOUT after it was placed.
-
-    The pay link carries it as Alipay's `time_expire`, so a link kept open past it cannot be
-    paid at Alipay either.
-    """
-    return order.created_at + settings.ORDER_PAY_TIMEOUT
 
 
 def payment_link_create(*, user: User, order_id: str) -> str:

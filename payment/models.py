@@ -5,10 +5,14 @@ from shop.models import OrderInfo
 
 
 class PaymentAttempt(models.Model):
-    """A pay link was issued for an order; what reconciliation and expiry look for.
+    """An order's pay link with its reconciliation schedule: what reconciliation and expiry
+    look for.
 
-    One row per order: `started_at` is the first link, `last_started_at` the latest. The
-    `next_check_at`/`claimed_until` pair schedules and leases the reconciliation checks.
+    One row per order, made when its first pay link is issued: `started_at` is the first
+    link, `last_started_at` the latest. The `next_check_at`/`claimed_until` pair schedules and
+    leases the reconciliation checks (payment/reconciliation/claims.py). The class keeps its
+    old name: the table, content type and permission codenames (`view_paymentattempt`,
+    `query_alipay`) come from it.
     """
 
     order = models.OneToOneField(
@@ -25,7 +29,7 @@ class PaymentAttempt(models.Model):
     last_check_result = models.CharField(max_length=100, blank=True)
 
     class Meta:
-        verbose_name = "payment attempt"
+        verbose_name = "pay link"
         permissions = [("query_alipay", "Can ask Alipay about an order now")]
         indexes = [
             # The dashboard's reconciliation figures: checks of the last 24 hours.
@@ -33,7 +37,7 @@ class PaymentAttempt(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"attempt {self.order_id}"
+        return f"pay link {self.order_id}"
 
 
 class EventSource(models.TextChoices):
@@ -349,7 +353,9 @@ class BillFinding(models.Model):
         AMOUNT_MISMATCH = "amount_mismatch", "amounts differ"
         REFUND_MISMATCH = "refund_mismatch", "refunds differ"
 
-    report = models.ForeignKey(BillReport, on_delete=models.CASCADE, related_name="lines")
+    # Not "findings": that is the report's count of them.
+    report = models.ForeignKey(BillReport, on_delete=models.CASCADE,
+                               related_name="finding_rows")
     outcome = models.CharField(max_length=20, choices=Outcome.choices)
     trade_no = models.CharField(max_length=64, blank=True)
     out_trade_no = models.CharField(max_length=64, blank=True)

@@ -17,7 +17,7 @@ from payment.gateway import GatewayUnavailable
 from payment.processing import sweeper
 from payment.processing.batch import events_process
 from payment.processing.retry import retry_policy
-from payment.reconciliation import bills, expiry, retention, trades
+from payment.reconciliation import bills, claims, expiry, retention, trades
 from payment.refunds import ledger
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def reconcile_dispatch_task() -> int:
     """Claim every due check in batches and spread the batches over the workers."""
     claimed = 0
     for _ in range(MAX_BATCHES_PER_RUN):
-        order_ids, token = trades.attempts_claim_with_token(
+        order_ids, token = claims.reconciliation_checks_claim_with_token(
             limit=settings.RECONCILE_BATCH_SIZE
         )
         if not order_ids:
@@ -108,7 +108,7 @@ def reconcile_dispatch_task() -> int:
 
 @shared_task
 def reconcile_batch_task(order_ids: list[str], token: str) -> dict[str, int]:
-    held = trades.attempts_hold(
+    held = claims.reconciliation_checks_hold(
         order_ids=order_ids, token=datetime.fromisoformat(token)
     )
     result = trades.orders_reconcile(order_ids=held)

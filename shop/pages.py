@@ -11,7 +11,6 @@ from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET
 
-from payment.links import order_pay_deadline
 from shop import selectors, services
 from shop.apis import authenticated_user
 from shop.converters import OrderIdConverter
@@ -39,7 +38,7 @@ class OrderRow:
 
 
 def _order_row(order: OrderInfo) -> OrderRow:
-    return OrderRow(order, STATUS_WORDS[order.status_name], order_pay_deadline(order))
+    return OrderRow(order, STATUS_WORDS[order.status_name], selectors.order_pay_deadline(order))
 
 
 class SignInView(LoginView):

@@ -29,3 +29,4 @@ from payment.gateway.client import (  # noqa: F401  (the gateway's public names)
     trade_refund,
     trade_refund_query,
 )
+from payment.gateway.pool import call_pool, call_pool_reset  # noqa: F401

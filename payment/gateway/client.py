@@ -32,6 +32,23 @@ from payment import metrics
 
 logger = logging.getLogger(__name__)
 
+SDK_LOGGER = "python-alipay-sdk"
+
+
+def _sdk_logging_quiet() -> None:
+    """The SDK's import runs a dictConfig of its own: its logger at DEBUG with a stderr handler,
+    over the project's LOGGING (applied earlier, by django.setup()). It may log signed data:
+    keep warnings only, through no handler of its own (infra/logs.py configures it the same)."""
+    sdk = logging.getLogger(SDK_LOGGER)
+    for handler in list(sdk.handlers):
+        sdk.removeHandler(handler)
+    sdk.setLevel(logging.WARNING)
+    sdk.propagate = False
+
+
+# Here, where the SDK is first imported: no other module imports it (the import contracts).
+_sdk_logging_quiet()
+
 PAID_STATUSES = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
 
 
@@ -185,7 +202,7 @@ def _gateway_pool() -> urllib3.PoolManager:
     if pool is None:
         with _pool_lock:
             pool = _pools.setdefault(pid, urllib3.PoolManager(
-                num_pools=4, maxsize=max(8, settings.RECONCILE_CONCURRENCY), block=False,
+                num_pools=4, maxsize=max(8, settings.GATEWAY_CONCURRENCY), block=False,
                 retries=False,
             ))
     return pool

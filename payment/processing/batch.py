@@ -18,7 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from infra.bulk_sql import rows_update
-from infra.logs import event_origins, log_ids
+from infra.logs import log_ids, request_origins
 from payment import metrics, wakeups
 from payment.errors import EventRejected
 from payment.models import EventSource, EventState, Payment, PaymentAttempt, PaymentEvent
@@ -133,7 +133,8 @@ def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchRe
         return result
 
     # Lines about an event carry the request id it arrived with, whatever task settles it.
-    with event_origins({c.id: c.request_id for c in claimed if c.request_id}):
+    with request_origins(field="event_id",
+                         origins={c.id: c.request_id for c in claimed if c.request_id}):
         return _batch_process(claimed, result, policy)
 
 

@@ -3,10 +3,7 @@
 Pure checks on the stored parameters, plus `alipay.trade.query` for a return redirect (it
 carries no trade status) unless a verified notification or a payment already proves the trade.
 """
-import functools
-import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -130,15 +127,5 @@ def returns_confirm(
 
     if len(returns) == 1:
         return {returns[0][0].event_id: confirm(returns[0])}
-    results = query_pool().map(confirm, returns)
+    results = gateway.call_pool().map(confirm, returns)
     return {item[0].event_id: result for item, result in zip(returns, results, strict=True)}
-
-
-@functools.cache
-def _query_pool(pid: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(settings.RECONCILE_CONCURRENCY, thread_name_prefix="alipay")
-
-
-def query_pool() -> ThreadPoolExecutor:
-    """One long-lived pool of gateway threads per process (a forked child makes its own)."""
-    return _query_pool(os.getpid())

@@ -29,8 +29,7 @@ from django.utils import timezone
 
 from payment import gateway, metrics
 from payment.models import BillEntry, BillFinding, BillReport, Payment, PaymentEvent, Refund
-from payment.processing.verification import query_pool
-from payment.reconciliation.trades import trades_found_apply
+from payment.reconciliation.found import trades_found_apply
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +149,7 @@ def bill_reconcile(*, day: date) -> BillReconciled:
     except Exception:
         metrics.bill_observe(state="error", findings={}, seconds=perf_counter() - timer)
         raise
-    findings = dict(reconciled.report.lines.order_by().values("outcome")
+    findings = dict(reconciled.report.finding_rows.order_by().values("outcome")
                     .annotate(n=Count("id")).values_list("outcome", "n"))
     metrics.bill_observe(state=reconciled.report.state, findings=findings,
                          seconds=perf_counter() - timer)
@@ -185,7 +184,7 @@ def _report_build(*, day: date, bill: IO[bytes] | None, started: datetime) -> Bi
         report, _ = BillReport.objects.select_for_update().get_or_create(
             bill_date=day, defaults={"state": BillReport.State.DONE, "started_at": started})
         report.entries.all().delete()
-        report.lines.all().delete()
+        report.finding_rows.all().delete()
         if bill is not None:
             for batch in _batched(bill_rows(bill), ENTRY_BATCH):
                 BillEntry.objects.bulk_create(BillEntry(
@@ -311,7 +310,7 @@ def _missing_apply(report: BillReport) -> tuple[int, list[int]]:
     refunds: list[int] = []
     for start in range(0, len(pending), APPLY_BATCH):
         batch = pending[start:start + APPLY_BATCH]
-        answers = list(query_pool().map(_trade_confirm, [f.out_trade_no for f in batch]))
+        answers = list(gateway.call_pool().map(_trade_confirm, [f.out_trade_no for f in batch]))
         found: list[tuple[str, gateway.TradeStatus]] = []
         for finding, answer in zip(batch, answers, strict=True):
             if isinstance(answer, Exception):

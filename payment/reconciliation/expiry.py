@@ -10,7 +10,8 @@ from django.utils import timezone
 from infra.logs import log_ids
 from payment import event_store, gateway
 from payment.models import EventState, PaymentAttempt, PaymentEvent
-from payment.reconciliation.trades import FoundApplied, attempts_lease, trades_found_apply
+from payment.reconciliation.claims import reconciliation_checks_lease
+from payment.reconciliation.found import FoundApplied, trades_found_apply
 from shop.models import OrderInfo
 from shop.services import order_stock_return
 
@@ -26,7 +27,7 @@ def orders_expired(*, limit: int) -> list[str]:
     """
     now = timezone.now()
     cutoff = now - settings.ORDER_PAY_TIMEOUT
-    claimed, _ = attempts_lease(
+    claimed, _ = reconciliation_checks_lease(
         Q(order__created_at__lt=cutoff), "order__created_at", limit=limit, now=now
     )
     never_linked = list(

@@ -1,7 +1,7 @@
 """Reconciliation: ask Alipay about UNPAID orders whose pay link is older than RECONCILE_AFTER.
 
-Due checks are claimed in batches (a lease on the order's `PaymentAttempt`, so overlapping
-runs never check one order twice); the trade queries of a batch run concurrently on the
+Due checks are claimed in batches (claims.py: a lease on the order's pay link, so
+overlapping runs never check one order twice); the trade queries of a batch run concurrently on the
 process's long-lived pool of gateway threads over keep-alive connections; every result is
 written back in one bulk update, and paid trades go through the same batch processing as
 notifications and returns.
@@ -12,21 +12,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from infra.bulk_sql import rows_update
 from infra.logs import log_ids
-from payment import event_store, gateway, metrics
-from payment.models import EventSource, PaymentAttempt, PaymentEvent
-from payment.processing.batch import events_process
-from payment.processing.verification import query_pool
+from payment import gateway, metrics
+from payment.models import PaymentAttempt
+from payment.reconciliation.found import trades_found_apply
 from shop.models import OrderInfo
 
 logger = logging.getLogger(__name__)
 
-CLAIM_LEASE = timedelta(minutes=5)
 MAX_CHECK_GAP = timedelta(minutes=10)
 
 
@@ -37,51 +33,6 @@ class Reconciled:
 
     def count(self, outcome: str, n: int = 1) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + n
-
-
-def attempts_claim(*, limit: int) -> list[str]:
-    """Claim due reconciliation checks. Overlapping runs never claim the same order."""
-    return attempts_claim_with_token(limit=limit)[0]
-
-
-def attempts_claim_with_token(*, limit: int) -> tuple[list[str], datetime]:
-    """Claim due checks; the token (the lease's end) lets the batch prove it still holds them."""
-    now = timezone.now()
-    return attempts_lease(Q(next_check_at__lte=now), "next_check_at", limit=limit, now=now)
-
-
-def attempts_lease(
-    due: Q, order_by: str, *, limit: int, now: datetime
-) -> tuple[list[str], datetime]:
-    """Lease the UNPAID orders' attempts that match `due` and no one holds (row locks skipped)."""
-    token = now + CLAIM_LEASE
-    with transaction.atomic():
-        order_ids = list(
-            PaymentAttempt.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(due, order__status=OrderInfo.Status.UNPAID)
-            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
-            .order_by(order_by).values_list("order_id", flat=True)[:limit]
-        )
-        PaymentAttempt.objects.filter(order_id__in=order_ids).update(claimed_until=token)
-    return order_ids, token
-
-
-def attempts_hold(*, order_ids: list[str], token: datetime) -> list[str]:
-    """The claimed orders this batch still holds, with their lease renewed.
-
-    A batch that waited in the queue past its lease may have been claimed again by a later
-    run; it then leaves those orders to that run instead of checking them twice.
-    """
-    with transaction.atomic():
-        held = list(
-            PaymentAttempt.objects.select_for_update(skip_locked=True)
-            .filter(order_id__in=order_ids, claimed_until=token)
-            .values_list("order_id", flat=True)
-        )
-        PaymentAttempt.objects.filter(order_id__in=held).update(
-            claimed_until=timezone.now() + CLAIM_LEASE
-        )
-    return held
 
 
 def order_reconcile(*, order_id: str) -> Reconciled:
@@ -104,7 +55,7 @@ def orders_reconcile(*, order_ids: list[str]) -> Reconciled:
         if attempt.order.status != OrderInfo.Status.UNPAID:
             _check_note(attempt, "settled", None, now)
             result.count("settled")
-    answers = list(query_pool().map(_trade_ask, [a.order_id for a in unpaid]))
+    answers = list(gateway.call_pool().map(_trade_ask, [a.order_id for a in unpaid]))
     paid: list[tuple[PaymentAttempt, gateway.TradeStatus]] = []
     for attempt, answer in zip(unpaid, answers, strict=True):
         if isinstance(answer, Exception):
@@ -154,31 +105,6 @@ def _trade_ask(order_id: str) -> gateway.TradeStatus | None | Exception:
         logger.warning("reconcile query failed order_id=%s error=%s", order_id, exc,
                        extra=log_ids(order_id=order_id))
         return exc
-
-
-@dataclass
-class FoundApplied:
-    counts_by_order: dict[str, str]
-    refunds: list[int]
-
-
-def trades_found_apply(*, trades: list[tuple[str, gateway.TradeStatus]],
-                       source: str = EventSource.QUERY) -> FoundApplied:
-    """Record paid trades a query found (for reconciliation, or to confirm a line of the
-    bill), and apply them through the common batch path."""
-    ids: dict[int, str] = {}
-    for order_id, trade in trades:
-        params = {k: str(v) for k, v in trade.raw.items() if not isinstance(v, list | dict)}
-        params.setdefault("out_trade_no", order_id)
-        stored = event_store.event_store(source=source, params=params)
-        ids[stored.id] = order_id
-    try:
-        batch = events_process(limit=len(ids), event_ids=list(ids))
-    except Exception as exc:  # noqa: BLE001  (stored; the sweeper takes it up again)
-        logger.warning("query events left for the sweeper ids=%s: %s", list(ids), exc)
-        return FoundApplied({}, [])
-    states = dict(PaymentEvent.objects.filter(pk__in=ids).values_list("pk", "state"))
-    return FoundApplied({ids[pk]: str(state) for pk, state in states.items()}, batch.refunds)
 
 
 def _check_gap(checks: int, base: float) -> timedelta:

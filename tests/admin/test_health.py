@@ -15,7 +15,12 @@ def test_healthz_reports_database_and_broker_ok() -> None:
 
 @pytest.mark.django_db
 def test_healthz_names_the_broker_when_it_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery import current_app
+
     from workers import celery_app
+
+    # The health check asks the process's current app: the workers' one, loaded by Django.
+    assert current_app._get_current_object() is celery_app
 
     def unreachable(**options: object) -> Connection:
         return Connection("redis://127.0.0.1:1/0", **options)  # nothing listens on port 1

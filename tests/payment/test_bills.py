@@ -57,13 +57,13 @@ def test_a_day_is_reconciled_against_the_bill_and_a_rerun_changes_nothing(
     assert (report.alipay_trades, report.alipay_trade_amount) == (200, PRICE * 200)
     assert report.our_trades == 200  # 199 real, 1 phantom; one lost
     assert report.matched == 198
-    findings = {(f.outcome, f.trade_no) for f in report.lines.all()}
+    findings = {(f.outcome, f.trade_no) for f in report.finding_rows.all()}
     assert findings == {
         (Outcome.MISSING_HERE, lost_trade_no),
         (Outcome.AMOUNT_MISMATCH, changed.trade_id),
         (Outcome.MISSING_AT_ALIPAY, "2026010122001499999999999999"),
     }
-    mismatch = report.lines.get(outcome=Outcome.AMOUNT_MISMATCH)
+    mismatch = report.finding_rows.get(outcome=Outcome.AMOUNT_MISMATCH)
     assert (mismatch.alipay_amount, mismatch.our_amount) == (PRICE, Decimal("8.80"))
     # The payment missing here was confirmed with Alipay and applied, with source "bill".
     assert first.applied == 1
@@ -78,9 +78,9 @@ def test_a_day_is_reconciled_against_the_bill_and_a_rerun_changes_nothing(
 
     again = BillReport.objects.get(bill_date=today)
     assert again.runs == 2
-    assert {(f.outcome, f.trade_no) for f in again.lines.all()} == findings
+    assert {(f.outcome, f.trade_no) for f in again.finding_rows.all()} == findings
     assert (Payment.objects.count(), PaymentEvent.objects.count()) == (payments, events)
-    assert again.lines.get(outcome=Outcome.MISSING_HERE).note.startswith(
+    assert again.finding_rows.get(outcome=Outcome.MISSING_HERE).note.startswith(
         "applied from the bill")
 
 

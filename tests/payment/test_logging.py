@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from alipay_sandbox.client import SandboxControl
-from infra.logs import ContextFilter, JsonFormatter, event_origins, log_ids
+from infra.logs import ContextFilter, JsonFormatter, log_ids, request_origins
 from payment.models import PaymentEvent, Refund
 from tests.factories import OrderFactory, StaffFactory, order_with_link, signed_in
 from tests.support import (
@@ -183,7 +183,7 @@ def test_json_lines_keep_a_request_path_but_never_its_query_string(rf: Any) -> N
 
 def test_lines_about_an_event_carry_the_request_id_it_arrived_with() -> None:
     logger = logging.getLogger("payment.processing.batch")
-    with event_origins({7: "from-the-web-1234"}):
+    with request_origins(field="event_id", origins={7: "from-the-web-1234"}):
         about_event = logger.makeRecord("payment.processing.batch", logging.INFO, __file__, 1,
                                         "payment event id=%s", (7,), None,
                                         extra=log_ids(order_id="o1", event_id=7))
@@ -197,3 +197,15 @@ def test_lines_about_an_event_carry_the_request_id_it_arrived_with() -> None:
     assert (first["request_id"], first["order_id"], first["trade_no"], first["event_id"]) == (
         "from-the-web-1234", "o1", None, 7)
     assert json.loads(JsonFormatter().format(about_other))["request_id"] is None
+
+
+def test_sdk_logger_stays_quiet_after_the_sdk_is_imported() -> None:
+    """The SDK configures its own logger (DEBUG, to stderr) when first imported; the gateway,
+    its one importer, puts the project's quiet configuration back."""
+    import payment.gateway.client  # noqa: F401  (imports the SDK)
+
+    sdk = logging.getLogger("python-alipay-sdk")
+    # (pytest's own capturing handlers may be attached; the SDK's stderr handler must not be.)
+    assert not [h for h in sdk.handlers if type(h) is logging.StreamHandler]
+    assert sdk.getEffectiveLevel() >= logging.WARNING
+    assert sdk.propagate is False

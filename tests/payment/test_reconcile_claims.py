@@ -9,7 +9,7 @@ from django.db import connection
 from django.utils import timezone
 
 from payment.models import PaymentAttempt
-from payment.reconciliation import expiry, trades
+from payment.reconciliation import claims, expiry
 from shop.models import OrderInfo
 from tests.factories import OrderFactory, PaymentAttemptFactory, UserFactory
 
@@ -38,7 +38,7 @@ def test_overlapping_claims_are_disjoint_and_cover_everything() -> None:
 
     def run() -> None:
         try:
-            while batch := trades.attempts_claim(limit=50):
+            while batch := claims.reconciliation_checks_claim(limit=50):
                 with lock:
                     claimed.append(batch)
         finally:
@@ -52,21 +52,21 @@ def test_overlapping_claims_are_disjoint_and_cover_everything() -> None:
 
     flat = [order_id for batch in claimed for order_id in batch]
     assert len(flat) == len(set(flat)) == 600
-    assert not trades.attempts_claim(limit=50)
+    assert not claims.reconciliation_checks_claim(limit=50)
     assert PaymentAttempt.objects.filter(claimed_until__isnull=True).count() == 0
 
 
 def test_a_batch_that_outlived_its_lease_leaves_the_orders_to_the_new_claim() -> None:
     _orders_with_attempts(10)
     past = timezone.now() - PAST
-    stale_ids, stale_token = trades.attempts_claim_with_token(limit=10)
+    stale_ids, stale_token = claims.reconciliation_checks_claim_with_token(limit=10)
     PaymentAttempt.objects.update(claimed_until=past)  # the first batch sat in the queue
-    fresh_ids, fresh_token = trades.attempts_claim_with_token(limit=10)
+    fresh_ids, fresh_token = claims.reconciliation_checks_claim_with_token(limit=10)
 
     assert sorted(stale_ids) == sorted(fresh_ids)
-    assert trades.attempts_hold(order_ids=stale_ids, token=stale_token) == []
-    assert sorted(trades.attempts_hold(order_ids=fresh_ids, token=fresh_token)) == sorted(
-        fresh_ids)
+    assert claims.reconciliation_checks_hold(order_ids=stale_ids, token=stale_token) == []
+    assert sorted(claims.reconciliation_checks_hold(order_ids=fresh_ids,
+                                                    token=fresh_token)) == sorted(fresh_ids)
 
 
 def test_overlapping_expiry_runs_never_take_the_same_order(settings: Any) -> None:

@@ -39,7 +39,7 @@ class Command(BaseCommand):
             f"{report.alipay_trade_amount}, ours {report.our_trades} trades "
             f"{report.our_trade_amount}; matched {report.matched}, findings {report.findings}, "
             f"applied now {result.applied}")
-        for line in report.lines.all()[:50]:
+        for line in report.finding_rows.all()[:50]:
             self.stdout.write(f"  {line.get_outcome_display()}: {line.trade_no or '-'} "
                               f"{line.out_trade_no} alipay={line.alipay_amount} "
                               f"ours={line.our_amount} {line.note}")

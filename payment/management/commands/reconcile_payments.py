@@ -3,7 +3,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from payment.reconciliation import trades
+from payment.reconciliation import claims, trades
 from payment.tasks import payment_refund_task
 
 
@@ -18,7 +18,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         totals: dict[str, int] = {}
-        while order_ids := trades.attempts_claim(limit=options["batch_size"]):
+        while order_ids := claims.reconciliation_checks_claim(limit=options["batch_size"]):
             result = trades.orders_reconcile(order_ids=order_ids)
             for payment_id in result.refunds:
                 payment_refund_task.delay(payment_id)
