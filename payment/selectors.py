@@ -1,5 +1,5 @@
-"""Selectors of the payment domain: functions that read."""
-from payment.api.serializers import BuyerRefundSerializer
+"""Selectors of the payment domain: functions that read and return plain data (the API
+layer, payment/api/, serializes it)."""
 from payment.models import Payment, PaymentEvent, Refund
 from shop.models import OrderInfo, User
 
@@ -42,8 +42,8 @@ def order_refunds_for_buyer(*, order: OrderInfo) -> list[dict[str, object]]:
     shows with the refund. Alipay's codes, the attempts and errors stay with the staff.
     """
     refunds = Refund.objects.filter(order=order).order_by("requested_at", "id")
-    return list(BuyerRefundSerializer([
+    return [
         {"amount": r.amount, "state": BUYER_REFUND_STATES.get(r.state, "processing"),
          "reason": r.reason, "requested_at": r.requested_at, "succeeded_at": r.succeeded_at}
         for r in refunds
-    ], many=True).data)
+    ]

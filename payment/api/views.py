@@ -58,7 +58,8 @@ class OrderPaymentStatusApi(APIView):
         order = selectors.order_for_user(user=authenticated_user(request), order_id=order_id)
         if order is None:
             return Response({"message": "Order not found."}, status=status.HTTP_404_NOT_FOUND)
-        return Response(selectors.order_payment_status(order=order))
+        status_data = selectors.order_payment_status(order=order)
+        return Response(PaymentStatusSerializer(status_data).data)
 
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
