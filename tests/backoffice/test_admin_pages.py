@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 from alipay_sandbox.client import SandboxControl
 from payment.models import Payment, PaymentEvent
 from shop.models import OrderInfo
-from tests.e2e.conftest import PASSWORD, Snap
+from tests.browser import PASSWORD, Snap
 from tests.factories import UserFactory, order_with_link
 from tests.support import query_params, wait_for
 

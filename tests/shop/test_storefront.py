@@ -9,7 +9,7 @@ from playwright.sync_api import Page, Route, expect
 from alipay_sandbox.client import SandboxControl
 from payment.models import Payment, PaymentEvent, RefusedRequest
 from shop.models import OrderInfo, User
-from tests.e2e.conftest import Snap, sign_in
+from tests.browser import Snap, sign_in
 from tests.factories import sku_create
 from tests.support import query_params
 

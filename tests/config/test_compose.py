@@ -2,7 +2,7 @@
 production profile with no known credentials behind a reverse proxy, a development profile.
 
 Docker cannot run in the test environment; the file is checked against the Compose
-specification's JSON schema (tests/fixtures/compose-spec.json, as shipped in the
+specification's JSON schema (tests/config/fixtures/compose-spec.json, as shipped in the
 docker-compose 1.29.2 package, Apache-2.0) and for the properties the service relies on.
 `docker compose config` is run too where the Compose plugin is installed.
 """
@@ -20,16 +20,15 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.compose import (
+from tests.config.compose import (
     PRODUCTION_VARIABLES,
     REQUIRED,
     MissingVariable,
     resolved,
     service_environment,
 )
-from tests.support import SELLER_ID
+from tests.support import ROOT, SELLER_ID
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = Path(__file__).resolve().parent / "fixtures" / "compose-spec.json"
 INFRA = {"postgres", "redis", "proxy"}

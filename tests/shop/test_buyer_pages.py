@@ -15,7 +15,7 @@ from alipay_sandbox.client import SandboxControl
 from shop import services
 from shop.models import OrderInfo, User
 from shop.pages import STATUS_WORDS
-from tests.e2e.conftest import PASSWORD, Snap, sign_in
+from tests.browser import PASSWORD, Snap, sign_in
 from tests.factories import UserFactory, order_with_goods, sku_create
 
 pytestmark = [

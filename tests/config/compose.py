@@ -5,12 +5,12 @@ the Compose specification's rules: `${VAR}`, `${VAR:-default}`, `${VAR-default}`
 `${VAR:?message}`, `${VAR?message}`, `$VAR` and `$$`.
 """
 import re
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+
 COMPOSE = ROOT / "docker-compose.yml"
 
 # Settings that have no safe default: compose must refuse to start without each of them.

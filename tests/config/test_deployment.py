@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import connection
 
 from shop.models import User
-from tests.compose import PRODUCTION_VARIABLES, resolved, service_environment
+from tests.config.compose import PRODUCTION_VARIABLES, resolved, service_environment
 from tests.support import ROOT, ManagedProcess, free_port, procfile_command, wait_for_port
 
 

@@ -1,4 +1,6 @@
-"""A real Chromium driven by Playwright against the live web app, the sandbox and workers."""
+"""The browser tests' fixtures and helpers: a real Chromium driven by Playwright against the live
+web app, the sandbox and workers. The fixtures reach every test through tests/conftest.py; the
+browser tests live with the pages they test (tests/shop/, tests/backoffice/)."""
 import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -43,19 +45,19 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+def reconciliation_out_of_the_way(settings: Any) -> None:
+    """Pay links issued here are not reconciled during the test, so each path stands alone."""
+    settings.RECONCILE_AFTER = timedelta(hours=1)
+
+
+@pytest.fixture
+def page(browser: Any, reconciliation_out_of_the_way: None) -> Iterator[Any]:
     """A page in its own context: no cookies or storage shared between tests."""
     context = browser.new_context(viewport={"width": DESKTOP, "height": 800})
     page = context.new_page()
     page.set_default_timeout(15_000)
     yield page
     context.close()
-
-
-@pytest.fixture(autouse=True)
-def reconciliation_out_of_the_way(settings: Any) -> None:
-    """Pay links issued here are not reconciled during the test, so each path stands alone."""
-    settings.RECONCILE_AFTER = timedelta(hours=1)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from payment.models import RefusedRequest
 from shop.models import User
-from tests.compose import PRODUCTION_VARIABLES, service_environment
+from tests.config.compose import PRODUCTION_VARIABLES, service_environment
 from tests.support import (
     ROOT,
     ManagedProcess,

@@ -21,7 +21,7 @@ from shop.models import OrderInfo
 from tests.factories import order_with_link, signed_in
 from tests.support import APP_ID, SELLER_ID, ShopClient, query_params, sign_params, wait_for
 
-FIXTURE = Path(__file__).parent.parent / "fixtures" / "alipay_signed_notification.json"
+FIXTURE = Path(__file__).parent / "fixtures" / "alipay_signed_notification.json"
 
 
 @pytest.fixture
