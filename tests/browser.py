@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from shop.models import User
 from tests.factories import UserFactory
-from tests.support import ROOT
+from tests.support import ROOT, process_fixture
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
@@ -28,7 +28,7 @@ CHROMIUM_ARGS = [
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
-@pytest.fixture(scope="session")
+@process_fixture(scope="session")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("browser tests need Debian's Chromium at /usr/bin/chromium "

@@ -4,7 +4,6 @@
 need workers use them for real.
 """
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -25,6 +24,7 @@ from tests.support import (
     ManagedProcess,
     ShopClient,
     free_port,
+    process_fixture,
     procfile_command,
     python_args,
     wait_for_port,
@@ -35,38 +35,6 @@ from tests.support import (
 def fast_password_hashing() -> None:
     # PBKDF2's deliberate cost only slows the many sign-ups the tests make.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-# Fixtures that start processes (workers, beat, web servers, the sandbox, a browser): a test
-# using one belongs to the slow, process-level tier. `make test` runs both tiers;
-# `make test-fast` (pytest -m "not slow") only the services on real PostgreSQL.
-PROCESS_FIXTURES = frozenset({
-    "celery_workers", "exclusive_workers", "celery_beat", "beat_paused", "asgi_web", "web",
-    "live_server", "sandbox", "sandbox_server", "shop", "page", "strict_web", "proxy",
-    "sbx", "alipay_settings", "worker_env", "broker", "broker_with_beat", "rabbitmq_node",
-})
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker(
-                "slow"):
-            item.add_marker(pytest.mark.slow)
-
-
-@pytest.fixture(autouse=True)
-def fast_tier_starts_no_process(request: pytest.FixtureRequest,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """A test outside the slow tier that starts a process (a command, the sandbox, a broker)
-    fails and says so: mark it `@pytest.mark.slow`, and `make test-fast` stays fast."""
-    if request.node.get_closest_marker("slow"):
-        return
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"{request.node.nodeid} starts a process: mark it "
-                             "@pytest.mark.slow (or use a process fixture)")
-
-    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 # Every test client is 127.0.0.1: the payment endpoints' throttles would add up across tests.
@@ -139,7 +107,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
-@pytest.fixture(scope="session")
+@process_fixture(scope="session")
 def sandbox_server(
     dev_keys: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SandboxControl]:
@@ -177,7 +145,7 @@ def alipay_settings(dev_keys: Path, sandbox_server: SandboxControl) -> dict[str,
     return values
 
 
-@pytest.fixture(scope="session")
+@process_fixture(scope="session")
 def web(live_server: Any, alipay_settings: dict[str, str]) -> str:
     """The live web app's base URL, with Alipay's return and notify URLs pointing at it."""
     settings.ALIPAY_RETURN_URL = f"{live_server.url}/pay_success.html"
@@ -255,7 +223,7 @@ def worker_process(env: dict[str, str], log_dir: Path, name: str = "worker",
     )
 
 
-@pytest.fixture(scope="session")
+@process_fixture(scope="session")
 def celery_workers(worker_env: dict[str, str], log_dir: Path) -> Iterator[ManagedProcess]:
     """Real `celery worker` processes consuming from Redis for the whole session."""
     redis.Redis.from_url(broker_url()).flushdb()
@@ -265,7 +233,7 @@ def celery_workers(worker_env: dict[str, str], log_dir: Path) -> Iterator[Manage
     worker.stop()
 
 
-@pytest.fixture
+@process_fixture
 def exclusive_workers(
     celery_workers: ManagedProcess, worker_env: dict[str, str], log_dir: Path
 ) -> Iterator[Any]:
@@ -287,7 +255,7 @@ def exclusive_workers(
     celery_workers.wait_log("ready.", timeout=60, start_at=offset)
 
 
-@pytest.fixture(scope="session")
+@process_fixture(scope="session")
 def celery_beat(worker_env: dict[str, str], log_dir: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     """A real `celery beat` running the sweep, reconciliation and expiry schedules."""
@@ -303,7 +271,7 @@ def celery_beat(worker_env: dict[str, str], log_dir: Path,
     beat.stop()
 
 
-@pytest.fixture
+@process_fixture
 def beat_paused(celery_beat: ManagedProcess) -> Iterator[None]:
     """No scheduled sweep, reconciliation or expiry while the test drives those services itself."""
     celery_beat.stop()
@@ -319,7 +287,7 @@ def shop(web: str, sandbox: SandboxControl) -> ShopClient:
     return ShopClient(web)
 
 
-@pytest.fixture(scope="session")
+@process_fixture(scope="session")
 def asgi_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     """The Procfile's web process (gunicorn with uvicorn workers, the ASGI fast path) on the
     test database and broker."""

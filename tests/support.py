@@ -15,6 +15,7 @@ from alipay_sandbox.testing import (  # noqa: F401  (re-exported)
     ROOT,
     ManagedProcess,
     free_port,
+    process_fixture,
     wait_for,
     wait_for_port,
 )

@@ -30,6 +30,7 @@ from tests.support import (
     ROOT,
     ManagedProcess,
     free_port,
+    process_fixture,
     procfile_command,
     signed_return,
     wait_for_port,
@@ -112,7 +113,7 @@ def test_nginx_accepts_the_proxy_config(tls: bool, tmp_path: Path) -> None:
     assert "[warn]" not in result.stderr and "[emerg]" not in result.stderr
 
 
-@pytest.fixture(scope="module")
+@process_fixture(scope="module")
 def proxy(
     asgi_web: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Proxy]:

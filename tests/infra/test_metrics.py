@@ -28,6 +28,7 @@ from tests.support import (
     ManagedProcess,
     ShopClient,
     free_port,
+    process_fixture,
     procfile_command,
     query_params,
     sign_params,
@@ -44,7 +45,7 @@ NETWORKS = "10.0.0.0/8"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-@pytest.fixture
+@process_fixture
 def metrics_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"

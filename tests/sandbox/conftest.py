@@ -14,6 +14,7 @@ from alipay_sandbox.testing import (
     SandboxProcess,
     clear_proxy_env,
     load_public_key,
+    process_fixture,
     start_sandbox,
 )
 from tests.sandbox.support import NotifyReceiver, make_client
@@ -27,7 +28,7 @@ def sbx_keys(dev_keys: Path) -> Path:
     return dev_keys
 
 
-@pytest.fixture(scope="session")
+@process_fixture(scope="session")
 def sbx_process(
     sbx_keys: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SandboxProcess]:
