@@ -202,6 +202,31 @@ def start_sandbox(
                 raise RuntimeError(f"sandbox did not answer: {handle.log_text()[-2000:]}") from None
 
 
+def key_pair() -> tuple[bytes, bytes]:
+    """A new RSA-2048 ``(private_pem, public_pem)``: PKCS#8 and SubjectPublicKeyInfo PEM, the
+    forms python-alipay-sdk and the sandbox read."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo,
+    )
+    return private_pem, public_pem
+
+
+def write_test_keys(directory: Path) -> Path:
+    """Throwaway keys for a sandbox and its client, under the names `start_sandbox` and the
+    merchant side read: the app's pair and the pair the sandbox signs with as Alipay."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for pair in ("app", "alipay"):
+        private_pem, public_pem = key_pair()
+        (directory / f"{pair}_private_key.pem").write_bytes(private_pem)
+        (directory / f"{pair}_public_key.pem").write_bytes(public_pem)
+    return directory
+
+
 def fetch_raw(client: Any, method: str, biz_content: dict[str, Any], timeout: float = 10) -> str:
     """Call ``method`` through the SDK's own signing, but return the raw response text."""
     data = client.build_body(method, biz_content)

@@ -14,7 +14,7 @@ from alipay_sandbox import cashier
 from alipay_sandbox.client import SandboxControl
 from alipay_sandbox.signing import string_to_sign
 from alipay_sandbox.testing import SandboxProcess, check_envelope, fetch_raw, verify_rsa2
-from tests.sandbox.support import (
+from alipay_sandbox.tests.support import (
     APP_ID,
     SELLER_ID,
     NotifyReceiver,

@@ -1,4 +1,5 @@
-"""Fixtures for the sandbox's own tests: no Django, no database, one sandbox process."""
+"""Fixtures for the sandbox's own tests: no Django, no database, one sandbox process. They use
+only the sandbox and libraries, never the shop's packages."""
 
 from __future__ import annotations
 
@@ -16,16 +17,17 @@ from alipay_sandbox.testing import (
     load_public_key,
     process_fixture,
     start_sandbox,
+    write_test_keys,
 )
-from tests.sandbox.support import NotifyReceiver, make_client
+from alipay_sandbox.tests.support import NotifyReceiver, make_client
 
 clear_proxy_env()
 
 
 @pytest.fixture(scope="session")
-def sbx_keys(dev_keys: Path) -> Path:
-    """The project-wide throwaway keys (tests/conftest.py), under the sandbox tests' name."""
-    return dev_keys
+def sbx_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Throwaway keys: the app's pair and the pair the sandbox signs with."""
+    return write_test_keys(tmp_path_factory.mktemp("sbx-keys"))
 
 
 @process_fixture(scope="session")
@@ -67,12 +69,3 @@ def receiver() -> Iterator[NotifyReceiver]:
     yield server
     server.close()
 
-
-@pytest.fixture(scope="session", autouse=True)
-def fast_password_hashing() -> None:
-    """Overrides the project-wide autouse fixture: these tests need no Django settings."""
-
-
-@pytest.fixture(scope="session", autouse=True)
-def static_root() -> None:
-    """Overrides the project-wide autouse fixture: these tests need no Django settings."""

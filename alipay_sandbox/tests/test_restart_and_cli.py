@@ -13,7 +13,7 @@ from alipay import AliPay
 
 from alipay_sandbox.config import parse_config
 from alipay_sandbox.testing import start_sandbox
-from tests.sandbox.support import (
+from alipay_sandbox.tests.support import (
     APP_ID,
     NotifyReceiver,
     download,

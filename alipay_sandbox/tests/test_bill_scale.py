@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from alipay_sandbox.testing import start_sandbox
-from tests.sandbox.support import bill_url, cn_day, make_client, session
+from alipay_sandbox.tests.support import bill_url, cn_day, make_client, session
 
 TRADES = 100_000
 REFUNDS = 1_000

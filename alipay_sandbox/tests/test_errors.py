@@ -12,9 +12,8 @@ from alipay import AliPay
 from alipay.exceptions import AliPayException
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from alipay_sandbox.testing import SandboxProcess, check_envelope, fetch_raw
-from payment.gateway.keys import generate_key_pair
-from tests.sandbox.support import make_client, session
+from alipay_sandbox.testing import SandboxProcess, check_envelope, fetch_raw, key_pair
+from alipay_sandbox.tests.support import make_client, session
 
 
 def raw_get(sbx: SandboxProcess, query: str) -> dict:
@@ -50,7 +49,7 @@ def test_tampered_query_is_refused(sbx: SandboxProcess, alipay: AliPay) -> None:
 
 
 def test_wrong_private_key_is_refused(sbx: SandboxProcess, sbx_keys: Path) -> None:
-    other_private, _ = generate_key_pair()
+    other_private, _ = key_pair()
     client = make_client(sbx, sbx_keys, private_key=other_private.decode())
     with pytest.raises(AliPayException) as caught:
         client.api_alipay_trade_query(out_trade_no="abc")

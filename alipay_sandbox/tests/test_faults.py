@@ -12,7 +12,7 @@ from alipay.exceptions import AliPayException
 
 from alipay_sandbox.client import SandboxError
 from alipay_sandbox.testing import SandboxProcess
-from tests.sandbox.support import browser_pay, make_client
+from alipay_sandbox.tests.support import browser_pay, make_client
 
 
 def test_drop_return(sbx: SandboxProcess, alipay: AliPay) -> None:

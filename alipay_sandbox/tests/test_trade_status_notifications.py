@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from alipay_sandbox.client import SandboxError
 from alipay_sandbox.signing import string_to_sign
 from alipay_sandbox.testing import SandboxProcess, verify_rsa2
-from tests.sandbox.support import NotifyReceiver, open_cashier, wait_for
+from alipay_sandbox.tests.support import NotifyReceiver, open_cashier, wait_for
 
 
 def by_status(receiver: NotifyReceiver, out_trade_no: str) -> list[dict[str, str]]:

@@ -20,8 +20,7 @@ from alipay import AliPay
 from alipay.utils import AliPayConfig
 
 from alipay_sandbox.config import DEFAULT_APP_ID
-from alipay_sandbox.testing import SandboxProcess
-from tests.support import wait_for
+from alipay_sandbox.testing import SandboxProcess, wait_for
 
 __all__ = ["wait_for"]  # the sandbox tests take it from here with the other helpers
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from alipay_sandbox.config import DEFAULT_APP_ID
 from alipay_sandbox.signing import string_to_sign
 from alipay_sandbox.testing import SandboxProcess, node_text, verify_rsa2
-from tests.sandbox.support import NotifyReceiver, cn_time, decode_form, session, wait_for
+from alipay_sandbox.tests.support import NotifyReceiver, cn_time, decode_form, session, wait_for
 
 SUBJECT = "中文商品 GBK测试"
 

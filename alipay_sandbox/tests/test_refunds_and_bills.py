@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from alipay_sandbox.bills import COLUMNS
 from alipay_sandbox.client import SandboxError
 from alipay_sandbox.testing import SandboxProcess, check_envelope, fetch_raw
-from tests.sandbox.support import (
+from alipay_sandbox.tests.support import (
     SELLER_ID,
     NotifyReceiver,
     bill_url,

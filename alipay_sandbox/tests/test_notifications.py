@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from alipay_sandbox.signing import string_to_sign
 from alipay_sandbox.testing import SandboxProcess, verify_rsa2
-from tests.sandbox.support import SELLER_ID, NotifyReceiver, wait_for
+from alipay_sandbox.tests.support import SELLER_ID, NotifyReceiver, wait_for
 
 FIELDS = {
     "notify_time",
