@@ -1,7 +1,6 @@
 """The dashboard page in the admin: who may open it, its figures, and the lists it links to."""
 import html
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from tests.factories import (
     paid_order_create,
     refund_create,
 )
-from tests.support import ROOT
+from tests.support import ROOT, process_env
 
 pytestmark = pytest.mark.django_db
 
@@ -199,8 +198,8 @@ print(json.dumps({"status": response.status_code, "figures": shown}))
 
 @pytest.mark.slow
 def test_dashboard_works_on_sqlite_as_make_run_serves_it(tmp_path: Path) -> None:
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-           "CELERY_BROKER_URL": "filesystem://", "CELERY_BROKER_FOLDER": str(tmp_path)}
+    env = process_env(DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+                      CELERY_BROKER_URL="filesystem://", CELERY_BROKER_FOLDER=str(tmp_path))
     subprocess.run([sys.executable, "manage.py", "migrate", "--skip-checks", "-v", "0"],
                    cwd=ROOT, env=env, check=True, timeout=120)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ManagedProcess, free_port, python_args, wait_for_port
+from tests.support import ManagedProcess, free_port, process_env, python_args, wait_for_port
 
 # honcho sends SIGTERM, waits this long, then SIGKILLs whatever is left.
 HONCHO_GRACE = 5.0
@@ -17,7 +17,7 @@ HONCHO_GRACE = 5.0
 
 def _make_run_env(tmp_path: Path, keys: Path) -> dict[str, str]:
     """make run's environment, with its files in tmp_path and its ports free ones."""
-    env = {name: value for name, value in os.environ.items()
+    env = {name: value for name, value in process_env().items()
            if not name.startswith(("DATABASE_", "CELERY_", "PAYMENT_REDIS"))}
     bin_dir = Path(sys.executable).parent
     env.update({

@@ -1,12 +1,11 @@
 """Start-up refuses to run without its key files, with one line naming the path."""
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, process_env
 
 
 @pytest.mark.slow
@@ -22,8 +21,8 @@ def test_missing_key_file_stops_startup_with_one_clear_line(
     command: list[str], tmp_path: Path
 ) -> None:
     missing = tmp_path / "nowhere" / "app_private_key.pem"
-    env = {**os.environ, "ALIPAY_APP_PRIVATE_KEY_PATH": str(missing),
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    env = process_env(ALIPAY_APP_PRIVATE_KEY_PATH=str(missing),
+                      DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
 
     result = subprocess.run(
         [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -38,7 +37,7 @@ def test_missing_key_file_stops_startup_with_one_clear_line(
 
 @pytest.mark.slow
 def test_models_and_migrations_agree(tmp_path: Path) -> None:
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    env = process_env(DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
     result = subprocess.run(
         [sys.executable, "manage.py", "makemigrations", "--check", "--dry-run",
          "--skip-checks"],
