@@ -1,5 +1,6 @@
 """Helpers for tests and benchmarks: the one process launcher (ManagedProcess), a sandbox
-process built on it, raw calls to the sandbox and envelope checks."""
+process built on it, the marker for fixtures that start processes, throwaway keys, raw calls
+to the sandbox and envelope checks."""
 
 from __future__ import annotations
 
@@ -61,6 +62,25 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
             return sock.connect_ex(("127.0.0.1", port)) == 0
 
     wait_for(is_open, timeout)
+
+
+# The fixtures defined with `process_fixture`, by name: a test using one, directly or through
+# other fixtures, is in the slow tier (the repository's conftest.py marks it).
+PROCESS_FIXTURES: set[str] = set()
+
+
+def process_fixture(function: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """`pytest.fixture` for a fixture that starts a process (a server, workers, beat, the
+    sandbox, a broker, a browser), used as `@process_fixture` or `@process_fixture(scope=...)`
+    with pytest.fixture's options. Defining it this way is what puts its tests in the slow tier.
+    """
+    import pytest
+
+    def define(fixture_function: Callable[..., Any]) -> Any:
+        PROCESS_FIXTURES.add(options.get("name") or fixture_function.__name__)
+        return pytest.fixture(fixture_function, **options)
+
+    return define(function) if function is not None else define
 
 
 class ManagedProcess:
@@ -180,6 +200,31 @@ def start_sandbox(
             if time.monotonic() > deadline:
                 handle.stop()
                 raise RuntimeError(f"sandbox did not answer: {handle.log_text()[-2000:]}") from None
+
+
+def key_pair() -> tuple[bytes, bytes]:
+    """A new RSA-2048 ``(private_pem, public_pem)``: PKCS#8 and SubjectPublicKeyInfo PEM, the
+    forms python-alipay-sdk and the sandbox read."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo,
+    )
+    return private_pem, public_pem
+
+
+def write_test_keys(directory: Path) -> Path:
+    """Throwaway keys for a sandbox and its client, under the names `start_sandbox` and the
+    merchant side read: the app's pair and the pair the sandbox signs with as Alipay."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for pair in ("app", "alipay"):
+        private_pem, public_pem = key_pair()
+        (directory / f"{pair}_private_key.pem").write_bytes(private_pem)
+        (directory / f"{pair}_public_key.pem").write_bytes(public_pem)
+    return directory
 
 
 def fetch_raw(client: Any, method: str, biz_content: dict[str, Any], timeout: float = 10) -> str:

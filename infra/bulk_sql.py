@@ -27,6 +27,22 @@ def rows_update(
     """
     if not rows:
         return 0
+    sql, params = rows_update_sql(model=model, columns=columns, rows=rows,
+                                  expressions=expressions, where=where)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+def rows_update_sql(
+    *,
+    model: type[models.Model],
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    expressions: dict[str, str] | None = None,
+    where: str = "",
+) -> tuple[str, list[Any]]:
+    """The statement `rows_update` runs and its parameters (at least one row)."""
     meta = model._meta
     table = connection.ops.quote_name(meta.db_table)
     fields = [_concrete(meta.pk), *(_concrete(meta.get_field(name)) for name in columns)]
@@ -46,10 +62,7 @@ def rows_update(
         f"UPDATE {table} SET {sets} FROM v WHERE {table}.{names[0]} = {typed[names[0]]}"
         + (f" AND {where}" if where else "")
     )
-    params = [_adapt(value) for row in rows for value in row]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return int(cursor.rowcount)
+    return sql, [_adapt(value) for row in rows for value in row]
 
 
 def _adapt(value: Any) -> Any:

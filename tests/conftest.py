@@ -3,8 +3,6 @@
 `make test` points DATABASE_URL at PostgreSQL and CELERY_BROKER_URL at Redis; the tests that
 need workers use them for real.
 """
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -18,67 +16,19 @@ from django.conf import settings
 from alipay_sandbox.client import SandboxControl
 from alipay_sandbox.testing import start_sandbox
 from payment.gateway.keys import write_keys
+from tests.browser import browser, page, reconciliation_out_of_the_way, screenshots, snap  # noqa: F401
 from tests.support import (
     APP_ID,
     SELLER_ID,
     ManagedProcess,
     ShopClient,
     free_port,
+    process_env,
+    process_fixture,
     procfile_command,
     python_args,
     wait_for_port,
 )
-
-
-@pytest.fixture(scope="session", autouse=True)
-def fast_password_hashing() -> None:
-    # PBKDF2's deliberate cost only slows the many sign-ups the tests make.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-# Fixtures that start processes (workers, beat, web servers, the sandbox, a browser): a test
-# using one belongs to the slow, process-level tier. `make test` runs both tiers;
-# `make test-fast` (pytest -m "not slow") only the services on real PostgreSQL.
-PROCESS_FIXTURES = frozenset({
-    "celery_workers", "exclusive_workers", "celery_beat", "beat_paused", "asgi_web", "web",
-    "live_server", "sandbox", "sandbox_server", "shop", "page", "strict_web", "proxy",
-    "sbx", "alipay_settings", "worker_env", "broker", "broker_with_beat", "rabbitmq_node",
-    "intake_stack", "stack", "entries",
-})
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker(
-                "slow"):
-            item.add_marker(pytest.mark.slow)
-
-
-@pytest.fixture(autouse=True)
-def fast_tier_starts_no_process(request: pytest.FixtureRequest,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """A test outside the slow tier that starts a process (a command, the sandbox, a broker)
-    fails and says so: mark it `@pytest.mark.slow`, and `make test-fast` stays fast."""
-    if request.node.get_closest_marker("slow"):
-        return
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"{request.node.nodeid} starts a process: mark it "
-                             "@pytest.mark.slow (or use a process fixture)")
-
-    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
-
-
-# Every test client is 127.0.0.1: the payment endpoints' throttles would add up across tests.
-# The throttle tests set their own rates.
-GENEROUS_RATES = {"PAYMENT_STATUS_RATE": "100000/minute", "PAYMENT_REFUSED_RATE": "100000/minute"}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def generous_throttles() -> None:
-    os.environ.update(GENEROUS_RATES)
-    for name, rate in GENEROUS_RATES.items():
-        setattr(settings, name, rate)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -139,7 +89,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
-@pytest.fixture(scope="session")
+@process_fixture(scope="session")
 def sandbox_server(
     dev_keys: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SandboxControl]:
@@ -158,11 +108,9 @@ def sandbox(sandbox_server: SandboxControl) -> SandboxControl:
 
 
 @pytest.fixture(scope="session")
-def alipay_settings(dev_keys: Path, sandbox_server: SandboxControl) -> dict[str, str]:
-    """Point this process at the throwaway keys and the sandbox; the env for child processes."""
-    from payment import gateway
-
-    values = {
+def alipay_env(dev_keys: Path, sandbox_server: SandboxControl) -> dict[str, str]:
+    """The throwaway keys and the sandbox, as the environment of the processes tests start."""
+    return {
         "ALIPAY_APPID": APP_ID,
         "ALIPAY_SELLER_ID": SELLER_ID,
         "ALIPAY_GATEWAY": f"{sandbox_server.base_url}/gateway.do",
@@ -170,15 +118,24 @@ def alipay_settings(dev_keys: Path, sandbox_server: SandboxControl) -> dict[str,
         "ALIPAY_PUBLIC_KEY_PATH": str(dev_keys / "alipay_public_key.pem"),
         "ALIPAY_TIMEOUT": "5",
     }
-    for name, value in values.items():
+
+
+@pytest.fixture
+def alipay_settings(settings: Any, alipay_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """This process pointed at the throwaway keys and the sandbox, for this test; the env for
+    child processes."""
+    from payment import gateway
+
+    for name, value in alipay_env.items():
         setattr(settings, name, Path(value) if name.endswith("_PATH") else value)
     settings.ALIPAY_TIMEOUT = 5.0
     gateway.clients_reset()
-    return values
+    yield alipay_env
+    gateway.clients_reset()  # the cached client must not outlive the settings it was made with
 
 
-@pytest.fixture(scope="session")
-def web(live_server: Any, alipay_settings: dict[str, str]) -> str:
+@process_fixture
+def web(live_server: Any, settings: Any, alipay_settings: dict[str, str]) -> str:
     """The live web app's base URL, with Alipay's return and notify URLs pointing at it."""
     settings.ALIPAY_RETURN_URL = f"{live_server.url}/pay_success.html"
     settings.ALIPAY_NOTIFY_URL = f"{live_server.url}/payment/alipay/notify/"
@@ -205,16 +162,32 @@ FAST_SCHEDULE = {
 
 @pytest.fixture(scope="session")
 def fast_schedule() -> dict[str, int]:
-    """Beat's intervals in seconds, so that a test sees reconciliation and expiry at work."""
-    settings.RECONCILE_AFTER = timedelta(seconds=FAST_SCHEDULE["RECONCILE_AFTER"])
-    settings.PAYMENT_CLAIM_LEASE = float(FAST_SCHEDULE["PAYMENT_CLAIM_LEASE"])
-    settings.REFUND_CONFIRM_DELAY = float(FAST_SCHEDULE["REFUND_CONFIRM_DELAY"])
+    """Beat's intervals in seconds, so that a test sees reconciliation and expiry at work: the
+    workers' and beat's environment (worker_env); this process gets them per test."""
     return FAST_SCHEDULE
+
+
+@pytest.fixture
+def fast_schedule_settings(settings: Any, fast_schedule: dict[str, int]) -> None:
+    """This process on the workers' fast schedule, for this test."""
+    settings.RECONCILE_AFTER = timedelta(seconds=fast_schedule["RECONCILE_AFTER"])
+    settings.PAYMENT_CLAIM_LEASE = float(fast_schedule["PAYMENT_CLAIM_LEASE"])
+    settings.REFUND_CONFIRM_DELAY = float(fast_schedule["REFUND_CONFIRM_DELAY"])
+
+
+@pytest.fixture(autouse=True)
+def settings_of_the_processes(request: pytest.FixtureRequest) -> None:
+    """A test whose processes run with the sandbox's keys or beat's fast schedule (worker_env)
+    sees the same settings in this process, for the test only."""
+    if "alipay_env" in request.fixturenames:
+        request.getfixturevalue("alipay_settings")
+    if "fast_schedule" in request.fixturenames:
+        request.getfixturevalue("fast_schedule_settings")
 
 
 @pytest.fixture(scope="session")
 def worker_env(
-    django_db_setup: Any, django_db_blocker: Any, alipay_settings: dict[str, str],
+    django_db_setup: Any, django_db_blocker: Any, alipay_env: dict[str, str],
     fast_schedule: dict[str, int],
 ) -> Iterator[dict[str, str]]:
     """Environment for worker processes: the test database, the test broker, the sandbox."""
@@ -222,18 +195,17 @@ def worker_env(
 
     db = connection.settings_dict
     assert db["ENGINE"] == "django.db.backends.postgresql", "the worker tests need PostgreSQL"
-    yield {
-        **os.environ,
-        **alipay_settings,
-        "DATABASE_URL": (
+    yield process_env(
+        **alipay_env,
+        DATABASE_URL=(
             f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
             f"{db['NAME']}"
         ),
-        "CELERY_BROKER_URL": broker_url(),
-        "no_proxy": "127.0.0.1,localhost",
-        "LOG_LEVEL": "INFO",
+        CELERY_BROKER_URL=broker_url(),
+        no_proxy="127.0.0.1,localhost",
+        LOG_LEVEL="INFO",
         **{name: str(value) for name, value in fast_schedule.items()},
-    }
+    )
     # Child processes are gone by now; their sessions must not keep the test database alive.
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
@@ -255,7 +227,7 @@ def worker_process(env: dict[str, str], log_dir: Path, name: str = "worker",
     )
 
 
-@pytest.fixture(scope="session")
+@process_fixture(scope="session")
 def celery_workers(worker_env: dict[str, str], log_dir: Path) -> Iterator[ManagedProcess]:
     """Real `celery worker` processes consuming from Redis for the whole session."""
     redis.Redis.from_url(broker_url()).flushdb()
@@ -265,7 +237,7 @@ def celery_workers(worker_env: dict[str, str], log_dir: Path) -> Iterator[Manage
     worker.stop()
 
 
-@pytest.fixture
+@process_fixture
 def exclusive_workers(
     celery_workers: ManagedProcess, worker_env: dict[str, str], log_dir: Path
 ) -> Iterator[Any]:
@@ -287,7 +259,7 @@ def exclusive_workers(
     celery_workers.wait_log("ready.", timeout=60, start_at=offset)
 
 
-@pytest.fixture(scope="session")
+@process_fixture(scope="session")
 def celery_beat(worker_env: dict[str, str], log_dir: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     """A real `celery beat` running the sweep, reconciliation and expiry schedules."""
@@ -303,7 +275,7 @@ def celery_beat(worker_env: dict[str, str], log_dir: Path,
     beat.stop()
 
 
-@pytest.fixture
+@process_fixture
 def beat_paused(celery_beat: ManagedProcess) -> Iterator[None]:
     """No scheduled sweep, reconciliation or expiry while the test drives those services itself."""
     celery_beat.stop()
@@ -319,7 +291,7 @@ def shop(web: str, sandbox: SandboxControl) -> ShopClient:
     return ShopClient(web)
 
 
-@pytest.fixture(scope="session")
+@process_fixture(scope="session")
 def asgi_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     """The Procfile's web process (gunicorn with uvicorn workers, the ASGI fast path) on the
     test database and broker."""

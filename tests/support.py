@@ -1,5 +1,6 @@
 """Helpers shared by the tests: processes, HTTP clients and Alipay-style signing."""
 import base64
+import os
 import socket
 import sys
 import urllib.parse
@@ -15,6 +16,7 @@ from alipay_sandbox.testing import (  # noqa: F401  (re-exported)
     ROOT,
     ManagedProcess,
     free_port,
+    process_fixture,
     wait_for,
     wait_for_port,
 )
@@ -37,6 +39,20 @@ def sign_params(params: dict[str, str], private_key_pem: bytes) -> dict[str, str
 
 def query_params(url: str) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True))
+
+
+def process_env(**changes: str) -> dict[str, str]:
+    """The environment for a process a test starts: this one's, with config.settings (what
+    production runs; pytest runs config.settings_test) and the test run's throttle rates."""
+    from config import settings_test
+
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "PAYMENT_STATUS_RATE": settings_test.PAYMENT_STATUS_RATE,
+        "PAYMENT_REFUSED_RATE": settings_test.PAYMENT_REFUSED_RATE,
+        **changes,
+    }
 
 
 def python_args(*args: str) -> list[str]:

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ManagedProcess, python_args
+from tests.support import ManagedProcess, process_fixture, python_args
 from tests.workers.brokers import BrokerUnderTest, RabbitMQNode
 
 
-@pytest.fixture(scope="session")
+@process_fixture(scope="session")
 def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory,
                   log_dir: Path) -> Iterator[RabbitMQNode]:
     """A private RabbitMQ node for the session's RabbitMQ runs."""
@@ -17,16 +17,16 @@ def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory,
     node.stop()
 
 
-@pytest.fixture(params=["redis", "rabbitmq"])
+@process_fixture(params=["redis", "rabbitmq"])
 def broker(request: pytest.FixtureRequest, worker_env: dict[str, str]) -> BrokerUnderTest:
     """The broker a test's workers use: the session's Redis, or RabbitMQ (a private node)
-    with no Redis at all."""
+    with no Redis at all. A process fixture itself: the node is asked for by name, at run time."""
     if request.param == "redis":
         return BrokerUnderTest("redis", worker_env["CELERY_BROKER_URL"])
     return BrokerUnderTest.rabbitmq(request.getfixturevalue("rabbitmq_node"))
 
 
-@pytest.fixture
+@process_fixture
 def broker_with_beat(request: pytest.FixtureRequest, broker: BrokerUnderTest,
                      worker_env: dict[str, str], log_dir: Path,
                      tmp_path: Path) -> Iterator[BrokerUnderTest]:

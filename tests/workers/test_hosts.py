@@ -17,7 +17,14 @@ import requests
 
 from alipay_sandbox.client import SandboxControl
 from payment.models import Payment, PaymentEvent
-from tests.support import ManagedProcess, free_port, procfile_command, wait_for, wait_for_port
+from tests.support import (
+    ManagedProcess,
+    free_port,
+    process_fixture,
+    procfile_command,
+    wait_for,
+    wait_for_port,
+)
 from tests.workers.test_faults import _assert_each_paid_once, _orders_with_links, _paid_count
 
 pytestmark = [
@@ -28,7 +35,7 @@ pytestmark = [
 PAYMENTS = 2000
 
 
-@pytest.fixture
+@process_fixture
 def two_webs(
     worker_env: dict[str, str], log_dir: Path
 ) -> Iterator[dict[str, ManagedProcess]]:

@@ -22,6 +22,7 @@ from tests.support import (
     ManagedProcess,
     ShopClient,
     free_port,
+    process_fixture,
     procfile_command,
     python_args,
     query_params,
@@ -155,7 +156,7 @@ def _sqlite_stack(worker_env: dict[str, str], log_dir: Path,
     worker.stop()
 
 
-@pytest.fixture(scope="session", params=["postgresql", "sqlite"])
+@process_fixture(scope="session", params=["postgresql", "sqlite"])
 def intake_stack(request: pytest.FixtureRequest, worker_env: dict[str, str], log_dir: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[IntakeStack]:
     """The Procfile's web (and worker) on one database; PostgreSQL's worker is the session's."""

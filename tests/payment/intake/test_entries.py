@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import ManagedProcess, free_port, procfile_command, python_args, wait_for_port
+from tests.support import (
+    ManagedProcess,
+    free_port,
+    process_fixture,
+    procfile_command,
+    python_args,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -20,7 +27,7 @@ ENTRIES = {
 }
 
 
-@pytest.fixture(scope="module")
+@process_fixture(scope="module")
 def entries(worker_env: dict[str, str], log_dir: Path) -> Iterator[dict[str, str]]:
     started: list[ManagedProcess] = []
     urls: dict[str, str] = {}

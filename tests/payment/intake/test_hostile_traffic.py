@@ -9,21 +9,17 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from django.conf import settings
-from django.core.management import call_command
-from django.utils import timezone
 
 from payment.models import PaymentEvent, RefusedRequest
-from payment.tasks import records_prune_task
-from tests.factories import OrderFactory, PaymentFactory
+from tests.factories import OrderFactory
 from tests.support import (
     APP_ID,
     SELLER_ID,
     ManagedProcess,
     free_port,
+    process_fixture,
     procfile_command,
     sign_params,
-    wait_for,
     wait_for_port,
 )
 
@@ -34,7 +30,7 @@ REFUSED_RATE = 10
 STATUS_RATE = 6
 
 
-@pytest.fixture
+@process_fixture
 def strict_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     """The Procfile's web process with two workers and low throttles on their own Redis db."""
     throttle_redis = worker_env["CELERY_BROKER_URL"].rsplit("/", 1)[0] + "/10"
@@ -127,40 +123,3 @@ def test_returns_are_throttled_per_client_with_retry_after(strict_web: str) -> N
     assert "Too many requests" in throttled.json()["message"]
     assert int(throttled.headers["Retry-After"]) > 0
     assert RefusedRequest.objects.get().count == STATUS_RATE
-
-
-def _event(state: str, days_old: int, key: str) -> PaymentEvent:
-    event = PaymentEvent.objects.create(source="notify", dedupe_key=key, raw_data={},
-                                        state=state)
-    PaymentEvent.objects.filter(pk=event.pk).update(
-        received_at=timezone.now() - timezone.timedelta(days=days_old))
-    return event
-
-
-def test_retention_deletes_settled_events_and_old_refusals_only(
-    celery_workers: ManagedProcess,
-) -> None:
-    assert settings.CELERY_BEAT_SCHEDULE["prune-payment-records"]["task"] == (
-        records_prune_task.name)
-    old_applied = _event("applied", 500, "old-applied")
-    payment = PaymentFactory(event=old_applied)
-    kept = [_event("dead", 500, "old-dead"), _event("received", 500, "old-waiting"),
-            _event("applied", 10, "recent")]
-    old_rejected = _event("rejected", 401, "old-rejected")
-    now = timezone.now()
-    for days, addr in [(31, "10.0.0.1"), (1, "10.0.0.2")]:
-        RefusedRequest.objects.create(source="notify", remote_addr=addr,
-                                      hour=now - timezone.timedelta(days=days), reason="x",
-                                      sample={}, first_seen=now, last_seen=now
-                                      - timezone.timedelta(days=days))
-
-    call_command("prune_payment_records", "--dry-run")
-    assert PaymentEvent.objects.count() == 5  # a dry run deletes nothing
-
-    records_prune_task.delay()  # what beat sends (CELERY_BEAT_SCHEDULE), on a real worker
-
-    wait_for(lambda: not PaymentEvent.objects.filter(pk=old_rejected.pk).exists(), 20)
-    assert set(PaymentEvent.objects.values_list("pk", flat=True)) == {e.pk for e in kept}
-    payment.refresh_from_db()
-    assert payment.event is None  # the payment stays; only its event went
-    assert list(RefusedRequest.objects.values_list("remote_addr", flat=True)) == ["10.0.0.2"]

@@ -1,0 +1,267 @@
+"""deploy/nginx.conf, run by a real nginx in front of the production web process: nginx accepts
+it (with and without TLS), client addresses come from the proxy and nowhere else, security
+headers are on every answer (the payment endpoints have no Django middleware), large bodies
+and bursts of sign-in attempts are refused. Skipped where nginx is not installed
+(apt-get install nginx-light)."""
+import datetime
+import http.client
+import ipaddress
+import re
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+from payment.models import RefusedRequest
+from shop.models import User
+from tests.config.compose import PRODUCTION_VARIABLES, service_environment
+from tests.support import (
+    ROOT,
+    ManagedProcess,
+    free_port,
+    process_fixture,
+    procfile_command,
+    signed_return,
+    wait_for_port,
+)
+
+NGINX = shutil.which("nginx") or next(
+    (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(path).exists()), None)
+CONFIG = ROOT / "deploy" / "nginx.conf"
+TLS_SNIPPET = ROOT / "deploy" / "tls.conf"
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _self_signed(directory: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "fullchain.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (directory / "privkey.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+
+
+class Proxy:
+    """deploy/nginx.conf with this machine's addresses: the upstream, the ports, the folders."""
+
+    def __init__(self, directory: Path, upstream_port: int, tls: bool) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.tls_port = free_port() if tls else None
+        tls_dir = directory / "tls"
+        tls_dir.mkdir(parents=True)
+        if tls:
+            _self_signed(tls_dir)
+            snippet = TLS_SNIPPET.read_text().replace("listen 443 ssl;",
+                                                      f"listen 127.0.0.1:{self.tls_port} ssl;")
+            (tls_dir / "tls.conf").write_text(snippet.replace("/etc/nginx/tls/", f"{tls_dir}/"))
+        temp_paths = "".join(f"    {kind}_temp_path {directory / kind};\n"
+                             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        text = CONFIG.read_text()
+        for old, new in (
+            # `resolve` needs nginx 1.27.3 (the image's is newer) and a name Docker's DNS knows.
+            ("server web:8000 resolve;", f"server 127.0.0.1:{upstream_port};"),
+            ("listen 80 default_server;", f"listen 127.0.0.1:{self.port} default_server;"),
+            ("include /etc/nginx/tls/*.conf;", f"include {tls_dir}/*.conf;"),
+            ("http {\n", "http {\n" + temp_paths),
+        ):
+            assert old in text, old
+            text = text.replace(old, new, 1)
+        self.config = directory / "nginx.conf"
+        self.config.write_text(text)
+
+    def args(self, *extra: str) -> list[str]:
+        assert NGINX is not None
+        return [NGINX, "-p", str(self.directory), "-e", str(self.directory / "error.log"),
+                "-c", str(self.config),
+                "-g", f"daemon off; pid {self.directory / 'nginx.pid'}; user root;", *extra]
+
+
+needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+
+
+@pytest.mark.slow
+@needs_nginx
+@pytest.mark.parametrize("tls", [False, True], ids=["plain-http", "tls"])
+def test_nginx_accepts_the_proxy_config(tls: bool, tmp_path: Path) -> None:
+    proxy = Proxy(tmp_path, upstream_port=8000, tls=tls)
+
+    result = subprocess.run(proxy.args("-t"), capture_output=True, text=True, timeout=30)
+
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+    assert "[warn]" not in result.stderr and "[emerg]" not in result.stderr
+
+
+@process_fixture(scope="module")
+def proxy(
+    asgi_web: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proxy]:
+    if NGINX is None:
+        pytest.skip("nginx is not installed")
+    upstream_port = int(urllib.parse.urlsplit(asgi_web).port or 80)
+    running = Proxy(tmp_path_factory.mktemp("nginx"), upstream_port, tls=True)
+    process = ManagedProcess("nginx", running.args(), {"PATH": "/usr/sbin:/usr/bin:/bin"},
+                             log_dir).start()
+    wait_for_port(running.port)
+    assert running.tls_port is not None
+    wait_for_port(running.tls_port)
+    yield running
+    process.stop()
+
+
+def _request(port: int, method: str, path: str, *, source: str = "127.0.0.1", tls: bool = False,
+             body: bytes | None = None, headers: dict[str, str] | None = None,
+             ) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One request from a chosen loopback address (the proxy sees it as the client's)."""
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=15, source_address=(source, 0), context=context)
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15,
+                                                source_address=(source, 0))
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        connection.close()
+
+
+def _forged_return(dev_keys: Path) -> tuple[str, str]:
+    """Return parameters signed with the wrong key: refused, and recorded with the sender."""
+    out_trade_no = f"{time.time_ns()}{0:09d}"
+    params = signed_return(out_trade_no, "9.90", "2026112622001400000000000777",
+                           (dev_keys / "app_private_key.pem").read_bytes())
+    return out_trade_no, f"/payment/status/?{urllib.parse.urlencode(params)}"
+
+
+def _recorded_sender(out_trade_no: str) -> Any:
+    """The client a refused request is counted against."""
+    return RefusedRequest.objects.get(out_trade_no=out_trade_no).remote_addr
+
+
+def test_the_web_records_the_client_the_proxy_saw_not_the_one_a_client_claims(
+    proxy: Proxy, dev_keys: Path,
+) -> None:
+    out_trade_no, path = _forged_return(dev_keys)
+
+    status, _, _ = _request(proxy.port, "PUT", path, source="127.0.0.2",
+                            headers={"X-Forwarded-For": "203.0.113.66"})
+
+    assert status == 403
+    assert _recorded_sender(out_trade_no) == "127.0.0.2"
+
+
+def test_payment_endpoints_and_pages_carry_one_set_of_security_headers(
+    proxy: Proxy, dev_keys: Path,
+) -> None:
+    _, path = _forged_return(dev_keys)
+    answers = {
+        "status over http": _request(proxy.port, "PUT", path),
+        "notify over http": _request(proxy.port, "POST", "/payment/alipay/notify/",
+                                     body=b"hello=world", headers={
+                                         "Content-Type": "application/x-www-form-urlencoded"}),
+        "page over http": _request(proxy.port, "GET", "/"),
+        "status over tls": _request(proxy.tls_port or 0, "PUT", path, tls=True),
+        "page over tls": _request(proxy.tls_port or 0, "GET", "/", tls=True),
+    }
+
+    assert [status for status, _, _ in answers.values()] == [403, 400, 200, 403, 200]
+    for name, (_, headers, _) in answers.items():
+        assert headers.get_all("X-Content-Type-Options") == ["nosniff"], name
+        assert headers.get_all("X-Frame-Options") == ["DENY"], name
+        assert headers.get_all("Referrer-Policy") == ["same-origin"], name
+        hsts = headers.get_all("Strict-Transport-Security") or []
+        if name.endswith("over tls"):
+            assert len(hsts) == 1 and hsts[0].startswith("max-age="), name
+        else:
+            assert hsts == [], name
+        assert headers.get("Server") == "nginx", name  # no version
+
+
+def test_a_body_above_the_limit_is_refused_by_the_proxy(proxy: Proxy) -> None:
+    status, _, _ = _request(proxy.port, "PUT", "/payment/status/", body=b"s" * (300 * 1024),
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+
+    assert status == 413
+
+
+def test_sign_in_attempts_are_limited_per_client_and_the_form_is_not(proxy: Proxy) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    attempts = [_request(proxy.port, "POST", "/login/", source="127.0.0.3", body=b"username=a",
+                         headers=form)[0] for _ in range(16)]
+    token_attempts = [_request(proxy.port, "POST", "/authorizations/", source="127.0.0.3",
+                               body=b"username=a", headers=form)[0] for _ in range(2)]
+    pages = [_request(proxy.port, "GET", "/login/", source="127.0.0.3")[0] for _ in range(5)]
+    other_client = _request(proxy.port, "POST", "/login/", source="127.0.0.4", body=b"x=1",
+                            headers=form)[0]
+
+    assert 429 not in attempts[:11]  # the burst
+    assert attempts[11:] == [429] * 5
+    assert token_attempts == [429, 429]  # one budget for every way of signing in
+    assert pages == [200] * 5
+    assert other_client != 429
+
+
+def test_a_buyer_signs_in_through_the_proxy_on_a_port_of_its_own(proxy: Proxy) -> None:
+    # The web's own hasher: the tests' fast one is not among its PASSWORD_HASHERS.
+    User.objects.create(username="proxybuyer", password=PBKDF2PasswordHasher().encode(
+        "s3cret-pass", "proxybuyersalt", iterations=1000))
+    origin = f"http://127.0.0.1:{proxy.port}"
+    _, headers, page = _request(proxy.port, "GET", "/login/", source="127.0.0.5")
+    cookie = headers["Set-Cookie"].split(";", 1)[0]
+    token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert token is not None
+    form = urllib.parse.urlencode({"csrfmiddlewaretoken": token.group(1).decode(),
+                                   "username": "proxybuyer", "password": "s3cret-pass"})
+
+    status, answer, _ = _request(
+        proxy.port, "POST", "/login/", source="127.0.0.5", body=form.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie,
+                 "Origin": origin, "Referer": f"{origin}/login/"})
+
+    assert status == 302 and answer["Location"] == "/"  # CSRF saw the Host with its port
+    assert "sessionid=" in " ".join(answer.get_all("Set-Cookie") or [])
+
+
+def test_forwarded_headers_are_believed_only_from_the_compose_network(
+    worker_env: dict[str, str], log_dir: Path, dev_keys: Path,
+) -> None:
+    trusted = service_environment("web", PRODUCTION_VARIABLES)["FORWARDED_ALLOW_IPS"]
+    assert ipaddress.ip_address("127.0.0.1") not in ipaddress.ip_network(trusted)
+    port = free_port()
+    env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "FORWARDED_ALLOW_IPS": trusted}
+    web = ManagedProcess("web-compose-trust", procfile_command("web"), env, log_dir).start()
+    out_trade_no, path = _forged_return(dev_keys)
+    try:
+        wait_for_port(port)
+        status, _, _ = _request(port, "PUT", path, headers={"X-Forwarded-For": "198.51.100.7"})
+    finally:
+        web.stop()
+
+    assert status == 403
+    assert _recorded_sender(out_trade_no) == "127.0.0.1"

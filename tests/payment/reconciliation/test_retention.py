@@ -1,0 +1,50 @@
+"""Retention: settled events and old refusal counts are deleted, on the beat's schedule, by a
+real worker; what waits, what is dead and every payment stay."""
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.utils import timezone
+
+from payment.models import PaymentEvent, RefusedRequest
+from payment.tasks import records_prune_task
+from tests.factories import PaymentFactory
+from tests.support import ManagedProcess, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _event(state: str, days_old: int, key: str) -> PaymentEvent:
+    event = PaymentEvent.objects.create(source="notify", dedupe_key=key, raw_data={},
+                                        state=state)
+    PaymentEvent.objects.filter(pk=event.pk).update(
+        received_at=timezone.now() - timezone.timedelta(days=days_old))
+    return event
+
+
+def test_retention_deletes_settled_events_and_old_refusals_only(
+    celery_workers: ManagedProcess,
+) -> None:
+    assert settings.CELERY_BEAT_SCHEDULE["prune-payment-records"]["task"] == (
+        records_prune_task.name)
+    old_applied = _event("applied", 500, "old-applied")
+    payment = PaymentFactory(event=old_applied)
+    kept = [_event("dead", 500, "old-dead"), _event("received", 500, "old-waiting"),
+            _event("applied", 10, "recent")]
+    old_rejected = _event("rejected", 401, "old-rejected")
+    now = timezone.now()
+    for days, addr in [(31, "10.0.0.1"), (1, "10.0.0.2")]:
+        RefusedRequest.objects.create(source="notify", remote_addr=addr,
+                                      hour=now - timezone.timedelta(days=days), reason="x",
+                                      sample={}, first_seen=now, last_seen=now
+                                      - timezone.timedelta(days=days))
+
+    call_command("prune_payment_records", "--dry-run")
+    assert PaymentEvent.objects.count() == 5  # a dry run deletes nothing
+
+    records_prune_task.delay()  # what beat sends (CELERY_BEAT_SCHEDULE), on a real worker
+
+    wait_for(lambda: not PaymentEvent.objects.filter(pk=old_rejected.pk).exists(), 20)
+    assert set(PaymentEvent.objects.values_list("pk", flat=True)) == {e.pk for e in kept}
+    payment.refresh_from_db()
+    assert payment.event is None  # the payment stays; only its event went
+    assert list(RefusedRequest.objects.values_list("remote_addr", flat=True)) == ["10.0.0.2"]
