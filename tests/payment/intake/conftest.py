@@ -42,7 +42,8 @@ class Books:
         try:
             cursor = conn.execute(sql.replace("%s", self._placeholder), args)
             names = [d[0] for d in cursor.description] if cursor.description else []
-            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            rows = ([dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+                    if names else [])
             conn.commit()
         finally:
             conn.close()
