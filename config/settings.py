@@ -174,6 +174,9 @@ AXES_LOCKOUT_CALLABLE = "shop.signin.lockout_page"
 AXES_RESET_ON_SUCCESS = False
 # Failures are kept for the cool-off only; successful sign-ins are not logged row by row.
 AXES_DISABLE_ACCESS_LOG = True
+# No "AXES: BEGIN ..." line from every process and every manage.py command; lockouts are
+# still logged by its handler (shop.signin.FailedSignInHandler).
+AXES_VERBOSE = False
 # Each sign-in at POST /authorizations/ gets its own token, stored as a digest.
 REST_KNOX = {
     "TOKEN_TTL": timedelta(seconds=env.int("API_TOKEN_TTL", default=7 * 24 * 3600)),
