@@ -1,6 +1,6 @@
 """Pay links: the signed Alipay page-pay URL for an order, and the attempt it records."""
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import F
@@ -16,12 +16,12 @@ logger = logging.getLogger(__name__)
 
 
 def order_pay_deadline(order: OrderInfo) -> datetime:
-    """When the order stops being payable: ORDER_PAY_TIMEOUT after it was placed.
+    """When the order stops being payable: ORDER_PAY_TIMEOUT_SECONDS after it was placed.
 
     The pay link carries it as Alipay's `time_expire`, so a link kept open past it cannot be
     paid at Alipay either.
     """
-    return order.created_at + settings.ORDER_PAY_TIMEOUT
+    return order.created_at + timedelta(seconds=settings.ORDER_PAY_TIMEOUT_SECONDS)
 
 
 def payment_link_create(*, user: User, order_id: str) -> str:
@@ -50,7 +50,7 @@ def payment_link_create(*, user: User, order_id: str) -> str:
             "amount": order.total_amount,
             "started_at": now,
             "last_started_at": now,
-            "next_check_at": now + settings.RECONCILE_AFTER,
+            "next_check_at": now + timedelta(seconds=settings.RECONCILE_AFTER_SECONDS),
         },
     )
     if not created:

@@ -7,7 +7,6 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from tests.support import (
     free_port,
     procfile_command,
     python_args,
+    setting_set,
     wait_for_port,
 )
 
@@ -70,14 +70,14 @@ def fast_tier_starts_no_process(request: pytest.FixtureRequest,
 
 # Every test client is 127.0.0.1: the payment endpoints' throttles would add up across tests.
 # The throttle tests set their own rates.
-GENEROUS_RATES = {"PAYMENT_STATUS_RATE": "100000/minute", "PAYMENT_REFUSED_RATE": "100000/minute"}
+GENEROUS_RATES = {"RETURN_RATE": "100000/minute", "PAYMENT_REFUSED_RATE": "100000/minute"}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def generous_throttles() -> None:
     os.environ.update(GENEROUS_RATES)
     for name, rate in GENEROUS_RATES.items():
-        setattr(settings, name, rate)
+        setting_set(settings, name, rate)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -167,11 +167,11 @@ def alipay_settings(dev_keys: Path, sandbox_server: SandboxControl) -> dict[str,
         "ALIPAY_GATEWAY": f"{sandbox_server.base_url}/gateway.do",
         "ALIPAY_APP_PRIVATE_KEY_PATH": str(dev_keys / "app_private_key.pem"),
         "ALIPAY_PUBLIC_KEY_PATH": str(dev_keys / "alipay_public_key.pem"),
-        "ALIPAY_TIMEOUT": "5",
+        "ALIPAY_TIMEOUT_SECONDS": "5",
     }
     for name, value in values.items():
         setattr(settings, name, Path(value) if name.endswith("_PATH") else value)
-    settings.ALIPAY_TIMEOUT = 5.0
+    settings.ALIPAY_TIMEOUT_SECONDS = 5.0
     gateway.clients_reset()
     return values
 
@@ -181,7 +181,7 @@ def web(live_server: Any, alipay_settings: dict[str, str]) -> str:
     """The live web app's base URL, with Alipay's return and notify URLs pointing at it."""
     settings.ALIPAY_RETURN_URL = f"{live_server.url}/pay_success.html"
     settings.ALIPAY_NOTIFY_URL = f"{live_server.url}/payment/alipay/notify/"
-    settings.PAYMENT_STATUS_WAIT = 5.0
+    setting_set(settings, "RETURN_WAIT_SECONDS", 5.0)
     return str(live_server.url)
 
 
@@ -192,22 +192,22 @@ def broker_url() -> str:
 
 
 FAST_SCHEDULE = {
-    "RECONCILE_AFTER": 2,
-    "RECONCILE_INTERVAL": 1,
-    "PAYMENT_CLAIM_LEASE": 3,
-    "PAYMENT_SWEEP_INTERVAL": 1,
-    "ORDER_EXPIRE_INTERVAL": 1,
+    "RECONCILE_AFTER_SECONDS": 2,
+    "RECONCILE_INTERVAL_SECONDS": 1,
+    "PAYMENT_CLAIM_LEASE_SECONDS": 3,
+    "PAYMENT_SWEEP_INTERVAL_SECONDS": 1,
+    "ORDER_EXPIRE_INTERVAL_SECONDS": 1,
     # Not a beat interval: the wait before a refund is confirmed with Alipay's refund query.
-    "REFUND_CONFIRM_DELAY": 1,
+    "REFUND_CONFIRM_DELAY_SECONDS": 1,
 }
 
 
 @pytest.fixture(scope="session")
 def fast_schedule() -> dict[str, int]:
     """Beat's intervals in seconds, so that a test sees reconciliation and expiry at work."""
-    settings.RECONCILE_AFTER = timedelta(seconds=FAST_SCHEDULE["RECONCILE_AFTER"])
-    settings.PAYMENT_CLAIM_LEASE = float(FAST_SCHEDULE["PAYMENT_CLAIM_LEASE"])
-    settings.REFUND_CONFIRM_DELAY = float(FAST_SCHEDULE["REFUND_CONFIRM_DELAY"])
+    for name in ("RECONCILE_AFTER_SECONDS", "PAYMENT_CLAIM_LEASE_SECONDS",
+                 "REFUND_CONFIRM_DELAY_SECONDS"):
+        setattr(settings, name, float(FAST_SCHEDULE[name]))
     return FAST_SCHEDULE
 
 
@@ -324,7 +324,7 @@ def asgi_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     test database and broker."""
     port = free_port()
     # The settings' own defaults otherwise: development mode, DEBUG off, local host names.
-    env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "PAYMENT_STATUS_WAIT": "5"}
+    env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "RETURN_WAIT_SECONDS": "5"}
     web = ManagedProcess("asgi-web", procfile_command("web"), env, log_dir).start()
     wait_for_port(port)
     yield f"http://127.0.0.1:{port}"

@@ -147,6 +147,20 @@ class TcpProxy:
         self._listener.close()
 
 
+# The intake (payment/intake/, payment/api/views.py) reads these two settings by their old
+# names until it is switched over; settings.py keeps the old names as aliases for one release,
+# and a test that changes one in its own process changes the alias with it.
+INTAKE_SETTING_ALIASES = {"RETURN_WAIT_SECONDS": "PAYMENT_STATUS_WAIT",
+                          "RETURN_RATE": "PAYMENT_STATUS_RATE"}
+
+
+def setting_set(settings: Any, name: str, value: Any) -> None:
+    """`settings.<name> = value` in this process, and on the old name the intake still reads."""
+    setattr(settings, name, value)
+    if name in INTAKE_SETTING_ALIASES:
+        setattr(settings, INTAKE_SETTING_ALIASES[name], value)
+
+
 def procfile_command(name: str, extra: str = "") -> list[str]:
     """The Procfile's command for a process type (plus `extra` arguments), to run exactly
     what `make run` and production run."""

@@ -1,7 +1,6 @@
 """A real Chromium driven by Playwright against the live web app, the sandbox and workers."""
 import os
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ def page(browser: Any) -> Iterator[Any]:
 @pytest.fixture(autouse=True)
 def reconciliation_out_of_the_way(settings: Any) -> None:
     """Pay links issued here are not reconciled during the test, so each path stands alone."""
-    settings.RECONCILE_AFTER = timedelta(hours=1)
+    settings.RECONCILE_AFTER_SECONDS = 3600.0
 
 
 @pytest.fixture(scope="session")
