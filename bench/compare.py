@@ -583,7 +583,7 @@ def start_web(bench: Bench, wait: str) -> ManagedProcess:
     """The Procfile's web line, answering PUT /payment/status/ after at most `wait` s."""
     bench.started += 1
     process = bench.stack.start_procfile("web", name=f"web-{bench.started}",
-                                         PAYMENT_STATUS_WAIT=wait)
+                                         RETURN_WAIT_SECONDS=wait)
     http_ready(f"{bench.stack.web_url}/healthz")
     return process
 
@@ -738,7 +738,7 @@ def queued_returns_row(bench: Bench) -> None:
     with running(start_web(bench, "0")):
         codes = send_all(bench.stack.web_url, paths, form=False)
     stored = events_stored("return", "Q")
-    bench.note(f"row 5: {QUEUED_RETURNS} returns PUT with PAYMENT_STATUS_WAIT=0, status "
+    bench.note(f"row 5: {QUEUED_RETURNS} returns PUT with RETURN_WAIT_SECONDS=0, status "
                f"{codes_text(codes)}; {stored} stored")
     drain_row(bench, "drain_returns", "Q", QUEUED_RETURNS, per=QUEUED_RETURNS)
 
@@ -797,7 +797,7 @@ def pay_at_sandbox(bench: Bench, ids: list[str]) -> None:
 
 
 def reconcile_dispatch() -> None:
-    """What beat sends every RECONCILE_INTERVAL."""
+    """What beat sends every RECONCILE_INTERVAL_SECONDS."""
     from payment.tasks import reconcile_dispatch_task
 
     reconcile_dispatch_task.delay()
@@ -910,9 +910,9 @@ def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     # The load comes from one address: the per-client throttles are counted but set high.
-    with Stack(db_name=PROJECT_DB, PAYMENT_STATUS_WAIT="10",
-               PAYMENT_STATUS_RATE="100000000/minute", PAYMENT_REFUSED_RATE="100000000/minute",
-               RECONCILE_AFTER="3600") as stack:  # no reconciliation before row 7 asks
+    with Stack(db_name=PROJECT_DB, RETURN_WAIT_SECONDS="10",
+               RETURN_RATE="100000000/minute", PAYMENT_REFUSED_RATE="100000000/minute",
+               RECONCILE_AFTER_SECONDS="3600") as stack:  # no reconciliation before row 7 asks
         bench = Bench(args, stack)
         bench.rows["memory"].project = "not run (--memory)"
         steps: list[tuple[str, str, list[str], Callable[[Bench], None]]] = [

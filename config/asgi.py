@@ -7,7 +7,8 @@ authentication, messages): they are served by the intake's own ASGI app
 (payment/intake/asgi.py) on every database, PostgreSQL through an async pool. `GET /metrics`
 (infra/metrics.py) is served ahead of Django too; every request gets its request id first
 (infra/logs.py). Django serves the same apps on the same paths (config/urls.py), so the WSGI
-module and runserver answer alike.
+module and runserver answer alike. Static files are sent from the event loop too
+(infra/static.py).
 """
 import asyncio
 import os
@@ -23,7 +24,7 @@ django.setup(set_prefix=False)
 
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
-from infra import logs, metrics, redis_client  # noqa: E402
+from infra import logs, metrics, redis_client, static  # noqa: E402
 from infra.checks import checks_require  # noqa: E402
 from payment.gateway import keys_require  # noqa: E402
 from payment.intake import asgi as intake  # noqa: E402
@@ -44,6 +45,9 @@ async def _route(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await metrics.app(scope, receive, send)
     elif scope["type"] == "http" and scope["path"] in intake.PATHS:
         await intake_application(scope, receive, send)
+    elif scope["type"] == "http" and static.handles(scope["path"]):
+        # Whitenoise's files, sent from the event loop (infra/static.py).
+        await static.app(scope, receive, send)
     else:
         await django_application(scope, receive, send)
 
@@ -57,6 +61,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
         message = await receive()
         if message["type"] == "lifespan.startup":
             redis_client.server_loop_started(asyncio.get_running_loop())
+            await asyncio.to_thread(static.handles, "/")  # the static files, scanned once
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await redis_client.server_loop_stopping(asyncio.get_running_loop())

@@ -13,6 +13,7 @@ import environ
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
+from infra.envvars import env_renamed
 from infra.logs import log_format, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -188,6 +189,9 @@ AXES_LOCKOUT_CALLABLE = "shop.signin.lockout_page"
 AXES_RESET_ON_SUCCESS = False
 # Failures are kept for the cool-off only; successful sign-ins are not logged row by row.
 AXES_DISABLE_ACCESS_LOG = True
+# No "AXES: BEGIN ..." line from every process and every manage.py command; lockouts are
+# still logged by its handler (shop.signin.FailedSignInHandler).
+AXES_VERBOSE = False
 # Each sign-in at POST /authorizations/ gets its own token, stored as a digest.
 REST_KNOX = {
     "TOKEN_TTL": timedelta(seconds=env.int("API_TOKEN_TTL", default=7 * 24 * 3600)),
@@ -195,6 +199,10 @@ REST_KNOX = {
     "AUTO_REFRESH": False,
 }
 # --------------------------------------------------------------------------------------------
+
+# Settings read with `env_renamed` (here and below) were renamed: the new environment variable
+# is read; the old one, when it alone is set, is used for one more release with a deprecation
+# warning (infra/envvars.py).
 
 # Alipay
 ALIPAY_APPID = env.str("ALIPAY_APPID", default="2021000000000001")
@@ -212,46 +220,60 @@ ALIPAY_RETURN_URL = env.str(
 ALIPAY_NOTIFY_URL = env.str(
     "ALIPAY_NOTIFY_URL", default="http://127.0.0.1:8000/payment/alipay/notify/"
 )
-ALIPAY_TIMEOUT = env.float("ALIPAY_TIMEOUT", default=10.0)
+ALIPAY_TIMEOUT_SECONDS = env_renamed(env.float, "ALIPAY_TIMEOUT_SECONDS", old="ALIPAY_TIMEOUT",
+                                      default=10.0)
 ALIPAY_SUBJECT_PREFIX = env.str("ALIPAY_SUBJECT_PREFIX", default="Shop order ")
 
 # Payment processing
-PAYMENT_STATUS_WAIT = env.float("PAYMENT_STATUS_WAIT", default=3.0)
+RETURN_WAIT_SECONDS = env_renamed(env.float, "RETURN_WAIT_SECONDS", old="PAYMENT_STATUS_WAIT",
+                                  default=3.0)
 # The one retry policy (payment/processing/retry.py) is built from these.
 PAYMENT_EVENT_MAX_ATTEMPTS = env.int("PAYMENT_EVENT_MAX_ATTEMPTS", default=12)
 PAYMENT_RETRY_BACKOFF = env.float("PAYMENT_RETRY_BACKOFF", default=1.0)
 PAYMENT_RETRY_BACKOFF_MAX = env.float("PAYMENT_RETRY_BACKOFF_MAX", default=300.0)
 PAYMENT_RETURN_CONFIRM_ATTEMPTS = env.int("PAYMENT_RETURN_CONFIRM_ATTEMPTS", default=3)
-PAYMENT_CLAIM_LEASE = env.float("PAYMENT_CLAIM_LEASE", default=60.0)
+PAYMENT_CLAIM_LEASE_SECONDS = env_renamed(env.float, "PAYMENT_CLAIM_LEASE_SECONDS",
+                                          old="PAYMENT_CLAIM_LEASE", default=60.0)
 PAYMENT_BATCH_SIZE = env.int("PAYMENT_BATCH_SIZE", default=500)
-PAYMENT_SWEEP_INTERVAL = env.float("PAYMENT_SWEEP_INTERVAL", default=60.0)
-RECONCILE_AFTER = timedelta(seconds=env.int("RECONCILE_AFTER", default=120))
-RECONCILE_INTERVAL = env.float("RECONCILE_INTERVAL", default=60.0)
+PAYMENT_SWEEP_INTERVAL_SECONDS = env_renamed(env.float, "PAYMENT_SWEEP_INTERVAL_SECONDS",
+                                             old="PAYMENT_SWEEP_INTERVAL", default=60.0)
+RECONCILE_AFTER_SECONDS = env_renamed(env.float, "RECONCILE_AFTER_SECONDS",
+                                      old="RECONCILE_AFTER", default=120.0)
+RECONCILE_INTERVAL_SECONDS = env_renamed(env.float, "RECONCILE_INTERVAL_SECONDS",
+                                         old="RECONCILE_INTERVAL", default=60.0)
 RECONCILE_BATCH_SIZE = env.int("RECONCILE_BATCH_SIZE", default=200)
 # Gateway threads per process (payment/gateway/pool.py): every batch of concurrent Alipay calls
 # (reconciliation, bills, returns) runs on them. Formerly RECONCILE_CONCURRENCY.
 GATEWAY_CONCURRENCY = _renamed_int("GATEWAY_CONCURRENCY", old="RECONCILE_CONCURRENCY",
                                    default=32)
 # Per-client throttles of the payment endpoints (payment/intake/throttle.py), `limits` notation.
-PAYMENT_STATUS_RATE = env.str("PAYMENT_STATUS_RATE", default="120/minute")
+RETURN_RATE = env_renamed(env.str, "RETURN_RATE", old="PAYMENT_STATUS_RATE",
+                          default="120/minute")
 PAYMENT_REFUSED_RATE = env.str("PAYMENT_REFUSED_RATE", default="30/minute")
 # Retention (payment/reconciliation/retention.py): settled events and refused-request counts
 # are deleted after these many days; events waiting or dead are kept until an operator settles them.
 PAYMENT_EVENT_RETENTION_DAYS = env.int("PAYMENT_EVENT_RETENTION_DAYS", default=400)
 PAYMENT_REFUSED_RETENTION_DAYS = env.int("PAYMENT_REFUSED_RETENTION_DAYS", default=30)
-PAYMENT_RETENTION_INTERVAL = env.float("PAYMENT_RETENTION_INTERVAL", default=3600.0)
+PAYMENT_RETENTION_INTERVAL_SECONDS = env_renamed(
+    env.float, "PAYMENT_RETENTION_INTERVAL_SECONDS", old="PAYMENT_RETENTION_INTERVAL",
+    default=3600.0,
+)
 # Daily reconciliation against Alipay's trade bill (payment/reconciliation/bills.py): bills are
 # T+1, ready about 09:00-10:00 Beijing time; each run redoes the last BILL_RECONCILE_DAYS days.
 BILL_RECONCILE_HOUR = env.int("BILL_RECONCILE_HOUR", default=10)
 BILL_RECONCILE_MINUTE = env.int("BILL_RECONCILE_MINUTE", default=30)
 BILL_RECONCILE_DAYS = env.int("BILL_RECONCILE_DAYS", default=3)
 BILL_ENTRY_RETENTION_DAYS = env.int("BILL_ENTRY_RETENTION_DAYS", default=90)
-ORDER_PAY_TIMEOUT = timedelta(seconds=env.int("ORDER_PAY_TIMEOUT", default=30 * 60))
+ORDER_PAY_TIMEOUT_SECONDS = env_renamed(env.float, "ORDER_PAY_TIMEOUT_SECONDS",
+                                        old="ORDER_PAY_TIMEOUT", default=30 * 60.0)
+ORDER_EXPIRE_INTERVAL_SECONDS = env_renamed(env.float, "ORDER_EXPIRE_INTERVAL_SECONDS",
+                                            old="ORDER_EXPIRE_INTERVAL", default=60.0)
 
 # Refunds (payment/refunds/ledger.py) ------------------------------------------------------
 # Seconds between Alipay accepting a refund (or not answering) and asking it with
 # alipay.trade.fastpay.refund.query whether the refund is done; Alipay advises 10 s at least.
-REFUND_CONFIRM_DELAY = env.float("REFUND_CONFIRM_DELAY", default=10.0)
+REFUND_CONFIRM_DELAY_SECONDS = env_renamed(env.float, "REFUND_CONFIRM_DELAY_SECONDS",
+                                           old="REFUND_CONFIRM_DELAY", default=10.0)
 # --------------------------------------------------------------------------------------------
 
 # Unpaid orders one account may hold at once (each holds stock until paid or expired);
@@ -295,8 +317,8 @@ CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 # Broker and shutdown (workers/celery.py declares the queues) ---------------------------------
 # Redis: a message a worker took and did not acknowledge is given to another worker after the
 # visibility timeout. Above the longest countdown (PAYMENT_RETRY_BACKOFF_MAX,
-# REFUND_CONFIRM_DELAY), so that a waiting retry is not delivered twice; Celery reads it in
-# three places, which must agree.
+# REFUND_CONFIRM_DELAY_SECONDS), so that a waiting retry is not delivered twice; Celery reads
+# it in three places, which must agree.
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=2 * 3600)
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object]
@@ -351,15 +373,15 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_BEAT_SCHEDULE = {
     "sweep-payment-events": {
         "task": "payment.tasks.events_sweep_task",
-        "schedule": PAYMENT_SWEEP_INTERVAL,
+        "schedule": PAYMENT_SWEEP_INTERVAL_SECONDS,
     },
     "reconcile-payments": {
         "task": "payment.tasks.reconcile_dispatch_task",
-        "schedule": RECONCILE_INTERVAL,
+        "schedule": RECONCILE_INTERVAL_SECONDS,
     },
     "prune-payment-records": {
         "task": "payment.tasks.records_prune_task",
-        "schedule": PAYMENT_RETENTION_INTERVAL,
+        "schedule": PAYMENT_RETENTION_INTERVAL_SECONDS,
     },
     "reconcile-bills": {
         "task": "payment.tasks.bills_reconcile_dispatch_task",
@@ -368,7 +390,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "expire-orders": {
         "task": "payment.tasks.orders_expire_dispatch_task",
-        "schedule": env.float("ORDER_EXPIRE_INTERVAL", default=60.0),
+        "schedule": ORDER_EXPIRE_INTERVAL_SECONDS,
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = env.str(

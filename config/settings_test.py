@@ -11,5 +11,5 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Every test client is 127.0.0.1: the payment endpoints' throttles would add up across tests.
 # The throttle tests set their own rates.
-PAYMENT_STATUS_RATE = "100000/minute"
+RETURN_RATE = "100000/minute"
 PAYMENT_REFUSED_RATE = "100000/minute"

@@ -7,3 +7,7 @@ class InfraConfig(AppConfig):
 
     def ready(self) -> None:
         from infra import checks  # noqa: F401  (registers the production settings check)
+        from infra.envvars import old_names_log
+
+        # Logging is configured by now: the warning is a log line like any other.
+        old_names_log()

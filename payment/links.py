@@ -1,5 +1,6 @@
 """Pay links: the signed Alipay page-pay URL for an order, and the attempt it records."""
 import logging
+from datetime import timedelta
 
 from django.conf import settings
 from django.db.models import F
@@ -41,7 +42,7 @@ def payment_link_create(*, user: User, order_id: str) -> str:
             "amount": order.total_amount,
             "started_at": now,
             "last_started_at": now,
-            "next_check_at": now + settings.RECONCILE_AFTER,
+            "next_check_at": now + timedelta(seconds=settings.RECONCILE_AFTER_SECONDS),
         },
     )
     if not created:

@@ -2,6 +2,10 @@
 
 Every task is idempotent (late acks are safe). A payments message is a wake-up: the task
 claims whatever is due, so lost or repeated messages change nothing.
+
+Every task's name is pinned (`name=`) to the one Celery gave it from its module and function:
+queued messages, the routes and the beat schedule (workers/celery.py, config/settings.py) name
+tasks, and moving or renaming a function must not strand them.
 """
 import logging
 from datetime import date, datetime, timedelta
@@ -43,7 +47,8 @@ class LoggedGiveUp(Task):  # type: ignore[misc]
 _RETRY = retry_policy().task_options()
 
 
-@shared_task(base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
+@shared_task(name="payment.tasks.events_process_task",
+             base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
 def events_process_task(event_ids: list[int] | None = None) -> dict[str, int]:
     """Claim and settle one batch of due payment events."""
     wakeups.workers_wake_taken()
@@ -57,7 +62,8 @@ def events_process_task(event_ids: list[int] | None = None) -> dict[str, int]:
     return batch.outcomes
 
 
-@shared_task(base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
+@shared_task(name="payment.tasks.refund_process_task",
+             base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
 def refund_process_task(refund_id: int) -> str:
     """One step of a refund (send or confirm); it queues its own next step."""
     step = ledger.refund_process(refund_id=refund_id)
@@ -66,7 +72,8 @@ def refund_process_task(refund_id: int) -> str:
     return step.state
 
 
-@shared_task(base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
+@shared_task(name="payment.tasks.payment_refund_task",
+             base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
 def payment_refund_task(payment_id: int) -> str:
     """A late payment's refund, as queued before the ledger: now its ledger row's first step."""
     refund_id = ledger.late_payment_refund_ensure(payment_id=payment_id)
@@ -75,14 +82,14 @@ def payment_refund_task(payment_id: int) -> str:
     return refund_process_task(refund_id)
 
 
-@shared_task(base=LoggedGiveUp)
+@shared_task(name="payment.tasks.records_prune_task", base=LoggedGiveUp)
 def records_prune_task() -> dict[str, int]:
     """Retention: delete settled events and refused-request counts past their time."""
     pruned = retention.records_prune()
     return {"events": pruned.events, "refused": pruned.refused}
 
 
-@shared_task
+@shared_task(name="payment.tasks.events_sweep_task")
 def events_sweep_task() -> dict[str, int]:
     swept = sweeper.events_sweep()
     if swept.due:
@@ -91,7 +98,7 @@ def events_sweep_task() -> dict[str, int]:
     return {"due": swept.due, "dead": swept.dead, "refunds": len(swept.refunds)}
 
 
-@shared_task
+@shared_task(name="payment.tasks.reconcile_dispatch_task")
 def reconcile_dispatch_task() -> int:
     """Claim every due check in batches and spread the batches over the workers."""
     claimed = 0
@@ -106,7 +113,7 @@ def reconcile_dispatch_task() -> int:
     return claimed
 
 
-@shared_task
+@shared_task(name="payment.tasks.reconcile_batch_task")
 def reconcile_batch_task(order_ids: list[str], token: str) -> dict[str, int]:
     held = claims.reconciliation_checks_hold(
         order_ids=order_ids, token=datetime.fromisoformat(token)
@@ -116,7 +123,7 @@ def reconcile_batch_task(order_ids: list[str], token: str) -> dict[str, int]:
     return result.counts
 
 
-@shared_task
+@shared_task(name="payment.tasks.orders_expire_dispatch_task")
 def orders_expire_dispatch_task() -> int:
     order_ids = expiry.orders_expired(limit=settings.RECONCILE_BATCH_SIZE)
     for order_id in order_ids:
@@ -124,14 +131,16 @@ def orders_expire_dispatch_task() -> int:
     return len(order_ids)
 
 
-@shared_task(base=LoggedGiveUp, autoretry_for=(GatewayUnavailable, *DATABASE_ERRORS), **_RETRY)
+@shared_task(name="payment.tasks.order_expire_task",
+             base=LoggedGiveUp, autoretry_for=(GatewayUnavailable, *DATABASE_ERRORS), **_RETRY)
 def order_expire_task(order_id: str) -> dict[str, str]:
     result = expiry.order_expire(order_id=order_id)
     _refunds_send(result.refunds)
     return result.counts_by_order
 
 
-@shared_task(base=LoggedGiveUp, autoretry_for=(GatewayUnavailable, *DATABASE_ERRORS), **_RETRY)
+@shared_task(name="payment.tasks.bill_reconcile_task",
+             base=LoggedGiveUp, autoretry_for=(GatewayUnavailable, *DATABASE_ERRORS), **_RETRY)
 def bill_reconcile_task(bill_date: str) -> dict[str, object]:
     """Reconcile one day against Alipay's trade bill (idempotent: a rerun replaces it)."""
     result = bills.bill_reconcile(day=date.fromisoformat(bill_date))
@@ -140,7 +149,7 @@ def bill_reconcile_task(bill_date: str) -> dict[str, object]:
             "applied": result.applied}
 
 
-@shared_task
+@shared_task(name="payment.tasks.bills_reconcile_dispatch_task")
 def bills_reconcile_dispatch_task() -> list[str]:
     """The last BILL_RECONCILE_DAYS days (bills are T+1); a bill late one day, or a day whose
     reconciliation failed, is done again by the next run."""

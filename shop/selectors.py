@@ -1,5 +1,5 @@
 """Selectors of the shop domain: functions that read."""
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -20,9 +20,9 @@ def order_get(*, user: User, order_id: str) -> OrderInfo | None:
 
 
 def order_pay_deadline(order: OrderInfo) -> datetime:
-    """When the order stops being payable: ORDER_PAY_TIMEOUT after it was placed.
+    """When the order stops being payable: ORDER_PAY_TIMEOUT_SECONDS after it was placed.
 
     Its pay link carries it as Alipay's `time_expire` (payment/links.py), so a link kept open
     past it cannot be paid at Alipay either.
     """
-    return order.created_at + settings.ORDER_PAY_TIMEOUT
+    return order.created_at + timedelta(seconds=settings.ORDER_PAY_TIMEOUT_SECONDS)

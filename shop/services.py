@@ -121,7 +121,7 @@ def _unpaid_orders_check(user: User) -> None:
     User.objects.select_for_update(no_key=True).filter(pk=user.pk).values_list("pk").get()
     unpaid = OrderInfo.objects.filter(user=user, status=OrderInfo.Status.UNPAID).count()
     if unpaid >= limit:
-        minutes = round(settings.ORDER_PAY_TIMEOUT.total_seconds() / 60)
+        minutes = round(settings.ORDER_PAY_TIMEOUT_SECONDS / 60)
         raise UnpaidOrdersLimitError(
             f"You have {unpaid} unpaid orders, the most one account may hold. Pay one of them "
             f"(see My orders) or wait until it expires ({minutes} minutes after it was "

@@ -3,7 +3,6 @@ web app, the sandbox and workers. The fixtures reach every test through tests/co
 browser tests live with the pages they test (tests/shop/, tests/backoffice/)."""
 import os
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def reconciliation_out_of_the_way(settings: Any) -> None:
     """Pay links issued here are not reconciled during the test, so each path stands alone."""
-    settings.RECONCILE_AFTER = timedelta(hours=1)
+    settings.RECONCILE_AFTER_SECONDS = 3600.0
 
 
 @pytest.fixture

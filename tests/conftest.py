@@ -5,7 +5,6 @@ need workers use them for real.
 """
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +115,7 @@ def alipay_env(dev_keys: Path, sandbox_server: SandboxControl) -> dict[str, str]
         "ALIPAY_GATEWAY": f"{sandbox_server.base_url}/gateway.do",
         "ALIPAY_APP_PRIVATE_KEY_PATH": str(dev_keys / "app_private_key.pem"),
         "ALIPAY_PUBLIC_KEY_PATH": str(dev_keys / "alipay_public_key.pem"),
-        "ALIPAY_TIMEOUT": "5",
+        "ALIPAY_TIMEOUT_SECONDS": "5",
     }
 
 
@@ -128,7 +127,7 @@ def alipay_settings(settings: Any, alipay_env: dict[str, str]) -> Iterator[dict[
 
     for name, value in alipay_env.items():
         setattr(settings, name, Path(value) if name.endswith("_PATH") else value)
-    settings.ALIPAY_TIMEOUT = 5.0
+    settings.ALIPAY_TIMEOUT_SECONDS = 5.0
     gateway.clients_reset()
     yield alipay_env
     gateway.clients_reset()  # the cached client must not outlive the settings it was made with
@@ -139,7 +138,7 @@ def web(live_server: Any, settings: Any, alipay_settings: dict[str, str]) -> str
     """The live web app's base URL, with Alipay's return and notify URLs pointing at it."""
     settings.ALIPAY_RETURN_URL = f"{live_server.url}/pay_success.html"
     settings.ALIPAY_NOTIFY_URL = f"{live_server.url}/payment/alipay/notify/"
-    settings.PAYMENT_STATUS_WAIT = 5.0
+    settings.RETURN_WAIT_SECONDS = 5.0
     return str(live_server.url)
 
 
@@ -150,13 +149,13 @@ def broker_url() -> str:
 
 
 FAST_SCHEDULE = {
-    "RECONCILE_AFTER": 2,
-    "RECONCILE_INTERVAL": 1,
-    "PAYMENT_CLAIM_LEASE": 3,
-    "PAYMENT_SWEEP_INTERVAL": 1,
-    "ORDER_EXPIRE_INTERVAL": 1,
+    "RECONCILE_AFTER_SECONDS": 2,
+    "RECONCILE_INTERVAL_SECONDS": 1,
+    "PAYMENT_CLAIM_LEASE_SECONDS": 3,
+    "PAYMENT_SWEEP_INTERVAL_SECONDS": 1,
+    "ORDER_EXPIRE_INTERVAL_SECONDS": 1,
     # Not a beat interval: the wait before a refund is confirmed with Alipay's refund query.
-    "REFUND_CONFIRM_DELAY": 1,
+    "REFUND_CONFIRM_DELAY_SECONDS": 1,
 }
 
 
@@ -170,9 +169,9 @@ def fast_schedule() -> dict[str, int]:
 @pytest.fixture
 def fast_schedule_settings(settings: Any, fast_schedule: dict[str, int]) -> None:
     """This process on the workers' fast schedule, for this test."""
-    settings.RECONCILE_AFTER = timedelta(seconds=fast_schedule["RECONCILE_AFTER"])
-    settings.PAYMENT_CLAIM_LEASE = float(fast_schedule["PAYMENT_CLAIM_LEASE"])
-    settings.REFUND_CONFIRM_DELAY = float(fast_schedule["REFUND_CONFIRM_DELAY"])
+    for name in ("RECONCILE_AFTER_SECONDS", "PAYMENT_CLAIM_LEASE_SECONDS",
+                 "REFUND_CONFIRM_DELAY_SECONDS"):
+        setattr(settings, name, float(fast_schedule[name]))
 
 
 @pytest.fixture(autouse=True)
@@ -297,7 +296,7 @@ def asgi_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     test database and broker."""
     port = free_port()
     # The settings' own defaults otherwise: development mode, DEBUG off, local host names.
-    env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "PAYMENT_STATUS_WAIT": "5"}
+    env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "RETURN_WAIT_SECONDS": "5"}
     web = ManagedProcess("asgi-web", procfile_command("web"), env, log_dir).start()
     wait_for_port(port)
     yield f"http://127.0.0.1:{port}"

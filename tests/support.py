@@ -49,7 +49,7 @@ def process_env(**changes: str) -> dict[str, str]:
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings",
-        "PAYMENT_STATUS_RATE": settings_test.PAYMENT_STATUS_RATE,
+        "RETURN_RATE": settings_test.RETURN_RATE,
         "PAYMENT_REFUSED_RATE": settings_test.PAYMENT_REFUSED_RATE,
         **changes,
     }

@@ -12,6 +12,13 @@ from kombu.transport import filesystem
 class Transport(filesystem.Transport):
     """Each wait for messages ends after one poll interval, so Ctrl-C is seen at once."""
 
+    @property
+    def default_connection_params(self) -> dict[str, Any]:
+        # Folders, not a server: no default host. kombu's virtual transports default to
+        # 'localhost', and every connection made from a `filesystem://` URL (which has no
+        # host) warned "No hostname was supplied" when it fell back to it.
+        return {"port": self.default_port}
+
     def drain_events(self, connection: Any, timeout: float | None = None) -> Any:
         if timeout is not None and self.polling_interval:
             timeout = min(timeout, self.polling_interval)

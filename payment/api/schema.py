@@ -38,14 +38,16 @@ def _status_operation(operation_id: str) -> dict[str, Any]:
         "responses": {
             "200": _json("applied (also on a reload)",
                          {"type": "object", "properties": {"trade_id": {"type": "string"}}}),
-            "202": _json("not settled within PAYMENT_STATUS_WAIT", {
+            "202": _json("not settled within RETURN_WAIT_SECONDS", {
                 "type": "object", "properties": {"status": {"type": "string"},
                                                  "order_id": {"type": "string"}}}),
             "400": _json("not Alipay's return parameters", _MESSAGE),
             "403": _json("rejected: the signature or the checks failed", _MESSAGE),
             "409": _json("paid after the order was canceled; being refunded", _MESSAGE),
+            "503": _json("the database cannot answer now; nothing was stored, ask again",
+                         _MESSAGE),
             "413": _json("the request body is larger than any return", _MESSAGE),
-            "429": _json("too many requests from this client (PAYMENT_STATUS_RATE, or "
+            "429": _json("too many requests from this client (RETURN_RATE, or "
                          "PAYMENT_REFUSED_RATE for refused ones); see Retry-After", _MESSAGE),
         },
     }

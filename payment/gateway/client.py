@@ -216,7 +216,7 @@ def _client() -> AliPay:
         app_private_key_string=_read_key(settings.ALIPAY_APP_PRIVATE_KEY_PATH),
         alipay_public_key_string=_read_key(settings.ALIPAY_PUBLIC_KEY_PATH),
         sign_type="RSA2",
-        config=AliPayConfig(timeout=settings.ALIPAY_TIMEOUT),
+        config=AliPayConfig(timeout=settings.ALIPAY_TIMEOUT_SECONDS),
     )
     # The SDK has no argument for another gateway; it reads this attribute for every call.
     client._gateway = settings.ALIPAY_GATEWAY
@@ -498,7 +498,7 @@ def bill_download(*, url: str, into: Any) -> int:
 def _bill_download(url: str, into: Any) -> int:
     try:
         response = _gateway_pool().request("GET", url, preload_content=False,
-                                           timeout=settings.ALIPAY_TIMEOUT * 6)
+                                           timeout=settings.ALIPAY_TIMEOUT_SECONDS * 6)
     except urllib3.exceptions.HTTPError as exc:
         raise GatewayUnavailable(f"bill download: {type(exc).__name__}", code="transport",
                                  sub_code=type(exc).__name__) from None

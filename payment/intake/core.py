@@ -105,7 +105,7 @@ def notification_refused_answer(error: PaymentError) -> Answer:
 async def return_receive(store: IntakeStore, *, query: bytes | str, body: bytes,
                          content_type: str, remote_addr: str | None) -> Answer:
     """PUT /payment/status/: Alipay's return parameters, as the pay_success page hands them
-    over. 200 once applied (a reload too), 202 when not settled within PAYMENT_STATUS_WAIT,
+    over. 200 once applied (a reload too), 202 when not settled within RETURN_WAIT_SECONDS,
     403 rejected, 409 paid after the order was closed, 400/429 refused, 503 database away."""
     params: dict[str, str] = {}
     try:
@@ -176,7 +176,7 @@ async def _return_accept(store: IntakeStore, params: dict[str, str],
         return await _event_answer(store, stored.id)
     workers_wake()
     await wakeups.event_settled_wait(
-        event_id=stored.id, timeout=settings.PAYMENT_STATUS_WAIT,
+        event_id=stored.id, timeout=settings.RETURN_WAIT_SECONDS,
         is_settled=lambda: _event_is_settled(store, stored.id))
     return await _event_answer(store, stored.id)
 

@@ -103,7 +103,7 @@ class Throttle:
 
 
 # Every PUT /payment/status/ from a client: a buyer's browser sends a handful.
-STATUS = Throttle("status", "PAYMENT_STATUS_RATE")
+STATUS = Throttle("status", "RETURN_RATE")
 # Requests to either endpoint that are not Alipay's (unreadable, or the signature does not
 # verify). A notification whose signature verifies is never counted nor throttled, so
 # Alipay's retries of it always get through.

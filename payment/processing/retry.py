@@ -54,5 +54,5 @@ def retry_policy() -> RetryPolicy:
         backoff=settings.PAYMENT_RETRY_BACKOFF,
         backoff_max=settings.PAYMENT_RETRY_BACKOFF_MAX,
         confirm_attempts=settings.PAYMENT_RETURN_CONFIRM_ATTEMPTS,
-        claim_lease=settings.PAYMENT_CLAIM_LEASE,
+        claim_lease=settings.PAYMENT_CLAIM_LEASE_SECONDS,
     )

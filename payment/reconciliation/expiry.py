@@ -1,6 +1,7 @@
-"""Expiry: an order unpaid for ORDER_PAY_TIMEOUT is closed at Alipay, asked about once more,
-and canceled with its stock returned; a payment found on the way pays it instead."""
+"""Expiry: an order unpaid for ORDER_PAY_TIMEOUT_SECONDS is closed at Alipay, asked about once
+more, and canceled with its stock returned; a payment found on the way pays it instead."""
 import logging
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -19,14 +20,14 @@ logger = logging.getLogger(__name__)
 
 
 def orders_expired(*, limit: int) -> list[str]:
-    """UNPAID orders past ORDER_PAY_TIMEOUT, claimed like reconciliation's checks.
+    """UNPAID orders past ORDER_PAY_TIMEOUT_SECONDS, claimed like reconciliation's checks.
 
     An order with a pay link is leased through its attempt, so that overlapping runs (and
     reconciliation) never work on it at once; one without a link has no trade to close and
     is canceled by one conditional update, which is safe to repeat.
     """
     now = timezone.now()
-    cutoff = now - settings.ORDER_PAY_TIMEOUT
+    cutoff = now - timedelta(seconds=settings.ORDER_PAY_TIMEOUT_SECONDS)
     claimed, _ = reconciliation_checks_lease(
         Q(order__created_at__lt=cutoff), "order__created_at", limit=limit, now=now
     )
@@ -71,7 +72,7 @@ def _order_expire(order_id: str) -> FoundApplied:
         event_store.event_store(
             source=PaymentEvent.Source.EXPIRY,
             params={"out_trade_no": order_id, "canceled_at": timezone.now().isoformat()},
-            state=EventState.RECORDED, reason="unpaid past ORDER_PAY_TIMEOUT: canceled",
+            state=EventState.RECORDED, reason="unpaid past ORDER_PAY_TIMEOUT_SECONDS: canceled",
         )
     logger.info("order expired and canceled order_id=%s", order_id,
                 extra=log_ids(order_id=order_id))

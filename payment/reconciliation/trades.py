@@ -1,4 +1,5 @@
-"""Reconciliation: ask Alipay about UNPAID orders whose pay link is older than RECONCILE_AFTER.
+"""Reconciliation: ask Alipay about UNPAID orders whose pay link is older than
+RECONCILE_AFTER_SECONDS.
 
 Due checks are claimed in batches (claims.py: a lease on the order's pay link, so
 overlapping runs never check one order twice); the trade queries of a batch run concurrently on the
@@ -108,5 +109,5 @@ def _trade_ask(order_id: str) -> gateway.TradeStatus | None | Exception:
 
 
 def _check_gap(checks: int, base: float) -> timedelta:
-    gap = timedelta(seconds=settings.RECONCILE_INTERVAL * base * (checks + 1))
+    gap = timedelta(seconds=settings.RECONCILE_INTERVAL_SECONDS * base * (checks + 1))
     return min(gap, MAX_CHECK_GAP)

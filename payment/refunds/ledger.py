@@ -6,7 +6,7 @@ longer take gets one from `late_payment_refunds_create`, in the payment's own tr
 A worker then moves it on one step per run of `refund_process`:
 
     requested --alipay.trade.refund--> sent (accepted) | unknown (no usable answer) | failed
-    sent, unknown --fastpay.refund.query, REFUND_CONFIRM_DELAY later--> succeeded
+    sent, unknown --fastpay.refund.query, REFUND_CONFIRM_DELAY_SECONDS later--> succeeded
                   | requested (Alipay has no such refund: send it again, same number)
 
 Every send carries the row's one `out_request_no`, which Alipay treats as the same refund,
@@ -54,11 +54,11 @@ class Step:
 
 def refund_lease(policy: RetryPolicy) -> timedelta:
     """How long a claimed refund is left to its worker: past its gateway call's time-out."""
-    return timedelta(seconds=policy.claim_lease + settings.ALIPAY_TIMEOUT)
+    return timedelta(seconds=policy.claim_lease + settings.ALIPAY_TIMEOUT_SECONDS)
 
 
 def refund_confirm_delay() -> float:
-    return float(settings.REFUND_CONFIRM_DELAY)
+    return float(settings.REFUND_CONFIRM_DELAY_SECONDS)
 
 
 # -- the ledger's numbers and sums ------------------------------------------------------------

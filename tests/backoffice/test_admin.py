@@ -1,7 +1,6 @@
 """Operators in the Django admin: dead events, re-processing, asking Alipay, refunds."""
 import re
 import time
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -33,7 +32,7 @@ ACTION_PERMISSIONS = ["payment.reprocess_event", "payment.query_alipay",
 @pytest.fixture(autouse=True)
 def reconciliation_out_of_the_way(settings: Any) -> None:
     """Only the operator's action may settle the orders here."""
-    settings.RECONCILE_AFTER = timedelta(hours=1)
+    settings.RECONCILE_AFTER_SECONDS = 3600.0
 
 
 def _staff_client(permissions: list[str], **fields: Any) -> Client:

@@ -99,7 +99,7 @@ def _a_day_of_traffic(shop: ShopClient, sandbox: SandboxControl, settings: Any,
     sandbox.set_faults(error_rate=1.0, error_kind="20000", methods=["alipay.trade.query"])
     order_id, url = _pay_link(buyer, sku.pk)
     paid = sandbox.pay(url)
-    settings.PAYMENT_STATUS_WAIT = 0
+    settings.RETURN_WAIT_SECONDS = 0
     assert shop.put_status(query_params(paid["return_url"])).status_code == 202
     wait_for(lambda: PaymentEvent.objects.filter(
         out_trade_no=order_id, state=PaymentEvent.State.DEAD).exists(), 30, 0.1)

@@ -21,7 +21,7 @@ from tests.support import (
     wait_for_port,
 )
 
-# No worker and no sweeper run: every return waits its full PAYMENT_STATUS_WAIT.
+# No worker and no sweeper run: every return waits its full RETURN_WAIT_SECONDS.
 pytestmark = [pytest.mark.django_db(transaction=True),
               pytest.mark.usefixtures("exclusive_workers", "beat_paused")]
 
@@ -38,7 +38,7 @@ def test_64_waiting_returns_do_not_slow_other_pages(
 ) -> None:
     port = free_port()
     idle_broker = worker_env["CELERY_BROKER_URL"].rsplit("/", 1)[0] + "/12"
-    env = {**worker_env, "CELERY_BROKER_URL": idle_broker, "PAYMENT_STATUS_WAIT": "4",
+    env = {**worker_env, "CELERY_BROKER_URL": idle_broker, "RETURN_WAIT_SECONDS": "4",
            "WEB_BIND": f"127.0.0.1:{port}", "LOG_LEVEL": "WARNING"}
     web = ManagedProcess("serving-web", procfile_command("web"), env, log_dir).start()
     base = f"http://127.0.0.1:{port}"

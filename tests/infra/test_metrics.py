@@ -49,7 +49,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 def metrics_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "PAYMENT_STATUS_WAIT": "5",
+    env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "RETURN_WAIT_SECONDS": "5",
            "ALIPAY_NOTIFY_URL": f"{base}/payment/alipay/notify/",
            "ALIPAY_RETURN_URL": f"{base}/pay_success.html",
            "METRICS_TOKEN": TOKEN, "METRICS_ALLOWED_NETWORKS": NETWORKS}
@@ -130,7 +130,7 @@ def test_web_and_worker_count_payments_refusals_reconciliation_and_gateway_error
     sandbox.set_faults(notify_drop=True)
     sandbox.pay(shop.pay_link(reconciled_order).json()["alipay_url"])
     sandbox.set_faults(error_rate=1, error_kind="20000", methods=["alipay.trade.query"])
-    time.sleep(2.5)  # RECONCILE_AFTER
+    time.sleep(2.5)  # RECONCILE_AFTER_SECONDS
     reconcile_dispatch_task.delay()
     wait_for(lambda: _samples_counting(worker_metrics, "shop_reconcile_checks_total",
                                        outcome="error"), 20)

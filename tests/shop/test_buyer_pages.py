@@ -5,6 +5,7 @@ statuses in words, the sandbox's cashier and cancel pages, and the return page o
 and saves both screenshots.
 """
 import re
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
@@ -116,7 +117,8 @@ def test_order_is_confirmed_with_its_items_and_total_and_paid_at_once(
     expect(page.locator("#placed-total")).to_have_text("¥ 117.10")
     items = ["Desk lamp × 2", "Spare bulb, warm white 2700 K × 3"]
     assert sorted(page.locator("#placed-items li").all_inner_texts()) == items
-    deadline = timezone.localtime(order.created_at + settings.ORDER_PAY_TIMEOUT)
+    deadline = timezone.localtime(
+        order.created_at + timedelta(seconds=settings.ORDER_PAY_TIMEOUT_SECONDS))
     expect(page.locator("#placed-pay-by")).to_contain_text(deadline.strftime("%Y-%m-%d %H:%M"))
     row = page.locator(f"#order-{order.order_id}")
     expect(row.locator(".status")).to_have_text("Awaiting payment")

@@ -133,7 +133,7 @@ def test_tampered_return_is_rejected_and_leaves_the_order_unpaid(
 def test_slow_confirmation_shows_a_spinner_then_the_payment(
     page: Page, web: str, sandbox: SandboxControl, settings: Any, snap: Snap
 ) -> None:
-    settings.PAYMENT_STATUS_WAIT = 0  # the shop answers "processing" at once
+    settings.RETURN_WAIT_SECONDS = 0  # the shop answers "processing" at once
     # Without the notification the return itself must be confirmed by the workers; a
     # notification that came first would have paid the order before the buyer is back.
     sandbox.set_faults(notify_drop=True)
@@ -153,7 +153,7 @@ def test_slow_confirmation_shows_a_spinner_then_the_payment(
 def test_buyer_is_told_politely_when_alipay_stays_silent(
     page: Page, web: str, sandbox: SandboxControl, settings: Any, snap: Snap
 ) -> None:
-    settings.PAYMENT_STATUS_WAIT = 0
+    settings.RETURN_WAIT_SECONDS = 0
     user = sign_in(page, web, "waitingbuyer")
     order = _order_and_open_cashier(page, web, user)
     # Alipay's query API is down and the notification lost: nothing can confirm the payment.

@@ -76,7 +76,7 @@ def test_an_expired_order_frees_a_slot(shop: ShopClient, settings: Any) -> None:
     stale = _place(shop, sku).json()["order_id"]
     assert _place(shop, sku).status_code == 409
     OrderInfo.objects.filter(order_id=stale).update(
-        created_at=timezone.now() - settings.ORDER_PAY_TIMEOUT - timedelta(seconds=1))
+        created_at=timezone.now() - timedelta(seconds=settings.ORDER_PAY_TIMEOUT_SECONDS + 1))
 
     assert orders_expired(limit=10) == [stale]
     order_expire(order_id=stale)

@@ -51,8 +51,9 @@ def beat_env(worker_env: dict[str, str]) -> Iterator[dict[str, str]]:
     prefix = f"beat-test-{time.time_ns()}:"
     yield {
         **worker_env,
-        **{name: str(INTERVAL) for name in ("PAYMENT_SWEEP_INTERVAL", "RECONCILE_INTERVAL",
-                                            "ORDER_EXPIRE_INTERVAL", "PAYMENT_RETENTION_INTERVAL")},
+        **{name: str(INTERVAL) for name in (
+            "PAYMENT_SWEEP_INTERVAL_SECONDS", "RECONCILE_INTERVAL_SECONDS",
+            "ORDER_EXPIRE_INTERVAL_SECONDS", "PAYMENT_RETENTION_INTERVAL_SECONDS")},
         "CELERY_BEAT_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
         "CELERY_BEAT_MAX_LOOP_INTERVAL": str(LOOP),
         "CELERY_BEAT_KEY_PREFIX": prefix,

@@ -44,7 +44,7 @@ def two_webs(
     for number in (1, 2):
         port = free_port()
         env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1",
-               "PAYMENT_STATUS_WAIT": "2"}
+               "RETURN_WAIT_SECONDS": "2"}
         webs[f"http://127.0.0.1:{port}"] = ManagedProcess(
             f"host-web-{number}-{port}", procfile_command("web"), env, log_dir).start()
     for url in webs:

@@ -9,8 +9,9 @@ from payment.tasks import payment_refund_task
 
 class Command(BaseCommand):
     help = (
-        "Ask Alipay about every UNPAID order whose pay link is older than RECONCILE_AFTER and "
-        "apply the payments it reports (the same work as the scheduled run, done here)."
+        "Ask Alipay about every UNPAID order whose pay link is older than "
+        "RECONCILE_AFTER_SECONDS and apply the payments it reports (the same work as the "
+        "scheduled run, done here)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -12,7 +12,7 @@ def test_schema_documents_every_payment_endpoint(client: Client) -> None:
     assert set(paths["/payment/status/"]) == {"put", "post"}
     put = paths["/payment/status/"]["put"]
     assert {p["name"] for p in put["parameters"] if p["required"]} == {"sign", "out_trade_no"}
-    assert set(put["responses"]) == {"200", "202", "400", "403", "409", "413", "429"}
+    assert set(put["responses"]) == {"200", "202", "400", "403", "409", "413", "429", "503"}
     assert set(paths["/payment/alipay/notify/"]) == {"post"}
     assert "get" in paths["/orders/{order_id}/payment/"]
 

@@ -100,12 +100,12 @@ def test_pay_link_expires_with_the_order(shop: ShopClient) -> None:
 
     link = shop.pay_link(order_id).json()["alipay_url"]
     biz = json.loads(query_params(link)["biz_content"])
-    deadline = order.created_at + settings.ORDER_PAY_TIMEOUT
+    deadline = order.created_at + timedelta(seconds=settings.ORDER_PAY_TIMEOUT_SECONDS)
     assert biz["time_expire"] == gateway.beijing_time(deadline)
     assert biz["time_expire"] == (deadline + timedelta(hours=8)).strftime("%Y-%m-%d %H:%M:%S")
 
     OrderInfo.objects.filter(pk=order_id).update(
-        created_at=timezone.now() - settings.ORDER_PAY_TIMEOUT - timedelta(seconds=1))
+        created_at=timezone.now() - timedelta(seconds=settings.ORDER_PAY_TIMEOUT_SECONDS + 1))
     late = shop.pay_link(order_id)
     assert late.status_code == 400
     assert "time to pay has passed" in late.json()["message"]
@@ -119,7 +119,7 @@ def test_a_pay_link_used_after_the_deadline_cannot_be_paid_at_alipay(
     order_id = _order_with_link(shop)
     # Placed long ago: two seconds of its time to pay are left when the link is made.
     OrderInfo.objects.filter(pk=order_id).update(
-        created_at=timezone.now() - settings.ORDER_PAY_TIMEOUT + timedelta(seconds=2))
+        created_at=timezone.now() - timedelta(seconds=settings.ORDER_PAY_TIMEOUT_SECONDS - 2))
     link = shop.pay_link(order_id).json()["alipay_url"]
     time.sleep(3)
 

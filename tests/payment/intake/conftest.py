@@ -114,7 +114,7 @@ class IntakeStack:
 def web_env(base: dict[str, str], port: int) -> dict[str, str]:
     url = f"http://127.0.0.1:{port}"
     return {**base, "WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "2",
-            "PAYMENT_STATUS_WAIT": "5", "ALIPAY_RETURN_URL": f"{url}/pay_success.html",
+            "RETURN_WAIT_SECONDS": "5", "ALIPAY_RETURN_URL": f"{url}/pay_success.html",
             "ALIPAY_NOTIFY_URL": f"{url}/payment/alipay/notify/"}
 
 

@@ -39,7 +39,7 @@ def strict_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "2",
            "DJANGO_DEBUG": "false", "PAYMENT_REDIS_URL": throttle_redis,
            "PAYMENT_REFUSED_RATE": f"{REFUSED_RATE}/day",
-           "PAYMENT_STATUS_RATE": f"{STATUS_RATE}/day", "PAYMENT_STATUS_WAIT": "0"}
+           "RETURN_RATE": f"{STATUS_RATE}/day", "RETURN_WAIT_SECONDS": "0"}
     web = ManagedProcess("strict-web", procfile_command("web"), env, log_dir).start()
     wait_for_port(port)
     yield f"http://127.0.0.1:{port}"

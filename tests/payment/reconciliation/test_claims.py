@@ -70,7 +70,7 @@ def test_a_batch_that_outlived_its_lease_leaves_the_orders_to_the_new_claim() ->
 
 
 def test_overlapping_expiry_runs_never_take_the_same_order(settings: Any) -> None:
-    settings.ORDER_PAY_TIMEOUT = PAST / 2
+    settings.ORDER_PAY_TIMEOUT_SECONDS = (PAST / 2).total_seconds()
     orders = _orders_with_attempts(30, linked=20)
 
     first = expiry.orders_expired(limit=100)

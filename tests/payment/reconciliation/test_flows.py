@@ -52,11 +52,13 @@ def test_reconciliation_alone_pays_when_return_and_notification_are_lost(
     sandbox.pay(url)
     started = timezone.now()
 
-    # One reconciliation interval after RECONCILE_AFTER, plus time to do the work.
-    limit = fast_schedule["RECONCILE_AFTER"] + fast_schedule["RECONCILE_INTERVAL"] + 8
+    # One reconciliation interval after RECONCILE_AFTER_SECONDS, plus time to do the work.
+    limit = (fast_schedule["RECONCILE_AFTER_SECONDS"] + fast_schedule["RECONCILE_INTERVAL_SECONDS"]
+             + 8)
     wait_for(lambda: _paid(order_id), limit)
 
-    assert timezone.now() - started >= timedelta(seconds=fast_schedule["RECONCILE_AFTER"] - 1)
+    after = fast_schedule["RECONCILE_AFTER_SECONDS"]
+    assert timezone.now() - started >= timedelta(seconds=after - 1)
     payment = Payment.objects.get(order_id=order_id)
     assert payment.source == "query"
     assert not PaymentEvent.objects.filter(order_id=order_id, source="notify").exists()

@@ -85,7 +85,7 @@ def _succeeded_total(order_id: str) -> Decimal:
 def test_three_partial_refunds_add_up_and_the_last_one_refunds_the_order(
     shop: ShopClient, sandbox: SandboxControl, exclusive_workers: Callable[..., Any]
 ) -> None:
-    exclusive_workers("refund-timeouts", ALIPAY_TIMEOUT="1")
+    exclusive_workers("refund-timeouts", ALIPAY_TIMEOUT_SECONDS="1")
     order_id = _paid_order(shop, sandbox)
     staff = _staff_session(shop.base_url)
 
@@ -154,7 +154,8 @@ def test_three_partial_refunds_add_up_and_the_last_one_refunds_the_order(
 def test_a_refund_whose_answer_was_lost_is_confirmed_by_query_not_sent_again(
     shop: ShopClient, sandbox: SandboxControl, exclusive_workers: Callable[..., Any]
 ) -> None:
-    exclusive_workers("refund-lost-answer", ALIPAY_TIMEOUT="1", REFUND_CONFIRM_DELAY="3")
+    exclusive_workers("refund-lost-answer", ALIPAY_TIMEOUT_SECONDS="1",
+                      REFUND_CONFIRM_DELAY_SECONDS="3")
     order_id = _paid_order(shop, sandbox)
     staff = _staff_session(shop.base_url)
     # Alipay takes 2 s over every refund: it makes it, but our call has given up after 1 s.
