@@ -33,7 +33,7 @@ class StoredEvent:
     new: bool = True  # False: a repeat delivery of a stored event
 
 
-def storable(params: dict[str, Any]) -> dict[str, str]:
+def params_storable(params: dict[str, Any]) -> dict[str, str]:
     """What arrived, fit for a JSON column: valid UTF-8 text, no NUL, bounded size."""
     def text(value: Any) -> str:
         valid = str(value).encode("utf-8", "replace").decode("utf-8")  # lone surrogates
@@ -86,7 +86,7 @@ def insert_statement(
     The statement returns (id, state, deliveries). The event keeps the request id it came
     with (the web request's, or the task's).
     """
-    params = storable(params)
+    params = params_storable(params)
     out_trade_no = params.get("out_trade_no", "")[:64]
     now = timezone.now()
     return _insert_sql(), [
@@ -97,7 +97,7 @@ def insert_statement(
     ]
 
 
-def stored(row: tuple[Any, ...], source: str, out_trade_no: str,
+def stored_event(row: tuple[Any, ...], source: str, out_trade_no: str,
            trade_no: str = "") -> StoredEvent:
     """The insert's returned row; a new event is logged (with the request id it came with,
     which the workers' lines about it carry too), every one counted."""
@@ -112,7 +112,7 @@ def stored(row: tuple[Any, ...], source: str, out_trade_no: str,
     return StoredEvent(id=event_id, state=state, new=new)
 
 
-def event_store(
+def event_insert(
     *,
     source: str,
     params: dict[str, Any],
@@ -124,7 +124,7 @@ def event_store(
     sql, values = insert_statement(source=source, params=params, remote_addr=remote_addr,
                                    state=state, reason=reason)
     row = _execute(sql, values)
-    return stored(row, source, str(params.get("out_trade_no", "")),
+    return stored_event(row, source, str(params.get("out_trade_no", "")),
                   str(params.get("trade_no", "")))
 
 
@@ -137,10 +137,10 @@ def _execute(sql: str, values: list[Any]) -> tuple[Any, ...]:
     return row
 
 
-def sample(params: dict[str, Any]) -> dict[str, str]:
+def refused_sample(params: dict[str, Any]) -> dict[str, str]:
     """A bounded sample of a refused request: no signature, at most about 4 KB."""
     kept = [(k, v) for k, v in params.items() if k != "sign"][:SAMPLE_PARAMS]
-    return storable({str(k)[:32]: str(v)[:SAMPLE_VALUE_LENGTH] for k, v in kept})
+    return params_storable({str(k)[:32]: str(v)[:SAMPLE_VALUE_LENGTH] for k, v in kept})
 
 
 def _refusal_sql() -> str:
@@ -157,17 +157,9 @@ def refusal_statement(*, source: str, params: dict[str, Any], remote_addr: str |
                       reason: str) -> tuple[str, list[Any]]:
     """The statement that counts a refused request (see RefusedRequest); returns (count,)."""
     now = timezone.now()
-    kept = sample(params)
+    kept = refused_sample(params)
     return _refusal_sql(), [
         source, (remote_addr or "")[:45], now.replace(minute=0, second=0, microsecond=0),
         reason[:200], kept.get("out_trade_no", "")[:64], json.dumps(kept, ensure_ascii=False),
         now, now,
     ]
-
-
-def refusal_store(*, source: str, params: dict[str, Any], remote_addr: str | None,
-                  reason: str) -> int:
-    """Count a refused request; the count of its client's refusals this hour."""
-    sql, values = refusal_statement(source=source, params=params, remote_addr=remote_addr,
-                                    reason=reason)
-    return int(_execute(sql, values)[0])

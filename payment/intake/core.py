@@ -196,7 +196,7 @@ async def _event_insert(store: IntakeStore, source: str, params: dict[str, str],
                                                remote_addr=remote_addr)
     row = await store.fetch_one(sql, values)
     assert row is not None  # INSERT ... RETURNING always returns the row
-    return event_store.stored(row, source, params.get("out_trade_no", ""),
+    return event_store.stored_event(row, source, params.get("out_trade_no", ""),
                               params.get("trade_no", ""))
 
 

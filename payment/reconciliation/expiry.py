@@ -69,7 +69,7 @@ def _order_expire(order_id: str) -> FoundApplied:
         )
         order_stock_return(order=order)
         PaymentAttempt.objects.filter(order_id=order_id).update(next_check_at=None)
-        event_store.event_store(
+        event_store.event_insert(
             source=PaymentEvent.Source.EXPIRY,
             params={"out_trade_no": order_id, "canceled_at": timezone.now().isoformat()},
             state=EventState.RECORDED, reason="unpaid past ORDER_PAY_TIMEOUT_SECONDS: canceled",

@@ -24,7 +24,7 @@ def trades_found_apply(*, trades: list[tuple[str, gateway.TradeStatus]],
     for order_id, trade in trades:
         params = {k: str(v) for k, v in trade.raw.items() if not isinstance(v, list | dict)}
         params.setdefault("out_trade_no", order_id)
-        stored = event_store.event_store(source=source, params=params)
+        stored = event_store.event_insert(source=source, params=params)
         ids[stored.id] = order_id
     try:
         batch = events_process(limit=len(ids), event_ids=list(ids))

@@ -9,7 +9,7 @@ from django.test import Client
 from django.utils import timezone
 
 from alipay_sandbox.client import SandboxControl
-from payment.event_store import event_store
+from payment.event_store import event_insert
 from payment.models import Payment, PaymentEvent, Refund
 from shop.models import OrderInfo
 from tests.factories import PaymentFactory, StaffFactory, order_with_link
@@ -72,7 +72,7 @@ def test_operator_finds_a_dead_event_and_reprocessing_pays_the_order(
     operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
     order, paid = _paid_at_alipay(sandbox)
-    stored = event_store(source=PaymentEvent.Source.RETURN,
+    stored = event_insert(source=PaymentEvent.Source.RETURN,
                          params=query_params(paid["return_url"]), state=PaymentEvent.State.DEAD)
     event = PaymentEvent.objects.get(pk=stored.id)
     PaymentEvent.objects.filter(pk=event.pk).update(
@@ -106,7 +106,7 @@ def test_operator_finds_a_dead_event_and_reprocessing_pays_the_order(
 def test_reprocess_leaves_final_events_alone(
     operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
-    stored = event_store(source=PaymentEvent.Source.RETURN,
+    stored = event_insert(source=PaymentEvent.Source.RETURN,
                          params={"out_trade_no": "nosuchorder", "sign": "x" * 20},
                          state=PaymentEvent.State.REJECTED, reason="not ours")
     event = PaymentEvent.objects.get(pk=stored.id)
@@ -197,7 +197,7 @@ def test_view_only_staff_cannot_reprocess_a_dead_event(
     alipay_settings: dict,
 ) -> None:
     order, paid = _paid_at_alipay(sandbox)
-    stored = event_store(source=PaymentEvent.Source.RETURN,
+    stored = event_insert(source=PaymentEvent.Source.RETURN,
                          params=query_params(paid["return_url"]), state=PaymentEvent.State.DEAD)
     PaymentEvent.objects.filter(pk=stored.id).update(
         state=PaymentEvent.State.DEAD, attempts=10, reason="gave up: too many attempts")

@@ -1,16 +1,16 @@
 """What is stored of an event, and the key that recognises a repeat delivery (no database)."""
 import hashlib
 
-from payment.event_store import MAX_PARAMS, MAX_VALUE_LENGTH, dedupe_key, storable
+from payment.event_store import MAX_PARAMS, MAX_VALUE_LENGTH, dedupe_key, params_storable
 
 
 def test_storable_keeps_text_as_it_came() -> None:
-    assert storable({"out_trade_no": "42", "total_amount": "9.90", "isv_ticket": ""}) == {
+    assert params_storable({"out_trade_no": "42", "total_amount": "9.90", "isv_ticket": ""}) == {
         "out_trade_no": "42", "total_amount": "9.90", "isv_ticket": ""}
 
 
 def test_storable_replaces_nul_and_lone_surrogates_and_makes_values_text() -> None:
-    assert storable({"a": "x\x00y", "b": "\ud800", "c": 12}) == {"a": "x\ufffdy", "b": "?",
+    assert params_storable({"a": "x\x00y", "b": "\ud800", "c": 12}) == {"a": "x\ufffdy", "b": "?",
                                                                    "c": "12"}
 
 
@@ -18,12 +18,12 @@ def test_storable_bounds_names_values_and_the_number_of_parameters() -> None:
     params = {f"p{i}": "v" for i in range(MAX_PARAMS + 10)}
     params["p0"] = "x" * (MAX_VALUE_LENGTH + 100)
 
-    stored = storable({**params, "n" * 100: "long name"})
+    stored = params_storable({**params, "n" * 100: "long name"})
 
     assert len(stored) == MAX_PARAMS
     assert list(stored) == [f"p{i}" for i in range(MAX_PARAMS)]
     assert stored["p0"] == "x" * MAX_VALUE_LENGTH
-    assert list(storable({"n" * 100: "v"})) == ["n" * 64]
+    assert list(params_storable({"n" * 100: "v"})) == ["n" * 64]
 
 
 def test_queries_and_bill_lines_are_one_event_per_trade_and_status() -> None:

@@ -78,7 +78,7 @@ def test_worker_killed_mid_500_payments_pays_all_once(
     links = _orders_with_links(500)
     order_ids = [order_id for order_id, _ in links]
     for params in _pay_all(sandbox, links):
-        event_store.event_store(source=PaymentEvent.Source.RETURN, params=params)
+        event_store.event_insert(source=PaymentEvent.Source.RETURN, params=params)
 
     # Small batches, so that the kill lands with some orders paid and others not yet.
     first = exclusive_workers("doomed", concurrency=4, PAYMENT_BATCH_SIZE="20", **broker.env)
@@ -163,7 +163,7 @@ def test_database_away_from_workers_then_back_applies_all(
 
         proxy.down()
         for params in returns:
-            event_store.event_store(source=PaymentEvent.Source.RETURN, params=params)
+            event_store.event_insert(source=PaymentEvent.Source.RETURN, params=params)
         events_process_task.delay()  # the wake-up the intake sends
         time.sleep(4)
         assert _paid_count(order_ids) == 0  # the workers cannot reach the database
@@ -267,7 +267,7 @@ def test_worker_killed_inside_a_batch_transaction_leaves_nothing_half_applied(
     order_ids = [order_id for order_id, _ in links]
     for params in _signed_notifications(order_ids, "7.77",
                                         (dev_keys / "alipay_private_key.pem").read_bytes()):
-        event_store.event_store(source=PaymentEvent.Source.NOTIFY, params=params)
+        event_store.event_insert(source=PaymentEvent.Source.NOTIFY, params=params)
     elsewhere = OrderFactory(user=OrderInfo.objects.get(order_id=order_ids[0]).user,
                              total_amount=Decimal("7.77"))
 

@@ -36,7 +36,7 @@ def _notified_orders(user: User, prefix: str, count: int, key: bytes) -> list[st
                                             total_amount=Decimal("5.55"))
                                   for order_id in order_ids)
     for order_id in order_ids:
-        event_store.event_store(source=PaymentEvent.Source.NOTIFY, params=sign_params({
+        event_store.event_insert(source=PaymentEvent.Source.NOTIFY, params=sign_params({
             "notify_type": "trade_status_sync", "notify_id": f"deploy-{order_id}",
             "app_id": APP_ID, "out_trade_no": order_id, "trade_no": f"T{order_id}",
             "trade_status": "TRADE_SUCCESS", "total_amount": "5.55", "seller_id": SELLER_ID,
