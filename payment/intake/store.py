@@ -80,7 +80,8 @@ class PsycopgStore:
         pool = self._pools.get(loop)
         if pool is None:
             pool = self._pools[loop] = psycopg_pool.AsyncConnectionPool(
-                self._conninfo(), min_size=2, max_size=settings.DATABASE_POOL_SIZE, timeout=10,
+                self._conninfo(), min_size=2, max_size=settings.DATABASE_POOL_SIZE,
+                timeout=settings.DATABASE_POOL_TIMEOUT_SECONDS,
                 kwargs={"autocommit": True}, open=False,
             )
             await pool.open()

@@ -2,6 +2,7 @@
 with the body sent from the event loop (no synchronous iterator for Django's handler to
 drain with a warning)."""
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ def _call(path: str, method: str = "GET",
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(static.app(scope, receive, send))
+    # On a thread of its own: a browser test's Playwright keeps a loop in the main thread.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, static.app(scope, receive, send)).result()
     return sent
 
 

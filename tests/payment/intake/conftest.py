@@ -87,12 +87,18 @@ class IntakeStack:
     books: Books
     env: dict[str, str]
     processes: list[ManagedProcess] = field(default_factory=list)
-    _buyers: int = 0
+    _buyer: ShopClient | None = None
+    _buyer_name: str = ""
 
     def buyer(self) -> ShopClient:
-        self._buyers += 1
-        return ShopClient(self.base_url).register_and_login(
-            f"buyer{self._buyers}x{os.getpid()}x{free_port()}")
+        """A signed-in buyer, kept while the database keeps it (signing up and in costs two
+        password hashes; pytest-django empties the PostgreSQL stack's database after each
+        test, the SQLite stack keeps its rows). The stack allows any number of unpaid orders."""
+        if self._buyer is None or not self.books.rows(
+                "SELECT id FROM shop_user WHERE username = %s", self._buyer_name):
+            self._buyer_name = f"buyer{os.getpid()}x{free_port()}"
+            self._buyer = ShopClient(self.base_url).register_and_login(self._buyer_name)
+        return self._buyer
 
     def unpaid_order(self, amount: str) -> tuple[ShopClient, str, str]:
         """A signed-in buyer, an UNPAID order of `amount` and its pay link."""
@@ -114,6 +120,7 @@ class IntakeStack:
 def web_env(base: dict[str, str], port: int) -> dict[str, str]:
     url = f"http://127.0.0.1:{port}"
     return {**base, "WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "2",
+            "ORDER_MAX_UNPAID": "100000", "DATABASE_POOL_TIMEOUT_SECONDS": "2",
             "RETURN_WAIT_SECONDS": "5", "ALIPAY_RETURN_URL": f"{url}/pay_success.html",
             "ALIPAY_NOTIFY_URL": f"{url}/payment/alipay/notify/"}
 
