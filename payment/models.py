@@ -4,6 +4,13 @@ from django.db import models
 from shop.models import OrderInfo
 
 
+class PayChannel(models.TextChoices):
+    """Alipay's cashier a pay link opens: the desktop one, or the mobile web one on phones."""
+
+    PAGE = "page", "desktop cashier (alipay.trade.page.pay)"
+    WAP = "wap", "mobile cashier (alipay.trade.wap.pay)"
+
+
 class PaymentAttempt(models.Model):
     """An order's pay link with its reconciliation schedule: what reconciliation and expiry
     look for.
@@ -22,6 +29,8 @@ class PaymentAttempt(models.Model):
     started_at = models.DateTimeField(db_index=True)
     last_started_at = models.DateTimeField()
     links_issued = models.PositiveIntegerField(default=1)
+    # The cashier of the latest link issued.
+    channel = models.CharField(max_length=8, choices=PayChannel.choices, default=PayChannel.PAGE)
     next_check_at = models.DateTimeField(null=True, blank=True, db_index=True)
     claimed_until = models.DateTimeField(null=True, blank=True)
     checks = models.PositiveIntegerField(default=0)
@@ -47,6 +56,7 @@ class EventSource(models.TextChoices):
     NOTIFY = "notify", "notification"
     QUERY = "query", "trade query"
     EXPIRY = "expiry", "order expiry"
+    CANCEL = "cancel", "canceled by the buyer"
     OPERATOR = "operator", "operator"
     BILL = "bill", "Alipay's daily bill"
 
