@@ -58,7 +58,7 @@ def test_payments_are_counted_per_minute_by_source(window: queries.Window) -> No
     assert by_source["notify"][5] == 2 and by_source["notify"][600] == 1
     assert by_source["return"][187] == 1
     assert by_source["query"][1439] == 1
-    assert counts.totals() == {"return": 1, "notify": 3, "query": 1, "expiry": 0,
+    assert counts.totals() == {"return": 1, "notify": 3, "query": 1, "expiry": 0, "cancel": 0,
                                "operator": 0, "bill": 0}
     assert counts.total == 5
 
