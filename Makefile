@@ -7,6 +7,12 @@ TEST_STAMP := $(VENV)/.installed-test
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export no_proxy := 127.0.0.1,localhost
 
+# Where `make run` serves (set them in the environment to move it): the Procfile, the shop's
+# URLs (pay links' return and notification URLs, the sandbox's gateway, config/settings.py)
+# and the banner below all follow these two.
+WEB_BIND ?= 127.0.0.1:8000
+SANDBOX_PORT ?= 8090
+
 # The tests use the real services: PostgreSQL and Redis (see README.md).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
@@ -38,10 +44,10 @@ prepare: install
 
 run: prepare
 	@echo
-	@echo "  Storefront : http://127.0.0.1:8000/"
-	@echo "  Admin      : http://127.0.0.1:8000/admin/   (operator admin / admin-pass)"
+	@echo "  Storefront : http://$(WEB_BIND)/"
+	@echo "  Admin      : http://$(WEB_BIND)/admin/   (operator admin / admin-pass)"
 	@echo "  API user   : demo / demo-pass   (POST /authorizations/ for a token)"
-	@echo "  Sandbox    : http://127.0.0.1:8090/   (local Alipay gateway, control API on)"
+	@echo "  Sandbox    : http://127.0.0.1:$(SANDBOX_PORT)/   (local Alipay gateway, control API on)"
 	@echo "  Ctrl-C stops everything."
 	@echo
 	@# Ctrl-C ends honcho with 130: the normal way to stop, not an error.

@@ -206,9 +206,22 @@ REST_KNOX = {
 # is read; the old one, when it alone is set, is used for one more release with a deprecation
 # warning (infra/envvars.py).
 
+# Where the Procfile's web and sandbox listen (WEB_BIND, SANDBOX_HOST, SANDBOX_PORT): the
+# defaults of the shop's own URL, Alipay's return and notification URLs and the gateway follow
+# them, so that moving a port moves every URL that names it. Production sets the URLs.
+def _local_origin(host: str, port: str) -> str:
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
+    return f"http://{host}:{port}"
+
+
+WEB_BIND = env.str("WEB_BIND", default="127.0.0.1:8000")
+SHOP_URL = env.str("SHOP_URL", default=_local_origin(*WEB_BIND.rsplit(":", 1))).rstrip("/")
+SANDBOX_URL = env.str("SANDBOX_URL", default=_local_origin(
+    env.str("SANDBOX_HOST", default="127.0.0.1"), env.str("SANDBOX_PORT", default="8090")))
+
 # Alipay
 ALIPAY_APPID = env.str("ALIPAY_APPID", default="2021000000000001")
-ALIPAY_GATEWAY = env.str("ALIPAY_GATEWAY", default="http://127.0.0.1:8090/gateway.do")
+ALIPAY_GATEWAY = env.str("ALIPAY_GATEWAY", default=f"{SANDBOX_URL}/gateway.do")
 ALIPAY_APP_PRIVATE_KEY_PATH = Path(
     env.str("ALIPAY_APP_PRIVATE_KEY_PATH", default=str(BASE_DIR / "keys" / "app_private_key.pem"))
 )
@@ -216,12 +229,8 @@ ALIPAY_PUBLIC_KEY_PATH = Path(
     env.str("ALIPAY_PUBLIC_KEY_PATH", default=str(BASE_DIR / "keys" / "alipay_public_key.pem"))
 )
 ALIPAY_SELLER_ID = env.str("ALIPAY_SELLER_ID", default="")
-ALIPAY_RETURN_URL = env.str(
-    "ALIPAY_RETURN_URL", default="http://127.0.0.1:8000/pay_success.html"
-)
-ALIPAY_NOTIFY_URL = env.str(
-    "ALIPAY_NOTIFY_URL", default="http://127.0.0.1:8000/payment/alipay/notify/"
-)
+ALIPAY_RETURN_URL = env.str("ALIPAY_RETURN_URL", default=f"{SHOP_URL}/pay_success.html")
+ALIPAY_NOTIFY_URL = env.str("ALIPAY_NOTIFY_URL", default=f"{SHOP_URL}/payment/alipay/notify/")
 ALIPAY_TIMEOUT_SECONDS = env_renamed(env.float, "ALIPAY_TIMEOUT_SECONDS", old="ALIPAY_TIMEOUT",
                                       default=10.0)
 ALIPAY_SUBJECT_PREFIX = env.str("ALIPAY_SUBJECT_PREFIX", default="Shop order ")

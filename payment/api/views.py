@@ -23,8 +23,8 @@ from payment.api.serializers import (
     RefundSerializer,
 )
 from payment.errors import PaymentError
-from payment.links import payment_link_create
-from payment.models import Refund
+from payment.links import channel_for_device, payment_link_create
+from payment.models import PayChannel, Refund
 from payment.refunds.requests import (
     IdempotencyKeyReused,
     RefundConflict,
@@ -38,14 +38,31 @@ logger = logging.getLogger(__name__)
 
 
 class PaymentLinkApi(APIView):
-    @extend_schema(responses={
-        200: PaymentLinkSerializer,
-        400: OpenApiResponse(MessageSerializer, description="missing, someone else's or not "
-                             "awaiting payment (the seed's 400, kept as its contract)"),
-    })
+    @extend_schema(
+        parameters=[OpenApiParameter(
+            "channel", OpenApiTypes.STR, OpenApiParameter.QUERY, enum=["page", "wap"],
+            description="Alipay's cashier: `page` (desktop, alipay.trade.page.pay) or `wap` "
+                        "(mobile web, alipay.trade.wap.pay); without it, the device's: a phone "
+                        "or tablet user agent, or `Sec-CH-UA-Mobile: ?1`, gets `wap`",
+        )],
+        responses={
+            200: PaymentLinkSerializer,
+            400: OpenApiResponse(MessageSerializer, description="missing, someone else's or "
+                                 "not awaiting payment (the seed's 400, kept as its "
+                                 "contract), or an unknown channel"),
+        },
+    )
     def get(self, request: Request, order_id: str) -> Response:
+        asked = request.query_params.get("channel")
+        if asked is not None and asked not in PayChannel.values:
+            return Response({"message": "channel must be page or wap."},
+                            status=status.HTTP_400_BAD_REQUEST)
+        channel = PayChannel(asked) if asked else channel_for_device(
+            user_agent=request.headers.get("User-Agent", ""),
+            ua_mobile_hint=request.headers.get("Sec-CH-UA-Mobile", ""))
         try:
-            url = payment_link_create(user=authenticated_user(request), order_id=order_id)
+            url = payment_link_create(user=authenticated_user(request), order_id=order_id,
+                                      channel=channel)
         except PaymentError as exc:
             return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         return Response({"alipay_url": url})

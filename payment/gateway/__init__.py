@@ -5,7 +5,9 @@ from payment.gateway.client import (  # noqa: F401  (the gateway's public names)
     BEIJING,
     BILL_DOWNLOAD,
     CHARSETS,
+    PAGE_PRODUCT_CODE,
     PAID_STATUSES,
+    WAP_PRODUCT_CODE,
     GatewayHTTPError,
     GatewayRejected,
     GatewayUnavailable,
@@ -28,5 +30,6 @@ from payment.gateway.client import (  # noqa: F401  (the gateway's public names)
     trade_query,
     trade_refund,
     trade_refund_query,
+    wap_pay_url,
 )
 from payment.gateway.pool import call_pool, call_pool_reset  # noqa: F401
