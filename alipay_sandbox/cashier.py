@@ -24,7 +24,8 @@ DESKTOP_STYLE = (
     "body[data-cashier=page]{max-width:62em;margin:1.5em auto}"
     ".brand{color:#1677ff;font-weight:bold;font-size:1.2em}"
     ".order{display:flex;flex-wrap:wrap;justify-content:space-between;align-items:baseline;"
-    "border-bottom:1px solid #ddd;margin-bottom:1em}"
+    "gap:0 1em;border-bottom:1px solid #ddd;margin-bottom:1em}"
+    ".order>*{min-width:0;overflow-wrap:anywhere}"
     ".panels{display:flex;flex-wrap:wrap;gap:1.5em}"
     ".panel{flex:1 1 20em;border:1px solid #ddd;border-radius:6px;padding:1em 1.5em}"
     ".panel h2{font-size:1.1em;margin-top:0}#qr-code{display:block;width:12em;height:12em}"
@@ -34,16 +35,17 @@ DESKTOP_STYLE = (
 # Alipay's mobile web cashier (手机网站支付): one column, full-width buttons a thumb can hit.
 WAP_STYLE = (
     "body[data-cashier=wap]{max-width:30em;margin:0 auto;padding:0 1em 2em;font-size:17px}"
-    ".topbar{display:flex;align-items:center;gap:.5em;min-height:3em;"
+    ".cashier-bar{display:flex;align-items:center;gap:.5em;min-height:3em;"
     "border-bottom:1px solid #eee;margin-bottom:1em}"
-    ".topbar a{display:inline-block;padding:.75em .5em .75em 0;min-height:44px;"
+    ".cashier-bar a{display:inline-block;padding:.75em .5em .75em 0;min-height:44px;"
     "text-decoration:none;color:#1677ff}"
     ".wap-form{display:block;margin:0 0 .8em}"
     ".wap-form button{display:block;width:100%;min-height:48px;margin:0;font-size:1.1em;"
     "border-radius:8px;border:1px solid #1677ff;background:#fff;color:#1677ff}"
     ".wap-form #pay-button{background:#1677ff;color:#fff}"
     ".wap-form #cancel-button{border-color:#ccc;color:#555}"
-    "table{width:100%;table-layout:fixed}"
+    "table{width:100%;table-layout:fixed}table td:first-child{width:6.5em}"
+    "#subject{overflow-wrap:anywhere}"
 )
 
 # What the buyer reads for Alipay's trade statuses.
@@ -165,7 +167,7 @@ def desktop_cashier_page(trade: dict[str, Any]) -> str:
     """page.pay: Alipay's desktop cashier."""
     path = cashier_path(trade["out_trade_no"])
     body = (
-        '<p class="brand">支付宝 Alipay</p>'
+        '<p class="brand">Alipay</p>'
         '<h1 id="cashier-title">Alipay desktop cashier</h1>'
         '<div class="order">'
         f'<h2 id="subject">{escape(trade["subject"])}</h2>'
@@ -198,7 +200,7 @@ def wap_cashier_page(trade: dict[str, Any]) -> str:
     quit_url = back_to_shop_url(trade)
     confirmed = bool(trade.get("confirmed", 1))
     body = (
-        '<div class="topbar">'
+        '<div class="cashier-bar">'
         + (
             f'<a id="quit-to-shop" href="{escape(quit_url)}">‹ Back to the shop</a>'
             if quit_url

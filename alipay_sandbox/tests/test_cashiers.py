@@ -379,17 +379,24 @@ def test_mobile_cashier_fits_a_phone_and_pays_with_one_tap(
         page.close()
 
 
-def test_desktop_cashier_puts_the_qr_code_beside_the_login(
+def test_desktop_cashier_puts_the_qr_code_beside_the_login_and_never_overflows(
     sbx: SandboxProcess, alipay: AliPay, chromium: Any
 ) -> None:
+    order = "2026120709171383895" + "0" * 10  # a shop's long order number, also the subject
     page = chromium.new_page(viewport={"width": 1280, "height": 800})
     try:
-        page.goto(sbx.gateway + "?" + page_query(alipay, "desk-2"))
+        query = alipay.api_alipay_trade_page_pay(
+            f"Order {order}", order, "117.10", return_url=RETURN_URL, time_expire=cn_time(600)
+        )
+        page.goto(sbx.gateway + "?" + query)
         assert page.get_attribute("body", "data-cashier") == "page"
         qr = page.locator("#qr-panel").bounding_box()
         login = page.locator("#login-panel").bounding_box()
         assert qr is not None and login is not None
         assert qr["y"] == login["y"] and qr["x"] + qr["width"] <= login["x"]
         assert page.locator("#qr-code").is_visible() and page.locator("#pay-button").is_visible()
+        for width in (1024, 768, 390, 320):  # the panels stack; nothing sticks out
+            page.set_viewport_size({"width": width, "height": 800})
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, width
     finally:
         page.close()
