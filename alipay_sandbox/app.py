@@ -97,9 +97,12 @@ class Sandbox:
 
     def page_pay(self, params: dict[str, str]) -> Reply:
         try:
-            trade = self.gateway.open_page_pay(params)
+            trade = self.gateway.open_page_pay(params, allow_paid=True)
         except ApiError as exc:
             return html(400, cashier.error_page(exc))
+        if trade["gmt_payment"]:
+            # A reopened link (or Back after paying): Alipay refuses it; say so with a way out.
+            return html(400, cashier.already_paid_page(trade))
         return html(200, cashier.cashier_page(trade))
 
     def cashier(self, method: str, rest: str) -> Reply:
@@ -124,6 +127,14 @@ class Sandbox:
             if self.faults.snapshot().drop_return or not outcome.return_url:
                 return html(200, cashier.paid_page(outcome.trade))
             return html(302, "", {"Location": outcome.return_url})
+        if method == "POST" and action == "confirm":
+            try:
+                trade = self.trades.confirm(out_trade_no)
+            except ApiError as exc:
+                return html(400, cashier.error_page(exc))
+            if trade["gmt_payment"]:
+                return html(200, cashier.paid_page(trade))
+            return html(200, cashier.cashier_page(trade))
         if method == "POST" and action == "cancel":
             return html(200, cashier.cancelled_page(trade))
         return html(405, cashier.not_found_page())

@@ -68,11 +68,19 @@ class SandboxControl:
         self._call("POST", "/_sandbox/reset", {})
 
     def pay(self, pay_url: str | None = None, *, out_trade_no: str | None = None) -> dict:
-        """Pay like a buyer pressing Pay; give the full signed page-pay URL or an out_trade_no."""
+        """Pay like a buyer pressing Pay; give the full signed page- or wap-pay URL or an
+        out_trade_no."""
         body: dict[str, str | None] = (
             {"pay_url": pay_url} if pay_url else {"out_trade_no": out_trade_no}
         )
         return self._call("POST", "/_sandbox/pay", body)
+
+    def confirm(self, pay_url: str | None = None, *, out_trade_no: str | None = None) -> dict:
+        """Log in at the cashier without paying: a wap trade then exists for query and close."""
+        body: dict[str, str | None] = (
+            {"pay_url": pay_url} if pay_url else {"out_trade_no": out_trade_no}
+        )
+        return self._call("POST", "/_sandbox/confirm", body)
 
     def set_faults(self, **faults: Any) -> dict:
         return self._call("POST", "/_sandbox/faults", faults)

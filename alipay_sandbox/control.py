@@ -62,6 +62,8 @@ class Control:
             return self.reset()
         if sub == "pay" and method == "POST":
             return self.pay(payload)
+        if sub == "confirm" and method == "POST":
+            return self.confirm(payload)
         if sub == "trades/generate" and method == "POST":
             return self.generate(payload)
         if sub.startswith("trades/") and method == "GET":
@@ -107,18 +109,22 @@ class Control:
         except SyntheticError as exc:
             return _error(400, str(exc))
 
+    def _open(self, payload: dict[str, Any]) -> str | None:
+        """The out_trade_no of the body, opening the cashier of its pay_url if given."""
+        if payload.get("pay_url"):
+            params = decode_params(urlsplit(str(payload["pay_url"])).query)
+            trade = self.sandbox.gateway.open_page_pay(params, allow_paid=True)
+            return str(trade["out_trade_no"])
+        if payload.get("out_trade_no"):
+            return str(payload["out_trade_no"])
+        return None
+
     def pay(self, payload: dict[str, Any]) -> Reply:
-        trades = self.sandbox.trades
         try:
-            if payload.get("pay_url"):
-                params = decode_params(urlsplit(str(payload["pay_url"])).query)
-                trade = self.sandbox.gateway.open_page_pay(params, allow_paid=True)
-                out_trade_no = trade["out_trade_no"]
-            elif payload.get("out_trade_no"):
-                out_trade_no = str(payload["out_trade_no"])
-            else:
+            out_trade_no = self._open(payload)
+            if out_trade_no is None:
                 return _error(400, "give pay_url or out_trade_no")
-            outcome = trades.pay(out_trade_no)
+            outcome = self.sandbox.trades.pay(out_trade_no)
         except ApiError as exc:
             return _api_error(exc)
         return json_reply(
@@ -129,6 +135,25 @@ class Control:
                 "return_url": outcome.return_url,
                 "return_dropped": self.sandbox.faults.snapshot().drop_return,
                 "newly_paid": outcome.newly_paid,
+            },
+        )
+
+    def confirm(self, payload: dict[str, Any]) -> Reply:
+        """Like a buyer logging in at the cashier without paying (creates a wap trade)."""
+        try:
+            out_trade_no = self._open(payload)
+            if out_trade_no is None:
+                return _error(400, "give pay_url or out_trade_no")
+            trade = self.sandbox.trades.confirm(out_trade_no)
+        except ApiError as exc:
+            return _api_error(exc)
+        return json_reply(
+            200,
+            {
+                "out_trade_no": trade["out_trade_no"],
+                "method": trade["method"],
+                "status": trade["status"],
+                "confirmed": bool(trade["confirmed"]),
             },
         )
 

@@ -58,3 +58,15 @@ class TradeExpired(ApiError):
             "40004", "ACQ.TRADE_HAS_CLOSE", f"交易已超时关闭 (time_expire {time_expire})"
         )
         self.time_expire = time_expire
+
+
+def product_code_error(method: str, given: str, expected: str) -> ApiError:
+    """A pay link whose ``product_code`` is missing or not its method's.
+
+    Alipay documents no sub_code of its own for this: a missing or wrong product code is
+    answered as an invalid parameter (the cashier shows ``INVALID_PARAMETER``).
+    """
+    return business(
+        "ACQ.INVALID_PARAMETER",
+        f"参数有误 product_code {given or '(空)'}：{method} 的 product_code 应为 {expected}",
+    )

@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS trades (
     charset TEXT NOT NULL DEFAULT 'utf-8',
     time_expire TEXT NOT NULL DEFAULT '',
     expire_at REAL,
-    finish_at REAL
+    finish_at REAL,
+    quit_url TEXT NOT NULL DEFAULT '',
+    confirmed INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS refunds (
     out_trade_no TEXT NOT NULL,
@@ -77,6 +79,9 @@ ADDED_TRADE_COLUMNS = {
     "time_expire": "TEXT NOT NULL DEFAULT ''",
     "expire_at": "REAL",
     "finish_at": "REAL",
+    "quit_url": "TEXT NOT NULL DEFAULT ''",
+    # 0: a wap trade the buyer has not confirmed yet, which Alipay does not know of.
+    "confirmed": "INTEGER NOT NULL DEFAULT 1",
 }
 TRADE_COLUMNS = (
     "out_trade_no, app_id, method, subject, total_amount, status, trade_no, return_url,"
@@ -184,6 +189,10 @@ class Store:
         columns = ", ".join(trade)
         marks = ", ".join("?" for _ in trade)
         conn.execute(f"INSERT INTO trades ({columns}) VALUES ({marks})", tuple(trade.values()))
+
+    @staticmethod
+    def delete_trade(conn: sqlite3.Connection, out_trade_no: str) -> None:
+        conn.execute("DELETE FROM trades WHERE out_trade_no = ?", (out_trade_no,))
 
     @staticmethod
     def update_trade(conn: sqlite3.Connection, out_trade_no: str, **fields: Any) -> None:

@@ -16,13 +16,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import signing
 from .config import Config
-from .errors import ApiError, TradeExpired, business, trade_not_exist
+from .errors import ApiError, TradeExpired, business, product_code_error, trade_not_exist
 from .messages import Messages
 from .notifier import Notifier
 from .runtime import CHINA, Runtime, parse_cn_time
 from .store import Store
 
 MAX_AMOUNT = Decimal("100000000")
+PAGE_PAY = "alipay.trade.page.pay"
+WAP_PAY = "alipay.trade.wap.pay"
+# The sales product code each cashier requires in biz_content (Alipay's documented values).
+PRODUCT_CODES = {PAGE_PAY: "FAST_INSTANT_TRADE_PAY", WAP_PAY: "QUICK_WAP_WAY"}
 PAID = ("TRADE_SUCCESS", "TRADE_FINISHED")
 SWEEP_BATCH = 500
 
@@ -109,7 +113,8 @@ class TradeService:
                 "ACQ.INVALID_PARAMETER", "参数有误 out_trade_no 和 trade_no 不能同时为空"
             )
         trade = self.store.get_trade(out_trade_no or None, trade_no or None, conn=conn)
-        if trade is None:
+        if trade is None or not trade["confirmed"]:
+            # A wap trade exists at Alipay only once the buyer has confirmed it.
             raise trade_not_exist()
         return trade
 
@@ -138,6 +143,10 @@ class TradeService:
         charset: str = "utf-8",
         allow_paid: bool = False,
     ) -> dict[str, Any]:
+        expected_code = PRODUCT_CODES.get(method)
+        product_code = str(biz.get("product_code") or "").strip()
+        if expected_code is not None and product_code != expected_code:
+            raise product_code_error(method, product_code, expected_code)
         out_trade_no = str(biz.get("out_trade_no") or "").strip()
         subject = str(biz.get("subject") or "").strip()
         if not out_trade_no or len(out_trade_no) > 64:
@@ -146,10 +155,16 @@ class TradeService:
             raise business("ACQ.INVALID_PARAMETER", "参数有误 subject 不能为空")
         amount = money(parse_amount(biz.get("total_amount"), "total_amount"))
         time_expire, expire_at = parse_time_expire(biz.get("time_expire"))
+        # Only the mobile cashier has a way out before paying (Alipay's page.pay has none).
+        quit_url = str(biz.get("quit_url") or "").strip() if method == WAP_PAY else ""
         failure: ApiError | None = None
         with self.store.write() as conn:
             now = self.runtime.now()
             trade = self.store.get_trade(out_trade_no, conn=conn)
+            if trade is not None and not trade["confirmed"]:
+                # Alipay never heard of an unconfirmed wap trade: this link starts afresh.
+                self.store.delete_trade(conn, out_trade_no)
+                trade = None
             if trade is None:
                 if expire_at is not None and expire_at <= now:
                     # Never opened before its deadline: no trade is created.
@@ -168,6 +183,9 @@ class TradeService:
                     "gmt_create": self.runtime.cn_time(now),
                     "time_expire": time_expire,
                     "expire_at": expire_at,
+                    "quit_url": quit_url,
+                    # page.pay: opening the cashier creates the trade; wap.pay: confirming it.
+                    "confirmed": 0 if method == WAP_PAY else 1,
                 }
                 self.store.insert_trade(conn, trade)
                 return self.store.get_trade(out_trade_no, conn=conn) or trade
@@ -189,6 +207,7 @@ class TradeService:
                     "notify_url": notify_url,
                     "sign_type": sign_type,
                     "charset": charset,
+                    "quit_url": quit_url,
                 }
                 self.store.update_trade(conn, out_trade_no, **changes)
                 trade.update(changes)
@@ -196,6 +215,31 @@ class TradeService:
             self.notifier.wake()
             raise failure
         return trade
+
+    def confirm(self, out_trade_no: str) -> dict[str, Any]:
+        """The buyer logs in at the cashier: a wap trade comes to exist at Alipay
+        (``WAIT_BUYER_PAY``, visible to query and close). Nothing changes for a page trade
+        or one already confirmed."""
+        failure: ApiError | None = None
+        with self.store.write() as conn:
+            trade = self.store.get_trade(out_trade_no, conn=conn)
+            if trade is None:
+                raise trade_not_exist()
+            now = self.runtime.now()
+            self._apply_timers(conn, trade, now)
+            if trade["status"] == "TRADE_CLOSED" and not trade["gmt_payment"]:
+                failure = self.closed_error(trade, now)
+            elif not trade["confirmed"]:
+                self._confirm_locked(conn, trade, now)
+        self.notifier.wake()
+        if failure is not None:
+            raise failure
+        return trade
+
+    def _confirm_locked(self, conn: sqlite3.Connection, trade: dict[str, Any], now: float) -> None:
+        changes = {"confirmed": 1, "gmt_create": self.runtime.cn_time(now)}
+        self.store.update_trade(conn, trade["out_trade_no"], **changes)
+        trade.update(changes)
 
     def pay(self, out_trade_no: str) -> PayOutcome:
         failure: ApiError | None = None
@@ -217,6 +261,8 @@ class TradeService:
         return PayOutcome(trade, return_url_for(trade), newly_paid=True)
 
     def _pay_locked(self, conn: sqlite3.Connection, trade: dict[str, Any], now: float) -> None:
+        if not trade["confirmed"]:  # paying in the Alipay app confirms and pays at once
+            self._confirm_locked(conn, trade, now)
         paid_at = self.runtime.cn_time(now)
         settings = self.runtime.snapshot()
         changes: dict[str, Any] = {
@@ -392,7 +438,8 @@ class TradeService:
             status = "TRADE_FINISHED"
         self.store.update_trade(conn, trade["out_trade_no"], **changes)
         trade.update(changes)
-        self._notify(conn, trade, status)
+        if trade["confirmed"]:  # Alipay says nothing of a wap trade it never knew
+            self._notify(conn, trade, status)
         return True
 
     def closed_error(self, trade: dict[str, Any], now: float | None = None) -> ApiError:

@@ -79,7 +79,12 @@ def test_gbk_page_pay_return_and_notification(
     alipay_public_key: rsa.RSAPublicKey,
     receiver: NotifyReceiver,
 ) -> None:
-    biz = {"out_trade_no": "gbk-1", "total_amount": "12.00", "subject": SUBJECT}
+    biz = {
+        "out_trade_no": "gbk-1",
+        "total_amount": "12.00",
+        "subject": SUBJECT,
+        "product_code": "FAST_INSTANT_TRADE_PAY",
+    }
     query = signed_query(
         sbx_keys,
         "alipay.trade.page.pay",
