@@ -1,5 +1,7 @@
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import path, register_converter
+from django.views.generic import RedirectView
 from drf_spectacular.views import (
     SpectacularAPIView,
     SpectacularRedocView,
@@ -37,6 +39,11 @@ urlpatterns = [
         name="order-payment-status",
     ),
     path(
+        "orders/<order_id:order_id>/cancel/",
+        payment_apis.OrderCancelApi.as_view(),
+        name="order-cancel",
+    ),
+    path(
         "orders/<order_id:order_id>/refunds/",
         payment_apis.OrderRefundsApi.as_view(),
         name="order-refunds",
@@ -54,6 +61,9 @@ urlpatterns = [
     path("logout/", pages.SignOutView.as_view(), name="logout"),
     path("signup/", pages.sign_up, name="signup"),
     path("my/orders/", pages.my_orders, name="my-orders"),
+    path("my/orders/<order_id:order_id>/", pages.order_page, name="my-order"),
     path("pay_success.html", pages.pay_success, name="pay-success"),
     path("healthz", health.healthz, name="healthz"),
+    # Pages without the shop's <link rel="icon"> (the admin's, the API docs): browsers ask here.
+    path("favicon.ico", RedirectView.as_view(url=static("shop/favicon.svg")), name="favicon"),
 ]

@@ -3,6 +3,10 @@ layer, payment/api/, serializes it)."""
 from payment.models import Payment, PaymentEvent, Refund
 from shop.models import OrderInfo, User
 
+# Who canceled an order, by the source of the event its closing recorded.
+CANCELED_BY: dict[str, str] = {PaymentEvent.Source.EXPIRY: "expiry",
+                               PaymentEvent.Source.CANCEL: "buyer"}
+
 # A buyer is told whether the money is on its way back, not how the workers get it there.
 BUYER_REFUND_STATES: dict[str, str] = {Refund.State.SUCCEEDED: "succeeded",
                                        Refund.State.FAILED: "failed"}
@@ -17,10 +21,19 @@ def order_payment_status(*, order: OrderInfo) -> dict[str, object]:
     payment = order.payments.filter(status=Payment.Status.APPLIED).first()
     events = list(PaymentEvent.objects.filter(order=order).order_by("-received_at", "-id")[:50])
     latest = events[0] if events else None
+    closing = (PaymentEvent.objects.filter(order=order, source__in=list(CANCELED_BY),
+                                           state=PaymentEvent.State.RECORDED)
+               .order_by("received_at", "id").first()
+               if order.status == OrderInfo.Status.CANCELED else None)
     return {
         "order_id": order.order_id,
         "status": order.status_name,
         "trade_id": payment.trade_id if payment else None,
+        "paid_at": payment.created_at if payment else None,
+        "paid_amount": payment.amount if payment else None,
+        "canceled_by": CANCELED_BY[closing.source] if closing else None,
+        "cancel_reason": closing.reason if closing else None,
+        "canceled_at": closing.received_at if closing else None,
         "latest_event": None if latest is None else {
             "source": latest.source,
             "state": latest.state,

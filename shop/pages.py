@@ -6,7 +6,7 @@ from datetime import datetime
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.password_validation import password_validators_help_texts
 from django.contrib.auth.views import LoginView, LogoutView
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET
@@ -28,6 +28,14 @@ STATUS_WORDS = {
     OrderInfo.Status.CANCELED.name: "Canceled",
     OrderInfo.Status.REFUNDED.name: "Refunded",
 }
+# Finer words the pages' scripts use once the order's payment status says more: why a
+# canceled order was canceled, and a paid order with part of its money refunded.
+STATUS_DETAIL_WORDS = {
+    "EXPIRED": "Expired unpaid",
+    "CANCELED_BY_BUYER": "Canceled by you",
+    "PARTLY_REFUNDED": "Partly refunded",
+}
+BUYER_WORDS = {**STATUS_WORDS, **STATUS_DETAIL_WORDS}
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,21 @@ def my_orders(request: HttpRequest) -> HttpResponse:
     return render(request, "shop/my_orders.html", {
         "rows": [_order_row(order) for order in orders],
         "placed": _order_row(placed) if placed is not None else None,
-        "status_words": STATUS_WORDS,
+        "status_words": BUYER_WORDS,
+    })
+
+
+@require_GET
+@login_required
+def order_page(request: HttpRequest, order_id: str) -> HttpResponse:
+    """One order for its buyer: the order's part here; the page's script adds the payment's
+    (paid when, trade number, refunds, why it was canceled) from its payment status."""
+    order = selectors.order_get(user=authenticated_user(request), order_id=order_id)
+    if order is None:
+        raise Http404("No such order.")
+    return render(request, "shop/order.html", {
+        "row": _order_row(order),
+        "status_words": BUYER_WORDS,
     })
 
 
@@ -93,6 +115,12 @@ def my_orders(request: HttpRequest) -> HttpResponse:
 def pay_success(request: HttpRequest) -> HttpResponse:
     """Where Alipay sends the buyer back; the page's script hands the parameters to the API.
 
-    Opened without any (a bookmark, a typed address), there is nothing to confirm.
+    Opened without any (a bookmark, a typed address), there is nothing to confirm. Opened
+    with only an order number and no signature (the cashier's "back to the shop" after the
+    buyer canceled there), there is nothing to confirm either: that order's page says where
+    it stands.
     """
+    order_id = request.GET.get("out_trade_no", "")
+    if "sign" not in request.GET and ORDER_ID.fullmatch(order_id):
+        return redirect("my-order", order_id=order_id)
     return render(request, "shop/pay_success.html", {"returned": bool(request.GET)})

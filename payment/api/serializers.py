@@ -91,6 +91,13 @@ class PaymentStatusSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=[s.name for s in OrderInfo.Status],
                                      help_text="the order's status by name")
     trade_id = serializers.CharField(allow_null=True, help_text="Alipay's trade number once paid")
+    paid_at = UTCDateTimeField(allow_null=True, help_text="when the payment was applied")
+    paid_amount = serializers.DecimalField(max_digits=10, decimal_places=2, allow_null=True)
+    canceled_by = serializers.ChoiceField(
+        choices=["expiry", "buyer"], allow_null=True,
+        help_text="a canceled order: expiry (not paid by its pay-by time) or its buyer")
+    cancel_reason = serializers.CharField(allow_null=True, help_text="why it was canceled")
+    canceled_at = UTCDateTimeField(allow_null=True)
     latest_event = LatestEventSerializer(allow_null=True)
     history = PaymentHistorySerializer(many=True, help_text="the latest 50 events, newest first")
     refunds = BuyerRefundSerializer(many=True)

@@ -1,4 +1,5 @@
-"""The payment API for buyers and staff: pay links, an order's payment status, refunds.
+"""The payment API for buyers and staff: pay links, an order's payment status, the buyer's
+cancel, refunds.
 
 The two endpoints Alipay and the buyer's browser hit after a payment are not here: they are
 the intake's own ASGI app (payment/intake/asgi.py), routed in config/asgi.py and config/urls.py.
@@ -14,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from payment import selectors
+from payment import cancel, selectors
 from payment.api.serializers import (
     MessageSerializer,
     PaymentLinkSerializer,
@@ -33,6 +34,7 @@ from payment.refunds.requests import (
     refund_request,
 )
 from shop.apis import authenticated_user
+from shop.serializers import OrderDetailSerializer
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,34 @@ class OrderPaymentStatusApi(APIView):
             return Response({"message": "Order not found."}, status=status.HTTP_404_NOT_FOUND)
         status_data = selectors.order_payment_status(order=order)
         return Response(PaymentStatusSerializer(status_data).data)
+
+
+class OrderCancelApi(APIView):
+    """The buyer cancels an unpaid order; its Alipay trade is closed first."""
+
+    @extend_schema(
+        summary="Cancel an unpaid order (its buyer)",
+        request=None,
+        responses={
+            200: OrderDetailSerializer,
+            404: OpenApiResponse(MessageSerializer, description="not yours, or no such order"),
+            409: OpenApiResponse(MessageSerializer, description="not awaiting payment: paid "
+                                 "(also when Alipay says it was paid just now), canceled or "
+                                 "expired"),
+            503: OpenApiResponse(MessageSerializer, description="Alipay could not be asked "
+                                 "to close the trade; the order is still unpaid"),
+        },
+    )
+    def post(self, request: Request, order_id: str) -> Response:
+        try:
+            order = cancel.order_cancel(user=authenticated_user(request), order_id=order_id)
+        except cancel.CancelOrderNotFound as exc:
+            return Response({"message": str(exc)}, status=status.HTTP_404_NOT_FOUND)
+        except cancel.CancelConflict as exc:
+            return Response({"message": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except cancel.CancelUnavailable as exc:
+            return Response({"message": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response(OrderDetailSerializer(order).data)
 
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")

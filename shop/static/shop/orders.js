@@ -1,5 +1,6 @@
 /* My orders: confirm a new order, "Pay with Alipay" for unpaid orders; statuses refresh
-   every 3 seconds and are shown in the buyer's words. */
+   every 3 seconds and are shown in the buyer's words (expired, canceled by the buyer, partly
+   refunded from each order's payment status). */
 "use strict";
 
 (function () {
@@ -14,37 +15,45 @@
 
   function words(status) { return WORDS[status] || status; }
 
-  /* "YYYY-MM-DD HH:MM" in the shop's time zone, as the page itself shows times. */
-  function localTime(iso) {
-    var date = new Date(iso);
-    if (isNaN(date.getTime())) { return ""; }
-    var parts = {};
-    new Intl.DateTimeFormat("en-GB", {
-      timeZone: table.dataset.timeZone || undefined, hourCycle: "h23", year: "numeric",
-      month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
-    }).formatToParts(date).forEach(function (part) { parts[part.type] = part.value; });
-    return parts.year + "-" + parts.month + "-" + parts.day + " " + parts.hour + ":" +
-      parts.minute;
+  function localTime(iso) { return shop.localTime(iso, table.dataset.timeZone); }
+
+  function pay(orderId, button, notice) { shop.pay(orderId, button, notice); }
+
+  /* Why a canceled order was canceled, and whether a paid one is partly refunded, come
+     from its payment status: asked once per order and status, one order at a time. */
+  var detailAsked = {};
+  var detailQueue = [];
+  var detailBusy = false;
+
+  function needsDetail(status) {
+    return status === "CANCELED" || shop.PAID.indexOf(status) >= 0;
   }
 
-  function pay(orderId, button, notice) {
-    var label = button.textContent;
-    button.disabled = true;
-    button.textContent = "Opening Alipay…";
-    var url = "/orders/" + encodeURIComponent(orderId) + "/payment/";
+  function askDetail(row, status) {
+    var key = row.dataset.orderId + ":" + status;
+    if (!needsDetail(status) || detailAsked[key]) { return; }
+    detailAsked[key] = true;
+    detailQueue.push(row);
+    nextDetail();
+  }
+
+  function nextDetail() {
+    if (detailBusy || !detailQueue.length) { return; }
+    detailBusy = true;
+    var row = detailQueue.shift();
+    var url = "/orders/" + encodeURIComponent(row.dataset.orderId) + "/payment/status/";
     shop.api("GET", url).then(function (result) {
-      if (result.status === 200 && result.body && result.body.alipay_url) {
-        window.location.href = result.body.alipay_url;
-        return;
+      if (result.status === 200 && result.body) {
+        var label = row.querySelector(".status");
+        var detail = shop.detailStatus(label.dataset.status, result.body);
+        if (detail !== label.dataset.status) {
+          label.dataset.detail = detail;
+          label.textContent = words(detail);
+        }
       }
-      button.disabled = false;
-      button.textContent = label;
-      shop.show(notice, (result.body && result.body.message) ||
-        "The payment could not be started. Please try again.");
-    }, function () {
-      button.disabled = false;
-      button.textContent = label;
-      shop.show(notice, "The shop cannot be reached. Please check your connection.");
+    }, function () { /* the plain status words stay */ }).finally(function () {
+      detailBusy = false;
+      nextDetail();
     });
   }
 
@@ -77,8 +86,10 @@
     var label = row.querySelector(".status");
     if (label.dataset.status !== status) {
       label.dataset.status = status;
+      delete label.dataset.detail;
       label.textContent = words(status);
     }
+    askDetail(row, status);
     setActions(row, status);
     if (placed && placed.dataset.orderId === row.dataset.orderId) { setPlaced(status); }
   }
@@ -106,8 +117,9 @@
     row.id = "order-" + order.order_id;
     row.dataset.orderId = order.order_id;
     var lead = cell(row, "lead", "", "");
-    var number = document.createElement("span");
+    var number = document.createElement("a");
     number.className = "code order-id";
+    number.href = "/my/orders/" + encodeURIComponent(order.order_id) + "/";
     number.textContent = order.order_id;
     var items = document.createElement("ul");
     items.className = "items";
@@ -143,7 +155,9 @@
   }
 
   Array.prototype.forEach.call(body.rows, function (row) {
-    setActions(row, row.querySelector(".status").dataset.status);
+    var status = row.querySelector(".status").dataset.status;
+    setActions(row, status);
+    askDetail(row, status);
   });
   if (placed) {
     var payNow = document.getElementById("pay-now");

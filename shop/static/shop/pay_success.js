@@ -10,6 +10,12 @@
 
   function setState(state) { outcome.dataset.state = state; }
 
+  var orderId = params.get("out_trade_no") || "";
+  if (/^[A-Za-z0-9_]{1,64}$/.test(orderId)) {
+    document.getElementById("to-order").href = "/my/orders/" + orderId + "/";
+    document.getElementById("rejected-order-link").hidden = false;
+  }
+
   function paid(orderId, tradeNo) {
     document.getElementById("paid-order-id").textContent = orderId || "";
     document.getElementById("trade-no").textContent = tradeNo || "";
@@ -41,7 +47,6 @@
     window.setTimeout(check, POLL_MS);
   }
 
-  var orderId = params.get("out_trade_no") || "";
   if (!query) {
     setState("nothing");  // opened directly: no payment was attempted from here
     return;

@@ -21,6 +21,19 @@
     shop.show(message, text);
   }
 
+  /* The unpaid-orders cap names My orders: make it a link there. */
+  function failWithLink(text) {
+    fail(text);
+    var at = text.indexOf("My orders");
+    if (at < 0) { return; }
+    var link = document.createElement("a");
+    link.href = form.dataset.myOrdersUrl;
+    link.id = "order-message-my-orders";
+    link.textContent = "My orders";
+    message.textContent = "";
+    message.append(text.slice(0, at), link, text.slice(at + "My orders".length));
+  }
+
   // An error about the quantities is out of date as soon as they change.
   form.addEventListener("input", function () {
     if (message.classList.contains("error")) {
@@ -47,7 +60,7 @@
         return;
       }
       button.disabled = false;
-      fail((result.body && result.body.message) ||
+      failWithLink((result.body && result.body.message) ||
         "The order could not be placed. Please try again.");
     }, function () {
       button.disabled = false;

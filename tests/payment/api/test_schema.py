@@ -46,7 +46,8 @@ def test_every_json_answer_is_described_by_a_schema(client: Client) -> None:
     assert untyped == []
     status = schema["paths"]["/orders/{order_id}/payment/status/"]["get"]["responses"]["200"]
     name = status["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
-    assert {"order_id", "status", "trade_id", "latest_event", "history", "refunds"} == set(
+    assert {"order_id", "status", "trade_id", "paid_at", "paid_amount", "canceled_by",
+            "cancel_reason", "canceled_at", "latest_event", "history", "refunds"} == set(
         schema["components"]["schemas"][name]["properties"])
 
 
