@@ -6,11 +6,19 @@ is marked `slow`, as is one marked `@pytest.mark.slow` because it runs a command
 `make test` runs both tiers; `make test-fast` (pytest -m "not slow") only the rest.
 """
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from alipay_sandbox.testing import PROCESS_FIXTURES
+from alipay_sandbox.testing import PROCESS_FIXTURES, process_fixture
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--no-proxy-server",
+]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,3 +41,22 @@ def fast_tier_starts_no_process(request: pytest.FixtureRequest,
                              "process_fixture")
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+@process_fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One Chromium for the whole run, for the shop's browser tests and the sandbox's alike:
+    Playwright's sync API keeps an event loop in the main thread, so a second one cannot start
+    while this one lives."""
+    if not CHROMIUM.exists():
+        pytest.skip("browser tests need Debian's Chromium at /usr/bin/chromium "
+                    "(apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # launch() gives the browser a fresh, throwaway profile directory.
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
+        )
+        yield browser
+        browser.close()

@@ -11,36 +11,15 @@ from playwright.sync_api import expect
 
 from shop.models import User
 from tests.factories import UserFactory
-from tests.support import ROOT, process_fixture
+from tests.support import ROOT
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
 DESKTOP, PHONE = 1280, 390
 TABLETS = (1024, 800, 769, 768)  # checked for overflow too, on both sides of the phone layout
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--no-proxy-server",
-]
 
 # Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make
 # between browser steps are still plain synchronous calls.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-
-@process_fixture(scope="session")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("browser tests need Debian's Chromium at /usr/bin/chromium "
-                    "(apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # launch() gives the browser a fresh, throwaway profile directory.
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from django.conf import settings
 from alipay_sandbox.client import SandboxControl
 from alipay_sandbox.testing import start_sandbox
 from payment.gateway.keys import write_keys
-from tests.browser import browser, page, reconciliation_out_of_the_way, screenshots, snap  # noqa: F401
+from tests.browser import page, reconciliation_out_of_the_way, screenshots, snap  # noqa: F401
 from tests.support import (
     APP_ID,
     SELLER_ID,

@@ -4,9 +4,7 @@ product codes, returns, ways back to the shop, and wap trades that exist only on
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from html import unescape
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
@@ -31,7 +29,6 @@ from alipay_sandbox.tests.support import (
 SHOP = "http://shop.test"
 RETURN_URL = f"{SHOP}/pay_success.html"
 QUIT_URL = f"{SHOP}/my/orders/?from=alipay"
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def wap_query(
@@ -336,26 +333,14 @@ def test_a_paid_link_opened_again_says_it_is_paid_and_leads_back(
 
 
 # -- the mobile layout in a real browser -----------------------------------------------------
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("needs Chromium at /usr/bin/chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--no-proxy-server"],
-            headless=True,
-        )
-        yield browser
-        browser.close()
+# `browser` is the run's one Chromium (the repository's conftest.py).
 
 
 def test_mobile_cashier_fits_a_phone_and_pays_with_one_tap(
-    sbx: SandboxProcess, alipay: AliPay, chromium: Any
+    sbx: SandboxProcess, alipay: AliPay, browser: Any
 ) -> None:
     long_order = "wap-phone-" + "9" * 50
-    page = chromium.new_page(viewport={"width": 390, "height": 844})
+    page = browser.new_page(viewport={"width": 390, "height": 844})
     try:
         page.route(f"{SHOP}/**", lambda route: route.fulfill(status=200, body="shop"))
         page.goto(sbx.gateway + "?" + wap_query(alipay, long_order))
@@ -380,10 +365,10 @@ def test_mobile_cashier_fits_a_phone_and_pays_with_one_tap(
 
 
 def test_desktop_cashier_puts_the_qr_code_beside_the_login_and_never_overflows(
-    sbx: SandboxProcess, alipay: AliPay, chromium: Any
+    sbx: SandboxProcess, alipay: AliPay, browser: Any
 ) -> None:
     order = "2026120709171383895" + "0" * 10  # a shop's long order number, also the subject
-    page = chromium.new_page(viewport={"width": 1280, "height": 800})
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
     try:
         query = alipay.api_alipay_trade_page_pay(
             f"Order {order}", order, "117.10", return_url=RETURN_URL, time_expire=cn_time(600)
