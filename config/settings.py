@@ -4,8 +4,6 @@ This is the only module that reads the environment. Every variable, with its def
 listed in README.md.
 """
 import ipaddress
-import os
-import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,17 +17,6 @@ from infra.logs import log_format, logging_config
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-
-
-def _renamed_int(name: str, *, old: str, default: int) -> int:
-    """`name` from the environment; else its former name `old`, with a warning to rename it."""
-    if name not in os.environ and old in os.environ:
-        # FutureWarning, not DeprecationWarning: Python shows it by default (an operator's
-        # setting, not a developer's call).
-        warnings.warn(f"the setting {old} is renamed {name}: set {name} in the environment "
-                      f"instead (read from {old} meanwhile)", FutureWarning, stacklevel=1)
-        return env.int(old)
-    return env.int(name, default=default)
 
 
 # development (the default: `make run`, the tests) or production, where infra/checks.py
@@ -255,8 +242,8 @@ RECONCILE_INTERVAL_SECONDS = env_renamed(env.float, "RECONCILE_INTERVAL_SECONDS"
 RECONCILE_BATCH_SIZE = env.int("RECONCILE_BATCH_SIZE", default=200)
 # Gateway threads per process (payment/gateway/pool.py): every batch of concurrent Alipay calls
 # (reconciliation, bills, returns) runs on them. Formerly RECONCILE_CONCURRENCY.
-GATEWAY_CONCURRENCY = _renamed_int("GATEWAY_CONCURRENCY", old="RECONCILE_CONCURRENCY",
-                                   default=32)
+GATEWAY_CONCURRENCY = env_renamed(env.int, "GATEWAY_CONCURRENCY", old="RECONCILE_CONCURRENCY",
+                                  default=32)
 # Per-client throttles of the payment endpoints (payment/intake/throttle.py), `limits` notation.
 RETURN_RATE = env_renamed(env.str, "RETURN_RATE", old="PAYMENT_STATUS_RATE",
                           default="120/minute")

@@ -27,6 +27,7 @@ RENAMED = {
     "PAYMENT_RETENTION_INTERVAL": "PAYMENT_RETENTION_INTERVAL_SECONDS",
     "ORDER_EXPIRE_INTERVAL": "ORDER_EXPIRE_INTERVAL_SECONDS",
     "ALIPAY_TIMEOUT": "ALIPAY_TIMEOUT_SECONDS",
+    "RECONCILE_CONCURRENCY": "GATEWAY_CONCURRENCY",
 }
 
 
@@ -91,16 +92,18 @@ def test_settings_carry_only_the_new_names() -> None:
 def test_a_process_started_with_an_old_name_uses_it_and_logs_a_warning() -> None:
     env = {name: value for name, value in os.environ.items()
            if name not in RENAMED and name not in RENAMED.values()}
-    env.update({"ORDER_PAY_TIMEOUT": "600", "PAYMENT_STATUS_WAIT": "1.5", "LOG_FORMAT": "text"})
+    env.update({"ORDER_PAY_TIMEOUT": "600", "PAYMENT_STATUS_WAIT": "1.5",
+                "RECONCILE_CONCURRENCY": "12", "LOG_FORMAT": "text"})
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
-         "print(settings.ORDER_PAY_TIMEOUT_SECONDS, settings.RETURN_WAIT_SECONDS)"],
+         "print(settings.ORDER_PAY_TIMEOUT_SECONDS, settings.RETURN_WAIT_SECONDS, "
+         "settings.GATEWAY_CONCURRENCY)"],
         cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
         capture_output=True, text=True, timeout=60, check=True,
     )
-    assert result.stdout.splitlines()[-1] == "600.0 1.5"
+    assert result.stdout.splitlines()[-1] == "600.0 1.5 12"
     output = result.stdout + result.stderr
-    for old in ("ORDER_PAY_TIMEOUT", "PAYMENT_STATUS_WAIT"):
+    for old in ("ORDER_PAY_TIMEOUT", "PAYMENT_STATUS_WAIT", "RECONCILE_CONCURRENCY"):
         assert output.count(f"WARNING infra.envvars environment variable {old} is deprecated") == 1
 
 

@@ -44,35 +44,3 @@ def test_models_and_migrations_agree(tmp_path: Path) -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-@pytest.mark.parametrize(
-    ("environment", "expected", "warned"),
-    [
-        ({}, 32, False),
-        ({"GATEWAY_CONCURRENCY": "8"}, 8, False),
-        ({"RECONCILE_CONCURRENCY": "12"}, 12, True),
-        ({"GATEWAY_CONCURRENCY": "8", "RECONCILE_CONCURRENCY": "12"}, 8, False),
-    ],
-    ids=["default", "new-name", "old-name-only", "both"],
-)
-def test_gateway_concurrency_reads_its_former_name_with_a_warning(
-    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], expected: int, warned: bool
-) -> None:
-    import warnings
-
-    from config.settings import _renamed_int
-
-    for name in ("GATEWAY_CONCURRENCY", "RECONCILE_CONCURRENCY"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        value = _renamed_int("GATEWAY_CONCURRENCY", old="RECONCILE_CONCURRENCY", default=32)
-
-    assert value == expected
-    messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
-    assert bool(messages) == warned
-    assert all("set GATEWAY_CONCURRENCY" in m for m in messages)
