@@ -93,3 +93,17 @@ def test_cert_sn_of_a_chain_file_is_its_first_certificate() -> None:
     # Alipay's alipayCertPublicKey_RSA2.crt holds the Alipay certificate and its issuing CA.
     leaf, issuing_ca = pem_certificates(read("yansongda/alipayPublicCert.crt"))
     assert cert_sn(leaf + b"\n" + issuing_ca) == cert_sn(leaf) != cert_sn(issuing_ca)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # Computed with OpenJDK 17.0.15: MD5(getIssuerX500Principal().getName() + serial).
+        ("java/issuer_email.crt", "523b38fcbce600d1931625e00e5b8329"),  # 1.2.840...9.1=#16..
+        ("java/issuer_special.crt", "62b4d316d63f91b5a5541d6abd413da9"),  # a\=b\#c, \#lead\ (space)
+        ("java/issuer_multi.crt", "c6c929b3e4db5c7cf9c50636be70c50a"),  # OU=CA+O=Ant
+        ("java/issuer_unicode.crt", "a9e6ebcb2723ea0a5feb8390123bb711"),  # 2.5.4.5=#13.., DC
+    ],
+)
+def test_issuer_dn_printed_as_java_prints_it(name: str, expected: str) -> None:
+    assert cert_sn(read(name)) == expected
