@@ -62,8 +62,9 @@ async def _serve(app: ASGIApp, request: HttpRequest) -> HttpResponse:
         if finished:
             return {"type": "http.disconnect"}
         chunk = await sync_to_async(request.read)(CHUNK)
-        more = len(chunk) == CHUNK
-        return {"type": "http.request", "body": chunk, "more_body": more}
+        # The body ends with an empty read, not a short one: a stream may return less than
+        # asked before its end.
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunk)}
 
     async def send(message: dict[str, Any]) -> None:
         nonlocal finished

@@ -40,10 +40,6 @@ class Answer:
     text: str | None = None
     retry_after: int = 0
 
-    @property
-    def is_final(self) -> bool:
-        return self.status != 202
-
 
 SUCCESS = Answer(200, text="success")
 
