@@ -215,6 +215,18 @@ ALIPAY_APP_PRIVATE_KEY_PATH = Path(
 ALIPAY_PUBLIC_KEY_PATH = Path(
     env.str("ALIPAY_PUBLIC_KEY_PATH", default=str(BASE_DIR / "keys" / "alipay_public_key.pem"))
 )
+# Certificate mode (公钥证书) when these are set (all three): the app's certificate, Alipay's
+# (alipayCertPublicKey_RSA2.crt) and Alipay's root file; ALIPAY_PUBLIC_KEY_PATH is then unused.
+# Key mode otherwise: ALIPAY_PUBLIC_KEY_PATH may hold two keys while they are switched.
+ALIPAY_APP_CERT_PATH = (Path(env.str("ALIPAY_APP_CERT_PATH"))
+                        if env.str("ALIPAY_APP_CERT_PATH", default="") else None)
+ALIPAY_CERT_PATH = (Path(env.str("ALIPAY_CERT_PATH"))
+                    if env.str("ALIPAY_CERT_PATH", default="") else None)
+ALIPAY_ROOT_CERT_PATH = (Path(env.str("ALIPAY_ROOT_CERT_PATH"))
+                         if env.str("ALIPAY_ROOT_CERT_PATH", default="") else None)
+# After a return or notification no trusted key verified: the keys are looked at again (key
+# file changed? Alipay's certificate renewed?) at most this often per process.
+ALIPAY_KEYS_REFRESH_SECONDS = env.float("ALIPAY_KEYS_REFRESH_SECONDS", default=5.0)
 ALIPAY_SELLER_ID = env.str("ALIPAY_SELLER_ID", default="")
 ALIPAY_RETURN_URL = env.str("ALIPAY_RETURN_URL", default=f"{SHOP_URL}/pay_success.html")
 ALIPAY_NOTIFY_URL = env.str("ALIPAY_NOTIFY_URL", default=f"{SHOP_URL}/payment/alipay/notify/")

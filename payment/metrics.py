@@ -90,6 +90,15 @@ class _Metrics:
             "shop_alipay_errors",
             "Gateway calls that failed: Alipay's code and sub_code, or transport (with the "
             "error's kind), signature, unreadable", ["method", "code", "sub_code"])
+        self.signatures_verified = Counter(
+            "shop_alipay_signatures_verified",
+            "Alipay signatures verified, by the key that verified them (a certificate's "
+            "serial number, or key: and the public key's SHA-256 prefix) and kind (answer, "
+            "params: a return or notification)", ["key", "kind"])
+        self.certificate_downloads = Counter(
+            "shop_alipay_certificate_downloads",
+            "Alipay certificates downloaded after an answer named an unknown one, by outcome "
+            "(trusted, refused: it does not chain to the root)", ["outcome"])
 
 
 _made: _Metrics | None = None
@@ -200,6 +209,16 @@ def gateway_observe(*, method: str, seconds: float) -> None:
     _metrics().gateway_duration.labels(method=method).observe(seconds)
 
 
+@_never_raises
+def signature_verified(*, key_id: str, kind: str) -> None:
+    _metrics().signatures_verified.labels(key=_label(key_id), kind=kind).inc()
+
+
+@_never_raises
+def certificate_downloaded(*, outcome: str) -> None:
+    _metrics().certificate_downloads.labels(outcome=outcome).inc()
+
+
 @contextmanager
 def gateway_timed(method: str) -> Iterator[None]:
     started = time.perf_counter()
@@ -241,3 +260,18 @@ def ledger_families() -> list[GaugeMetricFamily]:
     for state in Refund.State.values:
         by_state.add_metric([state], refunds.get(state, 0))
     return [waiting, dead, oldest, by_state]
+
+
+def certificate_families() -> list[GaugeMetricFamily]:
+    """Days until each certificate of certificate mode expires (none in key mode)."""
+    from payment.gateway.report import certificates_report
+
+    days = GaugeMetricFamily(
+        "shop_alipay_certificate_days_left",
+        "Days until a certificate expires (negative: expired), by role (app, alipay, root) "
+        "and serial number; usable is 0 when it cannot be used (chain, key, dates)",
+        labels=["role", "sn", "usable"])
+    for info in certificates_report():
+        days.add_metric([info.role, info.sn, "0" if info.problem else "1"],
+                        round(info.days_left(), 2))
+    return [days]

@@ -380,3 +380,29 @@ class BillFinding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.outcome} {self.trade_no or self.out_request_no}"
+
+
+class AlipayCertificate(models.Model):
+    """A certificate Alipay named in an answer (`alipay_cert_sn`) that the configured one is
+    not: downloaded with `alipay.open.app.alipaycert.download` when Alipay renewed its own.
+
+    Kept whether its chain held or not: a refused one (`refusal` says why) is never used to
+    verify, and is not downloaded again. Trust is decided again from the configured root
+    each time a process loads the rows, so a changed root file is honoured.
+    """
+
+    sn = models.CharField("serial number (alipay_cert_sn)", max_length=32, unique=True)
+    pem = models.TextField(help_text="The certificate file as Alipay sent it (leaf first).")
+    subject = models.CharField(max_length=500)
+    not_before = models.DateTimeField()
+    not_after = models.DateTimeField()
+    refusal = models.CharField(max_length=500, blank=True,
+                               help_text="Why it is not trusted; empty when its chain held.")
+    downloaded_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "Alipay certificate"
+        ordering = ["-downloaded_at"]
+
+    def __str__(self) -> str:
+        return f"Alipay certificate {self.sn}"

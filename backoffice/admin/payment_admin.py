@@ -15,6 +15,7 @@ from django.utils.html import format_html
 
 from backoffice.admin import actions
 from payment.models import (
+    AlipayCertificate,
     BillEntry,
     BillFinding,
     BillReport,
@@ -374,6 +375,26 @@ class RefusedRequestAdmin(admin.ModelAdmin):
     @admin.display(description="sample (first request of the hour, no signature)")
     def sample_pretty(self, obj: RefusedRequest) -> str:
         return _pretty_json(obj.sample)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AlipayCertificate)
+class AlipayCertificateAdmin(admin.ModelAdmin):
+    """Alipay's certificates downloaded after a renewal (certificate mode); read-only. The
+    dashboard lists every certificate in use, configured files included."""
+
+    list_display = ["sn", "subject", "not_after", "trusted", "downloaded_at"]
+    readonly_fields = fields = ("sn", "subject", "not_before", "not_after", "refusal",
+                                "downloaded_at", "pem")
+
+    @admin.display(boolean=True, description="chain held")
+    def trusted(self, obj: AlipayCertificate) -> bool:
+        return not obj.refusal
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -24,6 +24,8 @@ from django.views.decorators.http import require_safe
 from backoffice.dashboard import queries
 from backoffice.dashboard.charts import WIDE, WIDTH, ChartSeries, lines, seconds_text, stacked_bars
 from backoffice.dashboard.queries import HOUR, BucketCounts, Window
+from payment.gateway.checks import EXPIRY_WARNING_DAYS
+from payment.gateway.report import certificates_report
 from payment.models import BillReport, Payment, PaymentAttempt, PaymentEvent, Refund
 
 PERMISSION = "payment.view_paymentevent"
@@ -378,9 +380,17 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
     sections = [builder(window, links) for builder in (
         _payments_section, _time_to_paid_section, _events_section, _reconciliation_section,
         _errors_section, _refunds_section)]
+    now = timezone.now()
+    certificates = [
+        {"info": info, "days_left": f"{info.days_left(now):.0f}",
+         "tone": "tone-bad" if info.problem or info.days_left(now) < EXPIRY_WARNING_DAYS
+         else "tone-ok"}
+        for info in certificates_report(now)
+    ]
     context = {
         **admin.site.each_context(request),
         "title": "Payments dashboard",
+        "certificates": certificates,
         "window_start": timezone.localtime(window.start),
         "window_now": timezone.localtime(window.now),
         "timezone_name": timezone.get_current_timezone_name(),

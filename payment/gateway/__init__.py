@@ -1,5 +1,5 @@
-"""The one boundary to Alipay (client.py is the only module that imports the SDK): keys,
-signatures, the gateway calls and their typed results."""
+"""The one boundary to Alipay (client.py is the only module that imports the SDK): keys and
+certificates (trust.py, certs.py), signatures, the gateway calls and their typed results."""
 from payment.gateway.client import (  # noqa: F401  (the gateway's public names)
     AMOUNT,
     BEIJING,
@@ -15,9 +15,12 @@ from payment.gateway.client import (  # noqa: F401  (the gateway's public names)
     RefundQueryResult,
     RefundResult,
     TradeStatus,
+    alipay_keys_generation,
+    alipay_keys_refresh,
     beijing_time,
     bill_download,
     bill_download_url,
+    certificates_check,
     charset_codec,
     client_warm,
     clients_reset,

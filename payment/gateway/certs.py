@@ -14,8 +14,10 @@ Pure functions: no settings, no network, no files.
 import hashlib
 import logging
 import re
+from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import NameOID
 
 logger = logging.getLogger(__name__)
@@ -138,3 +140,81 @@ def _der_string(attribute: x509.NameAttribute) -> bytes:
         size_bytes = size.to_bytes((size.bit_length() + 7) // 8, "big")
         length = bytes([0x80 | len(size_bytes)]) + size_bytes
     return bytes([tag]) + length + content
+
+
+class ChainError(ValueError):
+    """A certificate that must not be trusted: unreadable, outside its validity, or not
+    issued (directly or through the file's intermediates) by a certificate of the root file."""
+
+
+def certificates_read(pem: bytes | str) -> list[x509.Certificate]:
+    """The certificates of a PEM text that `cryptography` can read, in order (Alipay's root
+    file holds an SM2 root it cannot, and an ECDSA root it may refuse: skipped)."""
+    certificates = []
+    for block in pem_certificates(pem):
+        try:
+            certificate = x509.load_pem_x509_certificate(block)
+            certificate.signature_algorithm_oid  # noqa: B018  (refused here by some versions)
+        except ValueError as exc:
+            logger.debug("certificate skipped, not parsed: %s", exc)
+            continue
+        certificates.append(certificate)
+    return certificates
+
+
+def chain_verify(chain_pem: bytes | str, roots_pem: bytes | str, *,
+                 at: datetime) -> x509.Certificate:
+    """The first certificate of `chain_pem`, once it is shown to descend from a root.
+
+    As the Java SDK's `AntCertificationUtil.isTrusted`: every certificate on the way is
+    within its validity at `at`, each is signed by the next (the file's own intermediates,
+    which Alipay ships after the leaf), and the last by a certificate of the root file whose
+    name is its issuer. Raises `ChainError` saying why not.
+    """
+    chain = certificates_read(chain_pem)
+    if not chain:
+        raise ChainError("no certificate could be read")
+    roots = certificates_read(roots_pem)
+    if not roots:
+        raise ChainError("the root file holds no readable certificate")
+    leaf = current = chain[0]
+    intermediates = chain[1:]
+    for _ in range(len(chain) + 1):
+        _validity_check(current, at)
+        for root in roots:
+            if root.subject == current.issuer and _issued_by(current, root):
+                _validity_check(root, at)
+                return leaf
+        issuer = next((c for c in intermediates
+                       if c.subject == current.issuer and _issued_by(current, c)
+                       and _is_ca(c)), None)
+        if issuer is None:
+            raise ChainError(f"issuer {java_rfc2253_name(current.issuer)!r} is not a root "
+                             "of the root file, and no certificate in the file signed it")
+        intermediates.remove(issuer)
+        current = issuer
+    raise ChainError("the chain does not end at a root")
+
+
+def _validity_check(certificate: x509.Certificate, at: datetime) -> None:
+    if at < certificate.not_valid_before_utc:
+        raise ChainError(f"{java_rfc2253_name(certificate.subject)!r} is not valid before "
+                         f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC")
+    if at > certificate.not_valid_after_utc:
+        raise ChainError(f"{java_rfc2253_name(certificate.subject)!r} expired on "
+                         f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+
+
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return bool(certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return True  # version 1 certificates (older CAs) carry no extensions

@@ -4,7 +4,6 @@ Nothing else in the project imports `alipay`. Server calls return typed results 
 `GatewayUnavailable` (worth retrying later) or `GatewayRejected` (Alipay refused the request).
 """
 import base64
-import binascii
 import json
 import logging
 import os
@@ -12,7 +11,7 @@ import re
 import threading
 import urllib.error
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -23,12 +22,13 @@ import urllib3
 from alipay import AliPay
 from alipay.exceptions import AliPayException, AliPayValidationError
 from alipay.utils import AliPayConfig
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from django.conf import settings
 
 from payment import metrics
+from payment.gateway import certs, trust
+from payment.gateway.trust import KeyFileError
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,6 @@ def _sdk_logging_quiet() -> None:
 _sdk_logging_quiet()
 
 PAID_STATUSES = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
-
-
-class KeyFileError(Exception):
-    """A configured key file is missing, unreadable or not a PEM key."""
 
 
 class GatewayUnavailable(Exception):
@@ -120,24 +116,50 @@ class RefundQueryResult:
         return self.refund_amount == amount
 
 
-def _read_key(path: Path) -> str:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise KeyFileError(
-            f"Alipay key file {path} cannot be read ({exc.strerror or exc}); "
-            "run `python manage.py alipay_keys` (with `--sandbox` for the local sandbox's pair) "
-            "or set its path in the environment."
-        ) from None
-    if "-----BEGIN" not in text:
-        raise KeyFileError(f"Alipay key file {path} is not a PEM key.")
-    return text
-
-
 def keys_check() -> None:
-    """Raise KeyFileError naming the first configured key file that is not usable."""
-    for path in (settings.ALIPAY_APP_PRIVATE_KEY_PATH, settings.ALIPAY_PUBLIC_KEY_PATH):
-        _read_key(path)
+    """Raise KeyFileError naming the first configured key or certificate file that is not
+    usable (certificate mode: expired, not yet valid, not matching the app's private key, or
+    Alipay's not chaining to the root)."""
+    app_private_key_read()
+    if trust.mode() == trust.KEY_MODE:
+        trust.public_keys_read(settings.ALIPAY_PUBLIC_KEY_PATH)
+    else:
+        certificates_check()
+
+
+def certificates_check(at: datetime | None = None) -> None:
+    """Certificate mode's files, as start-up requires them (see keys_check)."""
+    at = at or datetime.now(UTC)
+    missing = [name for name in ("ALIPAY_APP_CERT_PATH", "ALIPAY_CERT_PATH",
+                                 "ALIPAY_ROOT_CERT_PATH") if not getattr(settings, name)]
+    if missing:
+        raise KeyFileError("Certificate mode needs ALIPAY_APP_CERT_PATH, ALIPAY_CERT_PATH and "
+                           f"ALIPAY_ROOT_CERT_PATH; {', '.join(missing)} not set.")
+    app_certificate = trust.certificate_read(settings.ALIPAY_APP_CERT_PATH, "App certificate")
+    _in_validity(app_certificate, settings.ALIPAY_APP_CERT_PATH, "App certificate", at)
+    if app_certificate.public_key() != app_private_key_read().public_key():
+        raise KeyFileError(
+            f"App certificate {settings.ALIPAY_APP_CERT_PATH} is not for the app private key "
+            f"{settings.ALIPAY_APP_PRIVATE_KEY_PATH}: its public key differs.")
+    trust.request_sns.cache_clear()
+    trust.root_text.cache_clear()
+    trust.request_sns()  # the root file holds an RSA-signed certificate
+    alipay_text = trust.read_text(settings.ALIPAY_CERT_PATH, "Alipay certificate")
+    try:
+        certs.chain_verify(alipay_text, trust.root_text(), at=at)
+    except certs.ChainError as exc:
+        raise KeyFileError(f"Alipay certificate {settings.ALIPAY_CERT_PATH} is not trusted: "
+                           f"{exc}.") from None
+
+
+def _in_validity(certificate: Any, path: Path | None, what: str, at: datetime) -> None:
+    if at > certificate.not_valid_after_utc:
+        raise KeyFileError(f"{what} {path} expired on "
+                           f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+                           "download the renewed one from Alipay's console.")
+    if at < certificate.not_valid_before_utc:
+        raise KeyFileError(f"{what} {path} is not valid before "
+                           f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC.")
 
 
 def keys_require() -> None:
@@ -149,11 +171,15 @@ def keys_require() -> None:
 
 
 class _AliPay(AliPay):
-    """The SDK with its RSA2 arithmetic done by `cryptography` instead of pycryptodomex.
+    """The SDK with its RSA2 arithmetic done by `cryptography` instead of pycryptodomex, and
+    Alipay's certificate mode.
 
-    Request building, the gateway protocol and response parsing stay the SDK's own; only
-    the two primitives change: signing is about 4 times and verifying about 15 times
-    faster, which is most of a worker's CPU per trade query.
+    Request building, the gateway protocol and response parsing stay the SDK's own. Signing
+    is about 4 times and verifying about 15 times faster, which is most of a worker's CPU per
+    trade query. In certificate mode every request carries `app_cert_sn` and
+    `alipay_root_cert_sn`, and an answer is verified with the certificate it names
+    (payment/gateway/trust.py); the SDK's `DCAliPay` computes those serial numbers with a fixed
+    name format and never reads `alipay_cert_sn`.
     """
 
     def _sign(self, unsigned_string: str) -> str:
@@ -162,14 +188,38 @@ class _AliPay(AliPay):
         )
         return base64.b64encode(signature).decode()
 
-    def _verify(self, raw_content: str, signature: str) -> bool:
-        return _rsa2_valid(raw_content, signature)
+    def build_body(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        data: dict[str, Any] = super().build_body(*args, **kwargs)
+        if trust.mode() == trust.CERT_MODE:
+            data["app_cert_sn"], data["alipay_root_cert_sn"] = trust.request_sns()
+        return data
+
+    def _verify_and_return_sync_response(self, raw_string: str, response_type: str) -> Any:
+        response = json.loads(raw_string)
+        if not isinstance(response, dict) or not response.get("sign") \
+                or "error_response" in response:
+            return super()._verify_and_return_sync_response(raw_string, response_type)
+        keys = None
+        if trust.mode() == trust.CERT_MODE:
+            sn = response.get("alipay_cert_sn")
+            if not isinstance(sn, str) or not sn:
+                raise AliPayValidationError
+            keys = (trust.answer_key(sn, _certificate_download),)
+        plain_content = self._get_string_to_be_signed(raw_string, response_type)
+        key = trust.signature_key(plain_content.encode(), str(response["sign"]), keys=keys)
+        if key is None:
+            raise AliPayValidationError
+        metrics.signature_verified(key_id=key.key_id, kind="answer")
+        return json.loads(plain_content)
 
     def verified_sync_response(self, data: dict[str, Any], response_type: str) -> Any:
         """The SDK's call, sent over the process's keep-alive pool instead of `urlopen`.
 
         A new TCP (and TLS) connection per call was most of a trade query's wall time.
         """
+        return self._verify_and_return_sync_response(self.post(data), response_type)
+
+    def post(self, data: dict[str, Any]) -> str:
         # The signed parameters go in a form body (Alipay's gateway takes GET or POST): as a
         # URL of several kilobytes, urllib3 re-encoded them one character at a time.
         response = _gateway_pool().request(
@@ -179,8 +229,7 @@ class _AliPay(AliPay):
         )
         if response.status >= 400:
             raise GatewayHTTPError(response.status)
-        raw_string = response.data.decode()
-        return self._verify_and_return_sync_response(raw_string, response_type)
+        return str(response.data.decode())
 
 
 class GatewayHTTPError(OSError):
@@ -209,12 +258,15 @@ def _gateway_pool() -> urllib3.PoolManager:
 
 
 @cache
-def _client() -> AliPay:
+def _client() -> _AliPay:
+    # The SDK loads one Alipay public key at start; it is never used (verification is ours).
+    public_key = trust.trusted_keys()[-1].public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     client = _AliPay(
         appid=settings.ALIPAY_APPID,
         app_notify_url=None,
-        app_private_key_string=_read_key(settings.ALIPAY_APP_PRIVATE_KEY_PATH),
-        alipay_public_key_string=_read_key(settings.ALIPAY_PUBLIC_KEY_PATH),
+        app_private_key_string=_app_private_key_pem(),
+        alipay_public_key_string=public_key,
         sign_type="RSA2",
         config=AliPayConfig(timeout=settings.ALIPAY_TIMEOUT_SECONDS),
     )
@@ -223,37 +275,76 @@ def _client() -> AliPay:
     return client
 
 
-@cache
-def _alipay_public_key() -> rsa.RSAPublicKey:
-    key = serialization.load_pem_public_key(
-        _read_key(settings.ALIPAY_PUBLIC_KEY_PATH).encode()
-    )
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise KeyFileError(f"Alipay public key {settings.ALIPAY_PUBLIC_KEY_PATH} is not RSA.")
+def _app_private_key_pem() -> str:
+    return trust.read_text(settings.ALIPAY_APP_PRIVATE_KEY_PATH, "App private key file")
+
+
+def app_private_key_read() -> rsa.RSAPrivateKey:
+    path = settings.ALIPAY_APP_PRIVATE_KEY_PATH
+    try:
+        key = serialization.load_pem_private_key(_app_private_key_pem().encode(), password=None)
+    except (ValueError, TypeError):
+        raise KeyFileError(f"App private key file {path} is not an unencrypted PEM private "
+                           "key.") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise KeyFileError(f"App private key {path} is not RSA.")
     return key
 
 
 @cache
 def _app_private_key() -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(
-        _read_key(settings.ALIPAY_APP_PRIVATE_KEY_PATH).encode(), password=None
-    )
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise KeyFileError(f"App private key {settings.ALIPAY_APP_PRIVATE_KEY_PATH} is not RSA.")
-    return key
+    return app_private_key_read()
 
 
-def _rsa2_valid(message: str, signature: str, encoding: str = "utf-8") -> bool:
+CERT_DOWNLOAD = "alipay.open.app.alipaycert.download"
+
+
+def _certificate_download(sn: str) -> trust.Download:
+    """`alipay.open.app.alipaycert.download` of certificate `sn`: the file, and the answer as
+    signed (checked by trust.py, which knows which certificate signed it)."""
+    client = _client()
+    response_type = CERT_DOWNLOAD.replace(".", "_") + "_response"
     try:
-        raw_signature = base64.b64decode(signature, validate=True)
-        signed = message.encode(encoding)
-    except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
-        return False
-    try:
-        _alipay_public_key().verify(raw_signature, signed, padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        return False
-    return True
+        with metrics.gateway_timed(CERT_DOWNLOAD):
+            raw = client.post(client.build_body(CERT_DOWNLOAD, {"alipay_cert_sn": sn}))
+        response = json.loads(raw)
+        answer = response.get(response_type) or response.get("error_response") or {}
+        if str(answer.get("code")) != "10000":
+            raise GatewayUnavailable(
+                f"{CERT_DOWNLOAD} of {sn}: {answer.get('code')} {answer.get('sub_code', '')}",
+                code="certificate", sub_code=_text(answer.get("sub_code")) or "download")
+        signed_text = client._get_string_to_be_signed(raw, response_type)
+        pem = base64.b64decode(str(answer.get("alipay_cert_content", "")), validate=True)
+        return trust.Download(pem.decode("utf-8"), signed_text, str(response.get("sign", "")),
+                              str(response.get("alipay_cert_sn", "")))
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise GatewayUnavailable(f"{CERT_DOWNLOAD}: {type(exc).__name__}", code="transport",
+                                 sub_code=_transport_kind(exc)) from None
+    except (ValueError, AttributeError) as exc:  # not JSON, not base64, not text
+        raise GatewayUnavailable(f"{CERT_DOWNLOAD}: unreadable answer ({type(exc).__name__})",
+                                 code="unreadable") from None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _certificate_probe() -> None:
+    """One signed call whose answer names Alipay's current certificate (downloading it, if it
+    is new, as every answer does)."""
+    current = trust.trusted_keys()[0].key_id
+    _call("server_api", api_name=CERT_DOWNLOAD, biz_content={"alipay_cert_sn": current})
+
+
+def alipay_keys_generation() -> int:
+    """See trust.keys_generation: read it before a signature check that may fail."""
+    return trust.keys_generation()
+
+
+def alipay_keys_refresh(seen_generation: int) -> bool:
+    """After a return or notification no trusted key verified: True when the keys changed
+    (a renewed certificate learned, a key file rewritten) and it is worth checking again."""
+    return trust.keys_refresh(seen_generation, _certificate_probe)
 
 
 # The charsets Alipay sends in (the `charset` parameter, that of our request); GB18030 reads
@@ -271,15 +362,16 @@ def client_warm() -> None:
     """Load the keys and build the client now, not on the first payment of a new process."""
     _client()
     _app_private_key()
-    _alipay_public_key()
+    if trust.mode() == trust.CERT_MODE:
+        trust.request_sns()
 
 
 def clients_reset() -> None:
     """Forget the cached client and keys (after settings change, in tests)."""
     _client.cache_clear()
     _pools.clear()
-    _alipay_public_key.cache_clear()
     _app_private_key.cache_clear()
+    trust.trust_reset()
 
 
 BEIJING = ZoneInfo("Asia/Shanghai")
@@ -347,8 +439,11 @@ def signature_valid(params: dict[str, str]) -> bool:
         for key, value in sorted(params.items())
         if key not in ("sign", "sign_type")
     )
-    # Signed over the text as encoded in the charset it was sent in.
-    return _rsa2_valid(message, signature, codec)
+    try:  # signed over the text as encoded in the charset it was sent in
+        signed = message.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return trust.signature_verified(signed, signature, kind="params")
 
 
 AMOUNT = re.compile(r"[0-9]{1,13}\.[0-9]{2}")
@@ -394,6 +489,10 @@ def _call_gateway(method: str, **kwargs: Any) -> dict[str, Any]:
     except AliPayValidationError:
         raise GatewayUnavailable(f"{method}: response signature did not verify",
                                  code="signature") from None
+    except trust.CertificateUntrusted as exc:
+        logger.error("alipay answer to %s not believed: %s", method, exc)
+        raise GatewayUnavailable(f"{method}: {exc}", code="certificate",
+                                 sub_code="untrusted") from None
     except AliPayException as exc:
         # Unsigned errors (20000 system busy, 4000x argument errors) arrive here.
         code, sub_code, sub_msg = _error_fields(str(exc))

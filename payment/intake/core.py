@@ -11,6 +11,7 @@ happens on the workers.
 Every read and write goes through an `IntakeStore` (payment/intake/store.py); the HTTP side is
 payment/intake/asgi.py.
 """
+import asyncio
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Any
 from django.conf import settings
 
 from infra.logs import log_ids
-from payment import event_store, metrics, wakeups
+from payment import event_store, gateway, metrics, wakeups
 from payment.errors import PaymentError, SignatureInvalid, Throttled
 from payment.intake import throttle
 from payment.intake.params import params_authenticate, params_clean, params_parse
@@ -158,9 +159,22 @@ def incomplete_answer(source: str) -> Answer:
 
 # -- the steps --------------------------------------------------------------------------------
 
+async def _authenticate(params: dict[str, str]) -> None:
+    """Alipay's signature, checked again once if the keys change meanwhile: a renewed
+    certificate (certificate mode) or a rewritten key file (key mode) is learned on a
+    thread, at most every ALIPAY_KEYS_REFRESH_SECONDS, and junk costs no more."""
+    generation = gateway.alipay_keys_generation()
+    try:
+        params_authenticate(params)
+    except SignatureInvalid:
+        if not await asyncio.to_thread(gateway.alipay_keys_refresh, generation):
+            raise
+        params_authenticate(params)
+
+
 async def _return_accept(store: IntakeStore, params: dict[str, str],
                          remote_addr: str | None) -> Answer:
-    params_authenticate(params)
+    await _authenticate(params)
     order_id, trade_no = params["out_trade_no"], params.get("trade_no", "")
     answer = payment_answer(status=await _payment_status(store, trade_no, order_id),
                             trade_no=trade_no, order_id=order_id)
@@ -179,7 +193,7 @@ async def _return_accept(store: IntakeStore, params: dict[str, str],
 
 async def _notification_accept(store: IntakeStore, params: dict[str, str],
                                remote_addr: str | None) -> None:
-    params_authenticate(params)
+    await _authenticate(params)
     metrics.notify_lag_observe(params.get("notify_time", ""))
     stored = await _event_insert(store, EventSource.NOTIFY, params, remote_addr)
     if stored.state == EventState.RECEIVED:

@@ -20,7 +20,7 @@ from django.utils import timezone
 from infra.bulk_sql import rows_update
 from infra.logs import log_ids, request_origins
 from payment import metrics, wakeups
-from payment.errors import EventRejected
+from payment.errors import EventRejected, PaymentNotConfirmed
 from payment.models import EventSource, EventState, Payment, PaymentAttempt, PaymentEvent
 from payment.processing.applying import payments_apply
 from payment.processing.retry import RetryPolicy, retry_policy
@@ -213,6 +213,8 @@ def _verify(
                                           params=event.params, order_amounts=amounts), event))
         except EventRejected as exc:
             finishes[event.id] = _Finish(EventState.REJECTED, str(exc))
+        except PaymentNotConfirmed as exc:
+            deferred[event.id] = f"{type(exc).__name__}: {exc}"
     to_apply: list[Verified] = []
     returns: list[tuple[Verified, Claimed]] = []
     for item, event in verified:
