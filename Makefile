@@ -13,6 +13,18 @@ export no_proxy := 127.0.0.1,localhost
 WEB_BIND ?= 127.0.0.1:8000
 SANDBOX_PORT ?= 8090
 
+# Key mode (the default) or, with ALIPAY_MODE=cert, Alipay's certificate mode: the sandbox
+# issues the shop's certificate and signs with a certificate of its own (README: Certificate
+# mode).
+ALIPAY_MODE ?= key
+ifeq ($(ALIPAY_MODE),cert)
+export ALIPAY_APP_CERT_PATH := $(CURDIR)/keys/appCertPublicKey.crt
+export ALIPAY_CERT_PATH := $(CURDIR)/keys/alipayCertPublicKey_RSA2.crt
+export ALIPAY_ROOT_CERT_PATH := $(CURDIR)/keys/alipayRootCert.crt
+export ALIPAY_SANDBOX_CERT_DIR := $(CURDIR)/keys
+KEYS_FLAGS := --cert
+endif
+
 # The tests use the real services: PostgreSQL and Redis (see README.md).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
@@ -37,7 +49,7 @@ $(TEST_STAMP): $(RUN_STAMP)
 
 prepare: install
 	mkdir -p var
-	$(BIN)/python manage.py alipay_keys --sandbox
+	$(BIN)/python manage.py alipay_keys --sandbox $(KEYS_FLAGS)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python manage.py seed_demo

@@ -93,7 +93,7 @@ class _Metrics:
         self.signatures_verified = Counter(
             "shop_alipay_signatures_verified",
             "Alipay signatures verified, by the key that verified them (a certificate's "
-            "serial number, or key: and the public key's SHA-256 prefix) and kind (answer, "
+            "serial number, or key- and the public key's SHA-256 prefix) and kind (answer, "
             "params: a return or notification)", ["key", "kind"])
         self.certificate_downloads = Counter(
             "shop_alipay_certificate_downloads",

@@ -10,7 +10,7 @@ An answer names its certificate (`alipay_cert_sn`); returns and notifications do
 verified with every trusted certificate, the newest first (the current one and, during a
 renewal, the previous).
 
-Every key has an id: the certificate's serial number, or `key:` and 12 hex digits of the
+Every key has an id: the certificate's serial number, or `key-` and 12 hex digits of the
 SHA-256 of the public key (what `manage.py alipay_certs` prints), counted in the metric
 `shop_alipay_signatures_verified_total` for each signature it verified.
 """
@@ -108,7 +108,7 @@ def read_text(path: Path | None, what: str) -> str:
 def key_id(public_key: rsa.RSAPublicKey) -> str:
     der = public_key.public_bytes(serialization.Encoding.DER,
                                   serialization.PublicFormat.SubjectPublicKeyInfo)
-    return "key:" + hashlib.sha256(der).hexdigest()[:12]
+    return "key-" + hashlib.sha256(der).hexdigest()[:12]
 
 
 _PUBLIC_KEY = re.compile(r"-----BEGIN (?:RSA )?PUBLIC KEY-----.+?-----END (?:RSA )?PUBLIC KEY-----",
