@@ -26,7 +26,7 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
 from infra import logs, metrics, redis_client, static  # noqa: E402
 from infra.checks import checks_require  # noqa: E402
-from payment.gateway import keys_require  # noqa: E402
+from payment.gateway import client_warm, keys_require  # noqa: E402
 from payment.intake import asgi as intake  # noqa: E402
 from payment.intake.store import PsycopgStore  # noqa: E402
 
@@ -62,6 +62,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
         if message["type"] == "lifespan.startup":
             redis_client.server_loop_started(asyncio.get_running_loop())
             await asyncio.to_thread(static.handles, "/")  # the static files, scanned once
+            # Alipay's keys and certificates (some from the database), off the event loop.
+            await asyncio.to_thread(client_warm)
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await redis_client.server_loop_stopping(asyncio.get_running_loop())

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509 import Certificate
 from django.conf import settings
+from django.core.exceptions import SynchronousOnlyOperation
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
@@ -218,9 +219,11 @@ class _Trusted:
         if mode() == CERT_MODE:
             try:
                 stored = _stored_keys({key.key_id for key in configured})
-            except DatabaseError as exc:  # the database away: the configured one still works
-                logger.warning("alipay certificates not read from the database error=%s",
-                               type(exc).__name__)
+            except (DatabaseError, SynchronousOnlyOperation) as exc:
+                # The database away, or first use on an event loop: the configured certificate
+                # works meanwhile, and a refresh (on a thread) reads the others.
+                logger.info("alipay certificates not read from the database error=%s",
+                            type(exc).__name__)
         keys = tuple(stored + configured)
         self.file_stamp = _file_stamp(settings.ALIPAY_PUBLIC_KEY_PATH)
         changed = self.keys is None or [k.key_id for k in keys] != [k.key_id for k in self.keys]
