@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import cashier
 from .bills import Bills
+from .certmode import CertMode, CertSetup
 from .config import Config
 from .control import Control, json_reply
 from .errors import ApiError
@@ -17,6 +18,7 @@ from .faults import Faults
 from .gateway import PAGE_METHODS, Gateway, Reply, decode_params
 from .notifier import Notifier
 from .runtime import Runtime, settings_from
+from .signing import Signer, SigningKey
 from .store import Store
 from .trades import SWEEP_BATCH, TradeService
 
@@ -31,17 +33,31 @@ def html(status: int, text: str, headers: dict[str, str] | None = None) -> Reply
 
 class Sandbox:
     def __init__(
-        self, config: Config, alipay_key: rsa.RSAPrivateKey, app_public_key: rsa.RSAPublicKey
+        self,
+        config: Config,
+        alipay_key: rsa.RSAPrivateKey,
+        app_public_key: rsa.RSAPublicKey,
+        cert_setup: CertSetup | None = None,
     ) -> None:
+        """Key mode, or certificate mode with ``cert_setup`` (its app certificate's key is
+        then ``app_public_key``; ``alipay_key`` signs until a renewal replaces it)."""
         self.config = config
         self.store = Store(config.store)
+        self.cert_mode = CertMode(cert_setup, self.store) if cert_setup is not None else None
+        self.signer = self.cert_mode.signer if self.cert_mode else Signer(SigningKey(alipay_key))
         self.faults = Faults()
         self.runtime = Runtime(settings_from(config))
         self.notifier = Notifier(self.store, self.faults, config.time_factor)
-        self.trades = TradeService(config, alipay_key, self.store, self.notifier, self.runtime)
+        self.trades = TradeService(config, self.signer, self.store, self.notifier, self.runtime)
         self.bills = Bills(self.store, config.seller_id, self.runtime)
         self.gateway = Gateway(
-            config, alipay_key, app_public_key, self.faults, self.trades, self.bills
+            config,
+            self.signer,
+            app_public_key,
+            self.faults,
+            self.trades,
+            self.bills,
+            self.cert_mode,
         )
         self.control = Control(self) if config.control else None
         self._stop = threading.Event()

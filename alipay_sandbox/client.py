@@ -6,6 +6,7 @@ result = control.pay(pay_url)          # {"trade_no", "out_trade_no", "return_ur
 control.set_faults(notify_drop=True)
 control.set_settings(refund_window_s=1, empty_param_rate=0.5)
 control.generate_trades("2024-05-01", 100000, refunds=1000)
+control.renew_cert()                   # certificate mode: {"alipay_cert_sn", "previous"}
 """
 
 from __future__ import annotations
@@ -101,6 +102,17 @@ class SandboxControl:
     def clear_settings(self) -> dict:
         """Back to the start-up settings."""
         return self._call("DELETE", "/_sandbox/settings")
+
+    def certs(self) -> dict:
+        """``{"mode": "cert" | "key", "current", "issued": [...], "app_cert_sn",
+        "root_cert_sn"}``: the signing certificates of certificate mode."""
+        return self._call("GET", "/_sandbox/certs")
+
+    def renew_cert(self, *, untrusted: bool = False) -> dict:
+        """A new signing key and certificate, used from now on: ``{"alipay_cert_sn",
+        "previous"}``. ``untrusted``: issued by a CA that is not in the root bundle."""
+        body = {"untrusted": True} if untrusted else {}
+        return self._call("POST", "/_sandbox/certs/renew", body)
 
     def generate_trades(
         self,

@@ -30,6 +30,8 @@ class Config:
     refund_window_days: float = 365.0
     bill_url_ttl_s: float = 30.0
     empty_param_rate: float = 0.0
+    # Certificate mode (公钥证书模式) when set: a directory written by `certs` (see certs.py).
+    cert_dir: Path | None = None
 
     def base_url(self, bound_port: int | None = None) -> str:
         """The URL the sandbox advertises for its own links."""
@@ -50,9 +52,11 @@ def _truthy(value: str | None) -> bool:
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     get = env.get
+    cert_dir = get("ALIPAY_SANDBOX_CERT_DIR", "")
     parser = argparse.ArgumentParser(
         prog="python -m alipay_sandbox",
-        description="Local Alipay gateway: page pay cashier, server APIs, notifications.",
+        description="Local Alipay gateway: page pay cashier, server APIs, notifications."
+        " `python -m alipay_sandbox certs --help`: the files of certificate mode.",
     )
     parser.add_argument("--host", default=get("ALIPAY_SANDBOX_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(get("ALIPAY_SANDBOX_PORT", "8090")))
@@ -63,13 +67,21 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--alipay-private-key",
         type=Path,
         default=Path(get("ALIPAY_SANDBOX_PRIVATE_KEY", Config.alipay_private_key)),
-        help="key the sandbox signs responses, returns and notifications with",
+        help="key the sandbox signs responses, returns and notifications with (in certificate"
+        " mode: the key of the directory's alipayCertPublicKey_RSA2.crt)",
     )
     parser.add_argument(
         "--app-public-key",
         type=Path,
         default=Path(get("ALIPAY_SANDBOX_APP_PUBLIC_KEY", Config.app_public_key)),
-        help="the merchant's app public key, to verify requests",
+        help="the merchant's app public key, to verify requests (key mode only)",
+    )
+    parser.add_argument(
+        "--cert-dir",
+        type=Path,
+        default=Path(cert_dir) if cert_dir else None,
+        help="certificate mode: the directory `python -m alipay_sandbox certs` wrote"
+        " (default: key mode)",
     )
     parser.add_argument(
         "--app-id",
@@ -150,4 +162,5 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         refund_window_days=args.refund_window_days,
         bill_url_ttl_s=args.bill_url_ttl,
         empty_param_rate=args.empty_param_rate,
+        cert_dir=args.cert_dir,
     )

@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .certmode import RenewError, describe_key_mode
 from .errors import ApiError
 from .faults import FaultError
 from .gateway import Reply, decode_params
@@ -70,6 +71,10 @@ class Control:
             return self.trade(unquote(sub[len("trades/") :]))
         if sub == "notifications" and method == "GET":
             return self.notifications(params.get("out_trade_no"))
+        if sub == "certs" and method == "GET":
+            return self.certs()
+        if sub == "certs/renew" and method == "POST":
+            return self.renew(payload)
         if sub == "notifications/flush" and method == "POST":
             return json_reply(200, {"flushed": self.sandbox.notifier.flush()})
         if sub == "faults":
@@ -97,10 +102,25 @@ class Control:
         return _error(404, f"no control endpoint {method} {path}")
 
     def reset(self) -> Reply:
+        # Renewed signing certificates stay: see Store.reset.
         self.sandbox.store.reset()
         self.sandbox.faults.clear()
         self.sandbox.runtime.reset()
         return json_reply(200, {"ok": True})
+
+    def certs(self) -> Reply:
+        cert_mode = self.sandbox.cert_mode
+        described = cert_mode.describe() if cert_mode is not None else describe_key_mode()
+        return json_reply(200, described)
+
+    def renew(self, payload: dict[str, Any]) -> Reply:
+        cert_mode = self.sandbox.cert_mode
+        if cert_mode is None:
+            return _error(409, "certificate mode is off (start with --cert-dir)")
+        try:
+            return json_reply(200, cert_mode.renew(payload))
+        except RenewError as exc:
+            return _error(400, str(exc))
 
     def generate(self, payload: dict[str, Any]) -> Reply:
         try:

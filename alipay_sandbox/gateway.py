@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -14,19 +15,22 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import signing
 from .bills import Bills
+from .certmode import CertMode
 from .config import Config
-from .errors import ApiError, invalid, missing
+from .errors import ApiError, business, invalid, missing
 from .faults import Faults
 from .runtime import TIME_FORMAT
 from .trades import TradeService
 
 PAGE_METHODS = ("alipay.trade.page.pay", "alipay.trade.wap.pay")
+CERT_DOWNLOAD = "alipay.open.app.alipaycert.download"
 SERVER_METHODS = (
     "alipay.trade.query",
     "alipay.trade.close",
     "alipay.trade.refund",
     "alipay.trade.fastpay.refund.query",
     "alipay.data.dataservice.bill.downloadurl.query",
+    CERT_DOWNLOAD,
 )
 REQUIRED = (
     ("app_id", "app-id"),
@@ -87,30 +91,39 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _cert_sn_field(current: signing.SigningKey) -> str:
+    """``,"alipay_cert_sn":"..."`` in certificate mode, between the node and ``sign`` as
+    Alipay places it; nothing in key mode."""
+    return ',"alipay_cert_sn":"' + current.cert_sn + '"' if current.cert_sn else ""
+
+
 class Gateway:
     def __init__(
         self,
         config: Config,
-        alipay_key: rsa.RSAPrivateKey,
+        signer: signing.Signer,
         app_public_key: rsa.RSAPublicKey,
         faults: Faults,
         trades: TradeService,
         bills: Bills,
+        cert_mode: CertMode | None = None,
     ) -> None:
         self.config = config
-        self.alipay_key = alipay_key
+        self.signer = signer
         self.app_public_key = app_public_key
         self.faults = faults
         self.trades = trades
         self.bills = bills
+        self.cert_mode = cert_mode
         self.base_url = config.base_url()
-        self._signatures: dict[tuple[str, str, str], str] = {}
+        self._signatures: dict[tuple[str, str, str, str], str] = {}
         self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "alipay.trade.query": trades.query,
             "alipay.trade.close": trades.close,
             "alipay.trade.refund": trades.refund,
             "alipay.trade.fastpay.refund.query": trades.refund_query,
             "alipay.data.dataservice.bill.downloadurl.query": self._bill_url,
+            CERT_DOWNLOAD: self._cert_download,
         }
 
     # -- verification ---------------------------------------------------------------------
@@ -140,6 +153,9 @@ class Gateway:
         codec = signing.codec_for(charset)
         if codec is None:
             raise invalid("charset", f"字符集 {charset} 不支持，请使用 utf-8、gbk 或 gb2312")
+        if self.cert_mode is not None:
+            # Alipay picks the app certificate by its SN before it can check the signature.
+            self._check_cert_sns(params, self.cert_mode)
         if not signing.verify_request(self.app_public_key, params, sign_type, codec):
             raise invalid(
                 "signature",
@@ -155,6 +171,30 @@ class Gateway:
         if not isinstance(biz, dict):
             raise ApiError("40002", "isv.invalid-parameter", "biz_content 应为 JSON 对象")
         return Verified(method, app_id, sign_type, params, biz, charset)
+
+    @staticmethod
+    def _check_cert_sns(params: dict[str, str], cert_mode: CertMode) -> None:
+        """Certificate mode: the request names the app certificate and the root bundle."""
+        app_cert_sn = params.get("app_cert_sn", "")
+        if not app_cert_sn:
+            raise invalid(
+                "app-cert-sn", "缺少 app_cert_sn 参数：公钥证书模式下须传应用公钥证书序列号"
+            )
+        if app_cert_sn != cert_mode.app_cert_sn:
+            raise invalid(
+                "app-cert-sn", "app_cert_sn 与应用公钥证书的序列号不符，请检查应用公钥证书"
+            )
+        root_cert_sn = params.get("alipay_root_cert_sn", "")
+        if not root_cert_sn:
+            raise invalid(
+                "alipay-root-cert-sn",
+                "缺少 alipay_root_cert_sn 参数：公钥证书模式下须传支付宝根证书序列号",
+            )
+        if root_cert_sn != cert_mode.root_cert_sn:
+            raise invalid(
+                "alipay-root-cert-sn",
+                "alipay_root_cert_sn 与支付宝根证书的序列号不符，请检查支付宝根证书",
+            )
 
     # -- server APIs ----------------------------------------------------------------------
     def handle(self, params: dict[str, str]) -> Reply:
@@ -200,20 +240,33 @@ class Gateway:
     def signed(
         self, method: str, node: dict[str, Any], sign_type: str, charset: str = "utf-8"
     ) -> Reply:
-        """The envelope in the request's charset, signed over the node's bytes in it."""
+        """The envelope in the request's charset, signed over the node's bytes in it; in
+        certificate mode it names the signing certificate (``alipay_cert_sn``)."""
         codec = signing.codec_for(charset) or "utf-8"
         text = _dumps(node).encode(codec, "replace").decode(codec)
-        signature = self._sign_cached(text, sign_type, codec)
-        body = '{"' + response_key(method) + '":' + text + ',"sign":"' + signature + '"}'
+        current = self.signer.current()
+        signature = self._sign_cached(current, text, sign_type, codec)
+        body = (
+            '{"'
+            + response_key(method)
+            + '":'
+            + text
+            + _cert_sn_field(current)
+            + ',"sign":"'
+            + signature
+            + '"}'
+        )
         return Reply(200, body.encode(codec), f"application/json;charset={codec}")
 
-    def _sign_cached(self, text: str, sign_type: str, codec: str) -> str:
+    def _sign_cached(
+        self, current: signing.SigningKey, text: str, sign_type: str, codec: str
+    ) -> str:
         # PKCS#1 v1.5 signatures are deterministic: a repeated answer (polling queries)
-        # can reuse its signature.
-        key = (text, sign_type, codec)
+        # can reuse its signature, as long as the key is the same.
+        key = (text, sign_type, codec, current.cert_sn)
         signature = self._signatures.get(key)
         if signature is None:
-            signature = signing.sign(self.alipay_key, text, sign_type, codec)
+            signature = signing.sign(current.key, text, sign_type, codec)
             if len(self._signatures) >= 4096:
                 self._signatures.clear()
             self._signatures[key] = signature
@@ -221,11 +274,35 @@ class Gateway:
 
     def unsigned(self, method: str, node: dict[str, Any], charset: str = "utf-8") -> Reply:
         codec = signing.codec_for(charset) or "utf-8"
-        body = _dumps({response_key(method): node}).encode(codec, "replace")
+        envelope: dict[str, Any] = {response_key(method): node}
+        cert_sn = self.signer.current().cert_sn
+        if cert_sn:
+            envelope["alipay_cert_sn"] = cert_sn
+        body = _dumps(envelope).encode(codec, "replace")
         return Reply(200, body, f"application/json;charset={codec}")
 
     def _bill_url(self, biz: dict[str, Any]) -> dict[str, Any]:
         return self.bills.issue(biz, self.base_url)
+
+    def _cert_download(self, biz: dict[str, Any]) -> dict[str, Any]:
+        """``alipay.open.app.alipaycert.download``: a certificate the sandbox signs or signed
+        with, as its file (the leaf, then its issuing CA), base64."""
+        if self.cert_mode is None:
+            raise invalid(
+                "cert-mode",
+                "应用未启用公钥证书模式（沙箱以密钥模式运行），不能下载支付宝公钥证书",
+            )
+        cert_sn = str(biz.get("alipay_cert_sn") or "")
+        if not cert_sn:
+            raise ApiError("40002", "isv.invalid-parameter", "biz_content 缺少 alipay_cert_sn")
+        found = self.cert_mode.find(cert_sn)
+        if found is None:
+            raise business("isv.cert-not-exist", f"支付宝公钥证书不存在 (alipay_cert_sn {cert_sn})")
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "alipay_cert_content": base64.b64encode(found.chain_pem).decode("ascii"),
+        }
 
     # -- page pay -------------------------------------------------------------------------
     def open_page_pay(self, params: dict[str, str], allow_paid: bool = False) -> dict[str, Any]:

@@ -11,8 +11,6 @@ import random
 from decimal import Decimal
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from . import signing
 from .config import Config
 from .notifier import new_notify_id
@@ -31,9 +29,9 @@ def in_charset(params: dict[str, str], charset: str) -> dict[str, str]:
 
 
 class Messages:
-    def __init__(self, config: Config, alipay_key: rsa.RSAPrivateKey, runtime: Runtime) -> None:
+    def __init__(self, config: Config, signer: signing.Signer, runtime: Runtime) -> None:
         self.config = config
-        self.key = alipay_key
+        self.signer = signer
         self.runtime = runtime
 
     def return_params(self, trade: dict[str, Any], paid_at: str) -> dict[str, str]:
@@ -104,7 +102,9 @@ class Messages:
     def _signed(self, params: dict[str, str], trade: dict[str, Any]) -> dict[str, str]:
         params = self._maybe_empty(in_charset(params, params["charset"]))
         codec = signing.codec_for(params["charset"]) or "utf-8"
-        signature = signing.sign_params(self.key, params, trade["sign_type"], encoding=codec)
+        # The current key: real notifications do not name the certificate they are signed with.
+        key = self.signer.current().key
+        signature = signing.sign_params(key, params, trade["sign_type"], encoding=codec)
         return {**params, "sign": signature}
 
     def _maybe_empty(self, params: dict[str, str]) -> dict[str, str]:

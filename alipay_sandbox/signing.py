@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -19,6 +20,31 @@ CHARSETS = {"utf-8": "utf-8", "utf8": "utf-8", "gbk": "gbk", "gb2312": "gbk"}
 
 class KeyFileError(Exception):
     """A key file is missing or unreadable; the message names the path."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A key the sandbox signs with, and the SN of its certificate in certificate mode."""
+
+    key: rsa.RSAPrivateKey
+    cert_sn: str = ""  # "" in key mode: answers name no certificate
+
+
+class Signer:
+    """The key the sandbox signs answers, returns and notifications with now. Fixed in key
+    mode; certificate mode replaces it when the signing certificate is renewed."""
+
+    def __init__(self, current: SigningKey) -> None:
+        self._current = current
+
+    def current(self) -> SigningKey:
+        return self._current
+
+    def replace(self, new: SigningKey) -> SigningKey:
+        """Sign with ``new`` from now on (one reference swap, safe across threads); returns
+        the key it replaces."""
+        previous, self._current = self._current, new
+        return previous
 
 
 def _read_key_file(path: Path, kind: str) -> bytes:

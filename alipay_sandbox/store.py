@@ -1,4 +1,4 @@
-"""SQLite store for trades, refunds and pending notifications.
+"""SQLite store for trades, refunds, pending notifications and renewed signing certificates.
 
 One file in WAL mode. Reads use pooled connections concurrently; writes are serialised by a
 lock and run in ``BEGIN IMMEDIATE`` transactions.
@@ -63,6 +63,17 @@ CREATE TABLE IF NOT EXISTS notifications (
     next_at REAL,
     created_at REAL NOT NULL,
     attempts TEXT NOT NULL DEFAULT '[]'
+);
+-- Signing certificates issued by renewal (certificate mode), kept across restarts and resets.
+-- setup: the SN of the intermediate CA of the certificate directory they were renewed under.
+CREATE TABLE IF NOT EXISTS signing_certs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    setup TEXT NOT NULL,
+    sn TEXT NOT NULL UNIQUE,
+    chain_pem TEXT NOT NULL,
+    key_pem TEXT NOT NULL,
+    trusted INTEGER NOT NULL,
+    created_at REAL NOT NULL
 );
 """
 # After the columns added since the first release exist (see Store._migrate).
@@ -375,7 +386,26 @@ class Store:
                 rows = conn.execute("SELECT * FROM notifications ORDER BY id").fetchall()
         return [dict(r) for r in rows]
 
+    # -- renewed signing certificates (certificate mode) ----------------------------------
+    def insert_signing_cert(self, cert: dict[str, Any]) -> None:
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO signing_certs (setup, sn, chain_pem, key_pem, trusted, created_at)"
+                " VALUES (:setup, :sn, :chain_pem, :key_pem, :trusted, :created_at)",
+                cert,
+            )
+
+    def signing_certs(self, setup: str) -> list[dict[str, Any]]:
+        """The certificates renewed under ``setup``, oldest first (the last is current)."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT * FROM signing_certs WHERE setup = ? ORDER BY id", (setup,)
+            ).fetchall()
+        return [dict(r) for r in rows]
+
     def reset(self) -> None:
+        """Forget trades, refunds and notifications (renewed certificates stay: they are the
+        gateway's identity, which merchants may have cached, not test data)."""
         with self.write() as conn:
             conn.execute("DELETE FROM trades")
             conn.execute("DELETE FROM refunds")

@@ -12,8 +12,6 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlencode
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from . import signing
 from .config import Config
 from .errors import ApiError, TradeExpired, business, product_code_error, trade_not_exist
@@ -92,17 +90,16 @@ class TradeService:
     def __init__(
         self,
         config: Config,
-        alipay_key: rsa.RSAPrivateKey,
+        signer: signing.Signer,
         store: Store,
         notifier: Notifier,
         runtime: Runtime,
     ) -> None:
         self.config = config
-        self.key = alipay_key
         self.store = store
         self.notifier = notifier
         self.runtime = runtime
-        self.messages = Messages(config, alipay_key, runtime)
+        self.messages = Messages(config, signer, runtime)
 
     # -- lookup ---------------------------------------------------------------------------
     def find(self, biz: dict[str, Any], conn: sqlite3.Connection | None = None) -> dict[str, Any]:
