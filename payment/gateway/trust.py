@@ -198,6 +198,7 @@ class _Trusted:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self.refresh_lock = threading.Lock()
         self.keys: tuple[AlipayKey, ...] | None = None
         self.generation = 0
         self.refreshed_at = float("-inf")
@@ -272,8 +273,9 @@ def keys_refresh(seen_generation: int, probe: Callable[[], None]) -> bool:
     none is new, calls `probe` (one signed call to Alipay, whose answer names Alipay's
     current certificate and so downloads it if it is new). Junk signatures cost no more.
     """
-    with _trusted.lock:
-        if _trusted.generation != seen_generation:
+    # One refresh at a time in a process: the others wait for its outcome, which is theirs.
+    with _trusted.refresh_lock:
+        if keys_generation() != seen_generation:
             return True
         if time.monotonic() - _trusted.refreshed_at < settings.ALIPAY_KEYS_REFRESH_SECONDS:
             return False
@@ -281,18 +283,20 @@ def keys_refresh(seen_generation: int, probe: Callable[[], None]) -> bool:
         if mode() == KEY_MODE:
             if _file_stamp(settings.ALIPAY_PUBLIC_KEY_PATH) != _trusted.file_stamp:
                 try:
-                    _trusted._load()
+                    with _trusted.lock:
+                        _trusted._load()
                 except KeyFileError as exc:  # half-written: keep the keys in use
                     logger.warning("alipay public keys not reloaded: %s", exc)
-            return _trusted.generation != seen_generation
-        _trusted._load()
-        if _trusted.generation != seen_generation:
+            return keys_generation() != seen_generation
+        with _trusted.lock:
+            _trusted._load()
+        if keys_generation() != seen_generation:
             return True
-    try:
-        probe()
-    except Exception as exc:  # noqa: BLE001  (Alipay away, refused: the check stays failed)
-        logger.warning("alipay certificate probe failed error=%s", type(exc).__name__)
-    return keys_generation() != seen_generation
+        try:
+            probe()
+        except Exception as exc:  # noqa: BLE001  (Alipay away, refused: the check stays failed)
+            logger.warning("alipay certificate probe failed error=%s", type(exc).__name__)
+        return keys_generation() != seen_generation
 
 
 def signature_key(message: bytes, signature: str, *,
@@ -331,23 +335,27 @@ def answer_key(sn: str, download: Callable[[str], Download]) -> AlipayKey:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_DOWNLOAD_LOCK])
         # (SQLite: the transaction itself is taken IMMEDIATE, one writer at a time.)
-        key = _stored_or_downloaded(sn, download)
-    _trusted.add(key)
-    return key
+        key_or_refusal = _stored_or_downloaded(sn, download)
+    # Raised once the transaction is over: a refused certificate stays stored, with why.
+    if isinstance(key_or_refusal, str):
+        raise CertificateUntrusted(key_or_refusal)
+    _trusted.add(key_or_refusal)
+    return key_or_refusal
 
 
-def _stored_or_downloaded(sn: str, download: Callable[[str], Download]) -> AlipayKey:
+def _stored_or_downloaded(sn: str, download: Callable[[str], Download]) -> AlipayKey | str:
+    """The certificate's key, or why it is not trusted."""
     from payment.models import AlipayCertificate
 
     row = AlipayCertificate.objects.filter(sn=sn).first()
     if row is None:
         row = _download_store(sn, download)
     if row.refusal:
-        raise CertificateUntrusted(f"Alipay certificate {sn} refused: {row.refusal}")
+        return f"Alipay certificate {sn} refused: {row.refusal}"
     try:
         certificate = certs.chain_verify(row.pem, root_text(), at=datetime.now(UTC))
     except certs.ChainError as exc:
-        raise CertificateUntrusted(f"Alipay certificate {sn} no longer trusted: {exc}") from None
+        return f"Alipay certificate {sn} no longer trusted: {exc}"
     return certificate_key(certificate, source="downloaded")
 
 
