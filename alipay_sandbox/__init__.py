@@ -5,4 +5,4 @@ Run it with ``python -m alipay_sandbox``; see README.md in this directory.
 
 __all__ = ["__version__"]
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"

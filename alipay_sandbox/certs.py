@@ -421,9 +421,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" DIR/{APP_PUBLIC_KEY} and DIR/{ALIPAY_PRIVATE_KEY}; keeps files that exist."
         ),
     )
-    parser.add_argument("--dir", type=Path, default=Path("keys"), help="default: keys")
+    # The server's variables, so that one environment serves both (a flag wins).
+    app_ids = os.environ.get("ALIPAY_SANDBOX_APP_IDS", "").split(",")
     parser.add_argument(
-        "--app-id", default=DEFAULT_APP_ID, help="CN of the app certificate (the app id)"
+        "--dir",
+        type=Path,
+        default=Path(os.environ.get("ALIPAY_SANDBOX_CERT_DIR") or "keys"),
+        help="default: $ALIPAY_SANDBOX_CERT_DIR, else keys",
+    )
+    parser.add_argument(
+        "--app-id",
+        default=app_ids[0].strip() or DEFAULT_APP_ID,
+        help=f"CN of the app certificate (default: the first of $ALIPAY_SANDBOX_APP_IDS, else"
+        f" {DEFAULT_APP_ID})",
     )
     args = parser.parse_args(argv)
     try:

@@ -16,8 +16,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import requests
-from alipay import AliPay
+from alipay import AliPay, DCAliPay
 from alipay.utils import AliPayConfig
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from alipay_sandbox.config import DEFAULT_APP_ID
 from alipay_sandbox.testing import SandboxProcess, wait_for
@@ -45,6 +48,48 @@ def make_client(
     )
     client._gateway = sbx.gateway
     return client
+
+
+def make_cert_client(sbx: SandboxProcess, keys: Path, app_id: str = APP_ID) -> DCAliPay:
+    """A merchant in certificate mode: python-alipay-sdk's DCAliPay with the files of
+    `python -m alipay_sandbox certs` (it adds app_cert_sn and alipay_root_cert_sn)."""
+    client = DCAliPay(
+        app_id,
+        app_private_key_string=(keys / "app_private_key.pem").read_text(),
+        app_public_key_cert_string=(keys / "appCertPublicKey.crt").read_text(),
+        alipay_public_key_cert_string=(keys / "alipayCertPublicKey_RSA2.crt").read_text(),
+        alipay_root_cert_string=(keys / "alipayRootCert.crt").read_text(),
+    )
+    client._gateway = sbx.gateway
+    return client
+
+
+def certificates(pem: bytes) -> list[x509.Certificate]:
+    """The certificates of a PEM chain file, leaf first."""
+    return x509.load_pem_x509_certificates(pem)
+
+
+def certified_key(pem: bytes) -> rsa.RSAPublicKey:
+    """The public key of the first certificate of a PEM file."""
+    key = certificates(pem)[0].public_key()
+    assert isinstance(key, rsa.RSAPublicKey)
+    return key
+
+
+def sdk_verifies(keys: Path, public_key: rsa.RSAPublicKey, params: dict[str, str]) -> bool:
+    """Whether python-alipay-sdk, holding ``public_key`` as Alipay's, accepts signed return or
+    notification parameters."""
+    pem = public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+    client = AliPay(
+        APP_ID,
+        app_private_key_string=(keys / "app_private_key.pem").read_text(),
+        alipay_public_key_string=pem,
+    )
+    data = dict(params)
+    signature = data.pop("sign")
+    return bool(client.verify(data, signature))
 
 
 CHINA = timezone(timedelta(hours=8))
