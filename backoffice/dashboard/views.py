@@ -1,11 +1,11 @@
 """The operators' dashboard page in the admin: the last 24 hours of payments at a glance.
 
-Whoever may see the payment events may open it: the events are every payment's history, so
-the dashboard shows such a person nothing new. Each figure and bar links to the admin list
-behind it, filtered to the same rows, when the user may open that list.
+Whoever may see the payment events may open it. Each section, and each figure in it, is shown
+only to who may open the admin list behind it, and links to that list, filtered to the same
+rows: the page shows nobody what the lists would hide.
 """
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -266,7 +266,8 @@ def _not_reconciled(days: Sequence[queries.BillDay]) -> str:
 
 def _reconciliation_section(window: Window, links: _Links) -> Section:
     counts = queries.reconciliation_checks(window=window)
-    days = queries.bill_days()
+    bills_shown = links.allowed[BillReport]  # the bill's findings, to who may open the reports
+    days = queries.bill_days() if bills_shown else []
     outcomes = dict(queries.BillFinding.Outcome.choices)
     reports = [links.change(BillReport, d.report_id) if d.report_id else "" for d in days]
     bills_chart = stacked_bars(
@@ -294,9 +295,10 @@ def _reconciliation_section(window: Window, links: _Links) -> Section:
             Figure("reconciliation.found", "payments found", counts.totals()["paid"],
                    tone="tone-a", href=links.window_list(PaymentAttempt, "last_checked_at",
                                                          **CHECK_FILTERS["paid"])),
-            Figure("bills.findings", f"bill findings ({len(days)} days)",
-                   sum(d.total for d in days), tone="tone-bad",
-                   href=links.changelist(BillReport, {"findings": "yes"})),
+            *([Figure("bills.findings", f"bill findings ({len(days)} days)",
+                      sum(d.total for d in days), tone="tone-bad",
+                      href=links.changelist(BillReport, {"findings": "yes"}))]
+              if bills_shown else []),
         ],
         legend=[Figure(f"reconciliation.{s.key}", CHECK_LABELS[s.key], s.total,
                        tone=CHECK_TONES[s.key],
@@ -304,7 +306,7 @@ def _reconciliation_section(window: Window, links: _Links) -> Section:
                                               **CHECK_FILTERS[s.key])
                        if CHECK_FILTERS[s.key] else "")
                 for s in counts.series],
-        second_chart=bills_chart,
+        second_chart=bills_chart if bills_shown else None,
         table=[{"figure": Figure(f"bills.{d.bill_date.isoformat()}.findings",
                                  f"{d.bill_date:%d %b %Y}", d.total if d.report_id else None,
                                  tone="tone-bad", href=report),
@@ -312,8 +314,8 @@ def _reconciliation_section(window: Window, links: _Links) -> Section:
                 "by_outcome": [(outcomes[o], n, FINDING_TONES[o])
                                for o, n in d.findings.items() if n]}
                for d, report in reversed(list(zip(days, reports, strict=True)))
-               if d.report_id is not None],
-        table_note=_not_reconciled(days),
+               if d.report_id is not None and bills_shown],
+        table_note=_not_reconciled(days) if bills_shown else "",
     )
 
 
@@ -326,6 +328,9 @@ def _errors_section(window: Window, links: _Links) -> Section:
                            {"last_check_result__startswith": queries.CHECK_ERROR_PREFIX}),
         "refunds": (Refund, "requested_at", {"last_error__gt": ""}),
     }
+    # Each kind of error only to who may open its list.
+    counts = replace(counts, series=[s for s in counts.series
+                                     if links.allowed[where[s.key][0]]])
     return Section(
         key="errors",
         title="Gateway errors",
@@ -377,16 +382,19 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied
     window = queries.dashboard_window()
     links = _Links(request, window)
-    sections = [builder(window, links) for builder in (
-        _payments_section, _time_to_paid_section, _events_section, _reconciliation_section,
-        _errors_section, _refunds_section)]
+    # A section only to who may open the list behind it (PaymentEvent's is the page's own
+    # permission); within one, a figure the same way (bills, each kind of gateway error).
+    sections = [builder(window, links) for builder, model in (
+        (_payments_section, Payment), (_time_to_paid_section, Payment),
+        (_events_section, PaymentEvent), (_reconciliation_section, PaymentAttempt),
+        (_errors_section, PaymentEvent), (_refunds_section, Refund)) if links.allowed[model]]
     now = timezone.now()
     certificates = [
         {"info": info, "days_left": f"{info.days_left(now):.0f}",
          "tone": "tone-bad" if info.problem or info.days_left(now) < EXPIRY_WARNING_DAYS
          else "tone-ok"}
         for info in certificates_report(now)
-    ]
+    ] if request.user.has_perm("payment.view_alipaycertificate") else []
     context = {
         **admin.site.each_context(request),
         "title": "Payments dashboard",

@@ -169,10 +169,38 @@ def test_lists_the_user_may_not_open_are_not_linked() -> None:
 
     page = client.get(URL, {"ignored": "x" * 300}).content.decode()
 
-    assert figures(page)["refunds.open"] == "1"
     assert "/admin/payment/refund/" not in page
     assert "/admin/payment/paymentattempt/" not in page
     assert "/admin/payment/payment/?" in page
+
+
+def test_the_dashboard_shows_nothing_the_lists_hide() -> None:
+    """Staff with only the events' permission see the events' figures, not the refund amounts,
+    bill findings, payments or reconciliation counts whose lists answer them 403."""
+    window = queries.dashboard_window()
+    payment = paid_order_create(paid_at=window.start + H)
+    refund = refund_create(payment=payment, state="succeeded", requested_at=window.start + H)
+    events_only = _staff(["payment.view_paymentevent"])
+
+    page = events_only.get(URL).content.decode()
+    shown = figures(page)
+
+    assert "events.total" in shown or any(k.startswith("events.") for k in shown)
+    hidden = [k for k in shown if k.split(".")[0] in (
+        "refunds", "bills", "payments", "time_to_paid", "reconciliation")]
+    assert hidden == []
+    assert 'id="section-refunds"' not in page and 'id="section-reconciliation"' not in page
+    assert "errors.refunds" not in shown and "errors.reconciliation" not in shown
+    for path in ("refund", "billreport", "payment", "paymentattempt"):
+        assert events_only.get(f"/admin/payment/{path}/").status_code == 403
+
+    # Each permission brings its own figures back.
+    everything = _staff(["payment.view_paymentevent", "payment.view_refund",
+                         "payment.view_billreport", "payment.view_payment",
+                         "payment.view_paymentattempt"])
+    shown = figures(everything.get(URL).content.decode())
+    assert shown["refunds.succeeded_amount"] == str(refund.amount)
+    assert "bills.findings" in shown and "payments.total" in shown
 
 
 SQLITE_SCRIPT = """
