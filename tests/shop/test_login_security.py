@@ -227,3 +227,46 @@ def test_production_server_shares_the_count_with_other_processes(
     assert page.headers["Retry-After"] == str(int(COOL_OFF.total_seconds()))
     assert "sessionid" not in browser.cookies
     assert other_account.status_code == 200
+
+
+# Each spelling sign-in takes for the account "victim": case and Unicode (NFKC) forms.
+VICTIM_SPELLINGS = ["victim", "VICTIM", "Victim", "vIcTiM", "ｖｉｃｔｉｍ", "ＶＩＣＴＩＭ"]
+
+
+def _sign_in_at(entry: str, username: str, password: str, address: str) -> tuple[int, Any]:
+    """The status code of a sign-in at the API or one of the sign-in forms, and its client."""
+    if entry == "api":
+        response = _api_sign_in(username, password, address)
+        return response.status_code, response
+    response, client = _form_sign_in(entry, username, password, address)
+    return response.status_code, client
+
+
+@pytest.mark.django_db
+def test_sign_in_lockout_counts_one_account_however_its_name_is_spelled() -> None:
+    """Failures in one spelling lock every spelling sign-in resolves to the same account,
+    at the API, the storefront's form and the admin's alike."""
+    from axes.models import AccessAttempt
+
+    _user("victim", is_staff=True, is_superuser=True)
+    entries = ["api", "/login/", "/admin/login/"]
+    # Each spelling signs in while the account is not locked.
+    assert {_sign_in_at(entry, spelling, PASSWORD, "10.6.0.1")[0]
+            for entry, spelling in zip(entries * 2, VICTIM_SPELLINGS, strict=True)} == {200, 302}
+
+    codes = [_sign_in_at(entries[i % 3], VICTIM_SPELLINGS[i], "guess", f"10.5.0.{i + 1}")[0]
+             for i in range(ACCOUNT_LIMIT)]
+    assert codes == [400, 200, 200, 400, 429]  # the API's and the forms' failures, then locked
+
+    for entry in entries:
+        for spelling in VICTIM_SPELLINGS:
+            code, client = _sign_in_at(entry, spelling, PASSWORD, "10.7.0.1")
+            assert code == 429, (entry, spelling)
+            if entry != "api":
+                assert "_auth_user_id" not in client.session
+    assert list(AccessAttempt.objects.values_list("username", flat=True).distinct()) == [
+        "victim"]
+
+    _cool_off_passes()
+    for entry in entries:
+        assert _sign_in_at(entry, "ＶｉＣＴＩＭ", PASSWORD, "10.7.0.1")[0] in (200, 302), entry
