@@ -5,7 +5,9 @@ through `django.contrib.auth.authenticate`; django-axes' backend refuses it whil
 or the client address is locked, and its signal handler records each failure in the database,
 so the count holds across web processes. A success does not wipe the count: otherwise an
 attacker could clear the failures made from one address by signing in to an account of their
-own. Failures older than the cool-off no longer count.
+own. Failures older than the cool-off no longer count. Failures are counted under the
+account's name as sign-in resolves it (`account_key`): "VICTIM" or "ｖｉｃｔｉｍ" are guesses at
+"victim" and count against it.
 
 API tokens are django-rest-knox's: one per sign-in, stored hashed, each with its own expiry.
 """
@@ -49,6 +51,18 @@ class FailedSignInHandler(AxesDatabaseHandler):
             # Axes compares this one number with AXES_FAILURE_LIMIT.
             return max(by_account, account_limit)
         return by_account
+
+
+def account_key(request: HttpRequest, credentials: dict[str, Any] | None = None) -> str | None:
+    """The name axes records and counts a sign-in under (AXES_USERNAME_CALLABLE): the one
+    account the given name signs in to, however it was spelled (case, Unicode form)."""
+    if credentials:
+        username = credentials.get(settings.AXES_USERNAME_FORM_FIELD)
+    else:
+        username = getattr(request, "data", request.POST).get(settings.AXES_USERNAME_FORM_FIELD)
+    if not isinstance(username, str):
+        return None
+    return User.objects.username_key(username)
 
 
 def _failures(attempts: QuerySet[AccessAttempt]) -> int:
