@@ -276,13 +276,14 @@ def test_operator_refunds_part_of_a_payment_from_its_page(
     assert form.status_code == 200
     assert 'id="refund-left">35.00<' in form.content.decode()
 
-    too_much = operator_client.post(refund_url, {"amount": "35.01", "reason": "All and more"})
+    too_much = operator_client.post(refund_url, _rendered_form(
+        form.content.decode(), amount="35.01", reason="All and more"))
     assert too_much.status_code == 200
     assert "more than is left to refund" in too_much.content.decode()
     assert not Refund.objects.exists()
 
-    response = operator_client.post(refund_url, {"amount": "10.00", "reason": "Scratched lid"},
-                                    follow=True)
+    response = operator_client.post(refund_url, _rendered_form(
+        form.content.decode(), amount="10.00", reason="Scratched lid"), follow=True)
 
     assert any("sent to the workers" in m for m in _messages(response))
     refund = Refund.objects.get(payment=payment)
