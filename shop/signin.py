@@ -56,10 +56,9 @@ class FailedSignInHandler(AxesDatabaseHandler):
 def account_key(request: HttpRequest, credentials: dict[str, Any] | None = None) -> str | None:
     """The name axes records and counts a sign-in under (AXES_USERNAME_CALLABLE): the one
     account the given name signs in to, however it was spelled (case, Unicode form)."""
-    if credentials:
-        username = credentials.get(settings.AXES_USERNAME_FORM_FIELD)
-    else:
-        username = getattr(request, "data", request.POST).get(settings.AXES_USERNAME_FORM_FIELD)
+    # The API and both forms name the field as the user model does (axes' default too).
+    field = User.USERNAME_FIELD
+    username = (credentials or getattr(request, "data", request.POST)).get(field)
     if not isinstance(username, str):
         return None
     return User.objects.username_key(username)
