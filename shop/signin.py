@@ -61,7 +61,10 @@ def account_key(request: HttpRequest, credentials: dict[str, Any] | None = None)
     username = (credentials or getattr(request, "data", request.POST)).get(field)
     if not isinstance(username, str):
         return None
-    return User.objects.username_key(username)
+    # NFKC may lengthen a name 18-fold ("ﷺ"): past axes' column it names no account (those
+    # have 150 characters at most), so cutting it merges only names nobody signs in with.
+    limit = AccessAttempt._meta.get_field("username").max_length
+    return User.objects.username_key(username)[:limit]
 
 
 def _failures(attempts: QuerySet[AccessAttempt]) -> int:

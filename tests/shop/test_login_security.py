@@ -270,3 +270,15 @@ def test_sign_in_lockout_counts_one_account_however_its_name_is_spelled() -> Non
     _cool_off_passes()
     for entry in entries:
         assert _sign_in_at(entry, "ＶｉＣＴＩＭ", PASSWORD, "10.7.0.1")[0] in (200, 302), entry
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("entry", ["api", "/login/", "/admin/login/"])
+def test_a_name_that_grows_in_unicode_normalisation_is_a_failed_sign_in(entry: str) -> None:
+    """"ﷺ" is 18 letters in NFKC: 150 of them are no account, and counted as a failure."""
+    from axes.models import AccessAttempt
+
+    code, _ = _sign_in_at(entry, "\ufdfa" * 150, "guess", "10.8.0.1")
+
+    assert code == (400 if entry == "api" else 200)
+    assert AccessAttempt.objects.get().failures_since_start == 1
