@@ -340,20 +340,21 @@ def test_double_clicked_refund_form_refunds_once(
     assert Refund.objects.filter(payment=payment).count() == 1
 
 
-@pytest.mark.parametrize("amount", ["1e1", "\uff11.\uff10\uff10", "099.00", " 10.00",
-                                    "10.00\u00a0", "10.001"])
 def test_refund_form_reads_amounts_as_the_api_does(
-    operator_client: Client, sandbox: SandboxControl, alipay_settings: dict, amount: str
+    operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
 ) -> None:
     payment = _applied_payment(sandbox)
     refund_url = f"{PAYMENTS_URL}{payment.pk}/refund/"
     page = operator_client.get(refund_url).content.decode()
 
-    response = operator_client.post(
-        refund_url, _rendered_form(page, amount=amount, reason="Scratched lid"))
+    answers = {amount: operator_client.post(refund_url, _rendered_form(
+                   page, amount=amount, reason="Scratched lid"))
+               for amount in ["1e1", "\uff11.\uff10\uff10", "099.00", " 10.00", "10.00\u00a0",
+                              "10.001"]}
 
-    assert response.status_code == 200
-    assert "such as 12.50" in response.content.decode()
+    taken = [amount for amount, answer in answers.items()
+             if answer.status_code != 200 or "such as 12.50" not in answer.content.decode()]
+    assert not taken
     assert not Refund.objects.exists()
 
 

@@ -183,7 +183,8 @@ def test_production_server_shares_the_count_with_other_processes(
     worker_env: dict[str, str], log_dir: Path
 ) -> None:
     """The Procfile's gunicorn (uvicorn workers, ASGI) and this process count failures
-    together through the database, and the admin form's lockout page comes through ASGI."""
+    together through the database, under the account whatever the spelling of its name, and
+    the admin form's lockout page comes through ASGI."""
     _user("erin", is_staff=True)
     port = free_port()
     env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "DJANGO_DEBUG": "false",
@@ -204,15 +205,15 @@ def test_production_server_shares_the_count_with_other_processes(
                              json={"username": "frank", "password": PASSWORD}).status_code == 201
         codes = [served("erin", "guess-1").status_code, served("erin", "guess-2").status_code]
         codes += [_api_sign_in("erin", f"guess-{i}", "127.0.0.1").status_code for i in (3, 4)]
-        codes.append(served("erin", "guess-5").status_code)
-        locked = served("erin", PASSWORD)
+        codes.append(served("ＥＲＩＮ", "guess-5").status_code)  # one account, any spelling
+        locked = served("Erin", PASSWORD)
         locked_here = _api_sign_in("erin", PASSWORD, "127.0.0.1")
         browser = requests.Session()
         form = browser.get(f"{base}/admin/login/", timeout=10)
         csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
         assert csrf, form.text[:500]
         page = browser.post(f"{base}/admin/login/", timeout=10, data={
-            "username": "erin", "password": PASSWORD, "csrfmiddlewaretoken": csrf.group(1)})
+            "username": "ERIN", "password": PASSWORD, "csrfmiddlewaretoken": csrf.group(1)})
         other_account = served("frank", PASSWORD)
     finally:
         web.stop()

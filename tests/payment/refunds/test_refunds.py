@@ -320,18 +320,17 @@ NOT_AMOUNTS = [json.dumps(text) for text in [
 ]] + ["1e1", "1E+1", "1.0e1", "0.1e2", "10.000", "-1", "0"]
 
 
-@pytest.mark.parametrize("amount", NOT_AMOUNTS)
-def test_refund_amounts_with_leading_zeros_whitespace_or_exponents_are_400(
-    web: str, amount: str
-) -> None:
+def test_refund_amounts_with_leading_zeros_whitespace_or_exponents_are_400(web: str) -> None:
     order = _paid_order_rows()
     staff = _staff_session(web)
-    body = f'{{"amount": {amount}, "reason": "Broken"}}'.encode()
 
-    code, answer = _refund_raw(web, staff, order.order_id, body, [])
+    answers = {amount: _refund_raw(web, staff, order.order_id,
+                                   f'{{"amount": {amount}, "reason": "Broken"}}'.encode(), [])
+               for amount in NOT_AMOUNTS}
 
-    assert code == 400, answer
-    assert "such as 12.50" in answer["message"]
+    taken = {amount: answer for amount, (code, answer) in answers.items()
+             if code != 400 or "such as 12.50" not in answer["message"]}
+    assert not taken
     assert not Refund.objects.exists()
 
 
