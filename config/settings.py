@@ -172,6 +172,8 @@ AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURES_PER_ACCOUNT", default=5)
 LOGIN_FAILURES_PER_CLIENT = env.int("LOGIN_FAILURES_PER_CLIENT", default=20)
 AXES_COOLOFF_TIME = timedelta(seconds=env.int("LOGIN_LOCKOUT_SECONDS", default=15 * 60))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# One count per account however its name is spelled ("VICTIM", "ｖｉｃｔｉｍ": "victim").
+AXES_USERNAME_CALLABLE = "shop.signin.account_key"
 AXES_HANDLER = "shop.signin.FailedSignInHandler"
 AXES_LOCKOUT_CALLABLE = "shop.signin.lockout_page"
 # A success must not clear the failures its address made on other accounts.

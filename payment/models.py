@@ -235,9 +235,10 @@ class Refund(models.Model):
         constraints = [
             models.CheckConstraint(condition=models.Q(amount__gt=0),
                                    name="refund_amount_positive"),
-            models.UniqueConstraint(fields=["idempotency_key"],
+            # A key is its staff member's own: another member's same key is another request.
+            models.UniqueConstraint(fields=["requested_by", "idempotency_key"],
                                     condition=~models.Q(idempotency_key=""),
-                                    name="refund_idempotency_key_unique"),
+                                    name="refund_idempotency_key_unique_per_user"),
             # A late payment is refunded whole, once: a second row only after a failed one.
             models.UniqueConstraint(
                 fields=["payment"],

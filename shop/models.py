@@ -5,7 +5,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.contrib.auth.models import UserManager as DjangoUserManager
 from django.core.validators import MinValueValidator
-from django.db import models
+from django.db import connections, models, router
 from django.db.models import Value
 from django.db.models.functions import Lower
 
@@ -19,6 +19,19 @@ class UserManager(DjangoUserManager["User"]):
         return self.alias(username_lower=Lower("username")).filter(
             username_lower=Lower(Value(self.model.normalize_username(username)))
         )
+
+    def username_key(self, username: str) -> str:
+        """The name as `with_username` compares it: "DEMO", "ｄｅｍｏ" and "demo" are "demo".
+
+        The database's own LOWER() makes it, so that it agrees with the lookup and the unique
+        constraint for every character, whatever the database's collation.
+        """
+        # A NUL cannot be sent to PostgreSQL; no username holds one (nor U+FFFD).
+        normalized = self.model.normalize_username(username).replace("\x00", "\ufffd")
+        # No table to select from: Django's query API cannot evaluate an expression alone.
+        with connections[router.db_for_read(self.model)].cursor() as cursor:
+            cursor.execute("SELECT LOWER(%s)", [normalized])
+            return str(cursor.fetchone()[0])
 
     def get_by_natural_key(self, username: str | None) -> "User":
         # Authentication (API token, storefront and admin sign-in) finds "demo" from "DEMO".

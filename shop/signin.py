@@ -5,7 +5,9 @@ through `django.contrib.auth.authenticate`; django-axes' backend refuses it whil
 or the client address is locked, and its signal handler records each failure in the database,
 so the count holds across web processes. A success does not wipe the count: otherwise an
 attacker could clear the failures made from one address by signing in to an account of their
-own. Failures older than the cool-off no longer count.
+own. Failures older than the cool-off no longer count. Failures are counted under the
+account's name as sign-in resolves it (`account_key`): "VICTIM" or "ｖｉｃｔｉｍ" are guesses at
+"victim" and count against it.
 
 API tokens are django-rest-knox's: one per sign-in, stored hashed, each with its own expiry.
 """
@@ -49,6 +51,20 @@ class FailedSignInHandler(AxesDatabaseHandler):
             # Axes compares this one number with AXES_FAILURE_LIMIT.
             return max(by_account, account_limit)
         return by_account
+
+
+def account_key(request: HttpRequest, credentials: dict[str, Any] | None = None) -> str | None:
+    """The name axes records and counts a sign-in under (AXES_USERNAME_CALLABLE): the one
+    account the given name signs in to, however it was spelled (case, Unicode form)."""
+    # The API and both forms name the field as the user model does (axes' default too).
+    field = User.USERNAME_FIELD
+    username = (credentials or getattr(request, "data", request.POST)).get(field)
+    if not isinstance(username, str):
+        return None
+    # NFKC may lengthen a name 18-fold ("ﷺ"): past axes' column it names no account (those
+    # have 150 characters at most), so cutting it merges only names nobody signs in with.
+    limit = AccessAttempt._meta.get_field("username").max_length
+    return User.objects.username_key(username)[:limit]
 
 
 def _failures(attempts: QuerySet[AccessAttempt]) -> int:

@@ -1,7 +1,8 @@
 """The operators' view of payments: history per order, dead events, and the few safe actions."""
 import json
+import secrets
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -27,7 +28,14 @@ from payment.models import (
     RefusedRequest,
 )
 from payment.refunds.ledger import refunds_committed
-from payment.refunds.requests import RefundError, refund_request
+from payment.refunds.requests import (
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    IdempotencyKeyReused,
+    RefundError,
+    RefundInvalid,
+    refund_amount_parse,
+    refund_request,
+)
 from shop.models import User
 
 NEEDS_ATTENTION = (EventState.DEAD, EventState.REJECTED)
@@ -210,13 +218,31 @@ class RefundInline(admin.TabularInline):
 
 
 class RefundForm(forms.Form):
-    amount = forms.DecimalField(max_digits=10, decimal_places=2, min_value=Decimal("0.01"),
-                                help_text="Yuan; at most what is left to refund.")
+    """A refund's amount and reason, and the token that makes the form one refund.
+
+    The token is rendered with the form and sent as the refund's idempotency key (the
+    operator's own, as the API's keys are): a double click, or the same form sent again,
+    finds the refund the first post made.
+    """
+
+    # Text, read by the API's parser: Django's DecimalField would strip spaces and take "1e1".
+    amount = forms.CharField(strip=False, max_length=32,
+                             widget=forms.TextInput(attrs={"inputmode": "decimal"}),
+                             help_text="Yuan, such as 12.50; at most what is left to refund.")
     reason = forms.CharField(
         max_length=256, widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
         help_text="For the buyer: sent to Alipay as refund_reason and shown in the order's "
                   "payment status.",
     )
+    form_token = forms.CharField(
+        widget=forms.HiddenInput, max_length=MAX_IDEMPOTENCY_KEY_LENGTH,
+        error_messages={"required": "This form is out of date: reload the page."})
+
+    def clean_amount(self) -> Decimal:
+        try:
+            return refund_amount_parse(self.cleaned_data["amount"])
+        except RefundInvalid as exc:
+            raise forms.ValidationError(str(exc), code="invalid") from None
 
 
 @admin.register(Payment)
@@ -266,23 +292,32 @@ class PaymentAdmin(admin.ModelAdmin):
             raise PermissionDenied
         payment = get_object_or_404(Payment.objects.select_related("order"), pk=object_id)
         change_url = reverse("admin:payment_payment_change", args=[payment.pk])
-        form = RefundForm(request.POST or None)
+        form = RefundForm(request.POST or None,
+                          initial={"form_token": secrets.token_urlsafe(24)})
         if request.method == "POST" and form.is_valid():
-            user = request.user
             try:
                 requested = refund_request(
                     order_id=payment.order_id, amount=form.cleaned_data["amount"],
-                    reason=form.cleaned_data["reason"],
-                    requested_by=user if isinstance(user, User) else None,
+                    reason=form.cleaned_data["reason"], requested_by=cast(User, request.user),
                     source=Refund.Source.OPERATOR, payment_id=payment.pk,
+                    idempotency_key=form.cleaned_data["form_token"],
                 )
+            except IdempotencyKeyReused:
+                form.add_error(None, "This form was already sent for another refund: reload "
+                                     "the page to ask for a new one.")
             except RefundError as exc:
                 form.add_error(None, str(exc))
             else:
                 refund = requested.refund
-                self.message_user(
-                    request, f"Refund {refund.out_request_no} of {refund.amount} sent to the "
-                    "workers; its state shows below.", messages.SUCCESS)
+                if requested.created:
+                    self.message_user(
+                        request, f"Refund {refund.out_request_no} of {refund.amount} sent to "
+                        "the workers; its state shows below.", messages.SUCCESS)
+                else:
+                    self.message_user(
+                        request, f"This form was sent already: refund {refund.out_request_no} "
+                        f"of {refund.amount} is the one it asked for; its state shows below.",
+                        messages.INFO)
                 return HttpResponseRedirect(change_url)
         context = {
             **self.admin_site.each_context(request),

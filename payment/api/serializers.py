@@ -1,29 +1,34 @@
 """Serializers of the payment API: pay links, payment status, refunds, error bodies."""
-import re
 from decimal import Decimal
 from typing import Any
 
 from rest_framework import serializers
 
 from payment.models import PaymentEvent, Refund
+from payment.refunds.requests import AMOUNT_FORMAT, RefundInvalid, refund_amount_parse
 from shop.models import OrderInfo
 from shop.serializers import ApiModelSerializer, UTCDateTimeField
 
-AMOUNT_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-
 
 class AmountField(serializers.DecimalField):
-    """Yuan as a JSON number or in plain ASCII digits ("12.50"): not "1e3", not "１２"."""
+    """Yuan as text or a JSON number, read by the one parser the admin's form uses too:
+    "12.50", "10", 12.5; not "1e3", "099.00", " 10.00", "１２" nor 1e1.
 
-    default_error_messages = {"invalid": "An amount is a number of yuan, such as 12.50."}
+    A number with a fraction arrives as written only from `ExactNumbersJSONParser`; a float
+    (its text lost) is refused.
+    """
+
+    default_error_messages = {"invalid": AMOUNT_FORMAT}
 
     def to_internal_value(self, data: Any) -> Decimal:
-        if isinstance(data, bool) or not isinstance(data, str | int | float):
+        if isinstance(data, int) and not isinstance(data, bool):
+            data = str(data)
+        if not isinstance(data, str):
             self.fail("invalid")
-        if isinstance(data, str) and not AMOUNT_TEXT.fullmatch(data.strip()):
+        try:
+            return refund_amount_parse(data)
+        except RefundInvalid:
             self.fail("invalid")
-        value: Decimal = super().to_internal_value(data)
-        return value
 
 
 class RefundInputSerializer(serializers.Serializer):

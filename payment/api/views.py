@@ -5,16 +5,18 @@ The two endpoints Alipay and the buyer's browser hit after a payment are not her
 the intake's own ASGI app (payment/intake/asgi.py), routed in config/asgi.py and config/urls.py.
 """
 import logging
-import re
+from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from infra.parsers import ExactNumbersJSONParser
 from payment import cancel, selectors
 from payment.api.serializers import (
     MessageSerializer,
@@ -30,7 +32,9 @@ from payment.refunds.requests import (
     IdempotencyKeyReused,
     RefundConflict,
     RefundError,
+    RefundInvalid,
     RefundOrderNotFound,
+    idempotency_key_check,
     refund_request,
 )
 from shop.apis import authenticated_user
@@ -109,9 +113,6 @@ class OrderCancelApi(APIView):
         return Response(OrderDetailSerializer(order).data)
 
 
-IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
-
-
 class StaffMayRefund(BasePermission):
     """Staff holding the operators' refund permission (`payment.refund_payment`)."""
 
@@ -124,19 +125,23 @@ class StaffMayRefund(BasePermission):
 
 class OrderRefundsApi(APIView):
     permission_classes = [IsAuthenticated, StaffMayRefund]
+    # The amount is read as written: a JSON float would make 1e1 into 10.0.
+    parser_classes = [ExactNumbersJSONParser, FormParser, MultiPartParser]
 
     @extend_schema(
         summary="Refund part or all of an order's payment (staff)",
         request=RefundInputSerializer,
         parameters=[OpenApiParameter(
             "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
-            description="1 to 200 visible ASCII characters; a repeat of the same request "
+            description="1 to 200 visible ASCII characters but the comma, sent once; the "
+                        "sender's own: a repeat of the same request by the same staff member "
                         "with the same key returns the refund it made (200), never a second",
         )],
         responses={
             201: RefundSerializer,
             200: OpenApiResponse(RefundSerializer, description="the refund an earlier request "
-                                                               "with this Idempotency-Key made"),
+                                                               "of this staff member with this "
+                                                               "Idempotency-Key made"),
             400: OpenApiResponse(description="{message}: bad amount, reason or key"),
             403: OpenApiResponse(description="{message}: not staff with payment.refund_payment"),
             404: OpenApiResponse(description="{message}: no such order"),
@@ -147,17 +152,21 @@ class OrderRefundsApi(APIView):
         },
     )
     def post(self, request: Request, order_id: str) -> Response:
-        key = request.headers.get("Idempotency-Key", "")
-        if key and not IDEMPOTENCY_KEY.fullmatch(key):
-            return Response({"message": "Idempotency-Key must be 1 to 200 visible ASCII "
-                                        "characters."}, status=status.HTTP_400_BAD_REQUEST)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            try:
+                idempotency_key_check(key)
+            except RefundInvalid as exc:
+                return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         data = RefundInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        if not data.is_valid():
+            return Response({"message": _first_error(data.errors), **data.errors},
+                            status=status.HTTP_400_BAD_REQUEST)
         try:
             requested = refund_request(
                 order_id=order_id, amount=data.validated_data["amount"],
                 reason=data.validated_data["reason"], requested_by=authenticated_user(request),
-                source=Refund.Source.STAFF_API, idempotency_key=key,
+                source=Refund.Source.STAFF_API, idempotency_key=key or "",
             )
         except RefundOrderNotFound as exc:
             return Response({"message": str(exc)}, status=status.HTTP_404_NOT_FOUND)
@@ -170,3 +179,9 @@ class OrderRefundsApi(APIView):
             return Response({"message": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         return Response(RefundSerializer(requested.refund).data,
                         status=status.HTTP_201_CREATED if requested.created else status.HTTP_200_OK)
+
+
+def _first_error(errors: Any) -> str:
+    """One line for the `message` of a refused request body: "amount: An amount is ..."."""
+    field, messages = next(iter(errors.items()))
+    return f"{field}: {messages[0]}" if field != "non_field_errors" else str(messages[0])

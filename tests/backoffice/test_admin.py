@@ -1,10 +1,13 @@
 """Operators in the Django admin: dead events, re-processing, asking Alipay, refunds."""
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
 import pytest
+import requests
 from django.test import Client
 from django.utils import timezone
 
@@ -273,13 +276,14 @@ def test_operator_refunds_part_of_a_payment_from_its_page(
     assert form.status_code == 200
     assert 'id="refund-left">35.00<' in form.content.decode()
 
-    too_much = operator_client.post(refund_url, {"amount": "35.01", "reason": "All and more"})
+    too_much = operator_client.post(refund_url, _rendered_form(
+        form.content.decode(), amount="35.01", reason="All and more"))
     assert too_much.status_code == 200
     assert "more than is left to refund" in too_much.content.decode()
     assert not Refund.objects.exists()
 
-    response = operator_client.post(refund_url, {"amount": "10.00", "reason": "Scratched lid"},
-                                    follow=True)
+    response = operator_client.post(refund_url, _rendered_form(
+        form.content.decode(), amount="10.00", reason="Scratched lid"), follow=True)
 
     assert any("sent to the workers" in m for m in _messages(response))
     refund = Refund.objects.get(payment=payment)
@@ -293,6 +297,65 @@ def test_operator_refunds_part_of_a_payment_from_its_page(
     for page in (change_url, f"{ORDERS_URL}{payment.order_id}/change/"):
         inline = operator_client.get(page).content.decode()
         assert refund.out_request_no in inline and "succeeded" in inline
+
+
+def _rendered_form(page: str, **typed: str) -> dict[str, str]:
+    """What a browser posts from the refund page: its hidden fields, and what was typed."""
+    form = page[page.index('id="refund-form"'):]
+    return {**dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form)),
+            **typed}
+
+
+def test_double_clicked_refund_form_refunds_once(
+    web: str, sandbox: SandboxControl
+) -> None:
+    """Two posts of one rendered form, at the same moment (a double click), are one refund."""
+    payment = _applied_payment(sandbox)
+    refund_url = f"{web}{PAYMENTS_URL}{payment.pk}/refund/"
+    signed_in = _staff_client(VIEW_PERMISSIONS + ACTION_PERMISSIONS, username="operator")
+    browsers = [requests.Session(), requests.Session()]
+    for browser in browsers:
+        browser.trust_env = False
+        browser.cookies.set("sessionid", signed_in.cookies["sessionid"].value)
+    page = browsers[0].get(refund_url, timeout=10)
+    assert page.status_code == 200
+    browsers[1].cookies.set("csrftoken", browsers[0].cookies["csrftoken"])
+    form = _rendered_form(page.text, amount="10.00", reason="Scratched lid")
+    start = threading.Barrier(2)
+
+    def click(browser: requests.Session) -> requests.Response:
+        start.wait()
+        return browser.post(refund_url, data=form, timeout=20, allow_redirects=False)
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(click, browsers))
+
+    assert [a.status_code for a in answers] == [302, 302], [a.text[:300] for a in answers]
+    refund = Refund.objects.get(payment=payment)
+    assert (refund.amount, refund.source) == (Decimal("10.00"), Refund.Source.OPERATOR)
+    wait_for(lambda: Refund.objects.get(pk=refund.pk).state == Refund.State.SUCCEEDED, 20, 0.1)
+    time.sleep(1)  # a second refund sent to the workers would be at the sandbox by now
+    assert [r["out_request_no"] for r in sandbox.trade(payment.order_id)["refunds"]] == [
+        refund.out_request_no]
+    assert Refund.objects.filter(payment=payment).count() == 1
+
+
+def test_refund_form_reads_amounts_as_the_api_does(
+    operator_client: Client, sandbox: SandboxControl, alipay_settings: dict
+) -> None:
+    payment = _applied_payment(sandbox)
+    refund_url = f"{PAYMENTS_URL}{payment.pk}/refund/"
+    page = operator_client.get(refund_url).content.decode()
+
+    answers = {amount: operator_client.post(refund_url, _rendered_form(
+                   page, amount=amount, reason="Scratched lid"))
+               for amount in ["1e1", "\uff11.\uff10\uff10", "099.00", " 10.00", "10.00\u00a0",
+                              "10.001"]}
+
+    taken = [amount for amount, answer in answers.items()
+             if answer.status_code != 200 or "such as 12.50" not in answer.content.decode()]
+    assert not taken
+    assert not Refund.objects.exists()
 
 
 def test_view_only_staff_cannot_open_the_refund_form(

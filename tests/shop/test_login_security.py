@@ -183,7 +183,8 @@ def test_production_server_shares_the_count_with_other_processes(
     worker_env: dict[str, str], log_dir: Path
 ) -> None:
     """The Procfile's gunicorn (uvicorn workers, ASGI) and this process count failures
-    together through the database, and the admin form's lockout page comes through ASGI."""
+    together through the database, under the account whatever the spelling of its name, and
+    the admin form's lockout page comes through ASGI."""
     _user("erin", is_staff=True)
     port = free_port()
     env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "DJANGO_DEBUG": "false",
@@ -204,15 +205,15 @@ def test_production_server_shares_the_count_with_other_processes(
                              json={"username": "frank", "password": PASSWORD}).status_code == 201
         codes = [served("erin", "guess-1").status_code, served("erin", "guess-2").status_code]
         codes += [_api_sign_in("erin", f"guess-{i}", "127.0.0.1").status_code for i in (3, 4)]
-        codes.append(served("erin", "guess-5").status_code)
-        locked = served("erin", PASSWORD)
+        codes.append(served("ＥＲＩＮ", "guess-5").status_code)  # one account, any spelling
+        locked = served("Erin", PASSWORD)
         locked_here = _api_sign_in("erin", PASSWORD, "127.0.0.1")
         browser = requests.Session()
         form = browser.get(f"{base}/admin/login/", timeout=10)
         csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
         assert csrf, form.text[:500]
         page = browser.post(f"{base}/admin/login/", timeout=10, data={
-            "username": "erin", "password": PASSWORD, "csrfmiddlewaretoken": csrf.group(1)})
+            "username": "ERIN", "password": PASSWORD, "csrfmiddlewaretoken": csrf.group(1)})
         other_account = served("frank", PASSWORD)
     finally:
         web.stop()
@@ -227,3 +228,58 @@ def test_production_server_shares_the_count_with_other_processes(
     assert page.headers["Retry-After"] == str(int(COOL_OFF.total_seconds()))
     assert "sessionid" not in browser.cookies
     assert other_account.status_code == 200
+
+
+# Each spelling sign-in takes for the account "victim": case and Unicode (NFKC) forms.
+VICTIM_SPELLINGS = ["victim", "VICTIM", "Victim", "vIcTiM", "ｖｉｃｔｉｍ", "ＶＩＣＴＩＭ"]
+
+
+def _sign_in_at(entry: str, username: str, password: str, address: str) -> tuple[int, Any]:
+    """The status code of a sign-in at the API or one of the sign-in forms, and its client."""
+    if entry == "api":
+        response = _api_sign_in(username, password, address)
+        return response.status_code, response
+    response, client = _form_sign_in(entry, username, password, address)
+    return response.status_code, client
+
+
+@pytest.mark.django_db
+def test_sign_in_lockout_counts_one_account_however_its_name_is_spelled() -> None:
+    """Failures in one spelling lock every spelling sign-in resolves to the same account,
+    at the API, the storefront's form and the admin's alike."""
+    from axes.models import AccessAttempt
+
+    _user("victim", is_staff=True, is_superuser=True)
+    entries = ["api", "/login/", "/admin/login/"]
+    # Each spelling signs in while the account is not locked.
+    assert {_sign_in_at(entry, spelling, PASSWORD, "10.6.0.1")[0]
+            for entry, spelling in zip(entries * 2, VICTIM_SPELLINGS, strict=True)} == {200, 302}
+
+    codes = [_sign_in_at(entries[i % 3], VICTIM_SPELLINGS[i], "guess", f"10.5.0.{i + 1}")[0]
+             for i in range(ACCOUNT_LIMIT)]
+    assert codes == [400, 200, 200, 400, 429]  # the API's and the forms' failures, then locked
+
+    for entry in entries:
+        for spelling in VICTIM_SPELLINGS:
+            code, client = _sign_in_at(entry, spelling, PASSWORD, "10.7.0.1")
+            assert code == 429, (entry, spelling)
+            if entry != "api":
+                assert "_auth_user_id" not in client.session
+    assert list(AccessAttempt.objects.values_list("username", flat=True).distinct()) == [
+        "victim"]
+
+    _cool_off_passes()
+    for entry in entries:
+        assert _sign_in_at(entry, "ＶｉＣＴＩＭ", PASSWORD, "10.7.0.1")[0] in (200, 302), entry
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("entry", ["api", "/login/", "/admin/login/"])
+def test_a_name_that_grows_in_unicode_normalisation_is_a_failed_sign_in(entry: str) -> None:
+    """"ﷺ" is 18 letters in NFKC: 150 of them are no account, and counted as a failure."""
+    from axes.models import AccessAttempt
+
+    code, _ = _sign_in_at(entry, "\ufdfa" * 150, "guess", "10.8.0.1")
+
+    assert code == (400 if entry == "api" else 200)
+    assert AccessAttempt.objects.get().failures_since_start == 1

@@ -1,6 +1,9 @@
 """Refunds as a ledger: staff ask, workers send and confirm with Alipay (the sandbox), the
 ledger adds up, and Alipay's refund notifications are matched to it."""
+import http.client
+import json
 import threading
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -241,6 +244,111 @@ def test_the_same_idempotency_key_makes_one_refund(
     assert sorted(a.status_code for a in answers) == [200, 200, 200, 200, 200, 201]
     assert len({a.json()["id"] for a in answers}) == 1
     assert Refund.objects.filter(order_id=order_id).count() == 2
+
+
+def _refund_raw(base_url: str, session: requests.Session, order_id: str, body: bytes,
+                headers: list[tuple[str, str]]) -> tuple[int, dict[str, Any]]:
+    """A refund request sent as written: the same header twice, a JSON number as typed."""
+    url = urllib.parse.urlsplit(base_url)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=20)
+    try:
+        connection.putrequest("POST", f"/orders/{order_id}/refunds/")
+        for name, value in [("Authorization", str(session.headers["Authorization"])),
+                            ("Content-Type", "application/json"),
+                            ("Content-Length", str(len(body))), *headers]:
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("server", ["asgi_web", "web"], ids=["production-asgi", "wsgi"])
+def test_two_idempotency_key_headers_are_refused(
+    request: pytest.FixtureRequest, server: str
+) -> None:
+    """Two Idempotency-Key headers reach the view joined with a comma: never taken as a key."""
+    base_url = request.getfixturevalue(server)
+    order = _paid_order_rows()
+    staff = _staff_session(base_url)
+    body = json.dumps({"amount": "10.00", "reason": "Broken"}).encode()
+
+    answers = [_refund_raw(base_url, staff, order.order_id, body,
+                           [("Idempotency-Key", first), ("Idempotency-Key", second)])
+               for first, second in [("rf-a", "rf-b"), ("rf-a", "rf-a")]]
+
+    for code, answer in answers:
+        assert code == 400, answer
+        assert "one Idempotency-Key header" in answer["message"]
+    assert not Refund.objects.exists()
+
+
+def test_idempotency_keys_are_each_staff_members_own(
+    shop: ShopClient, sandbox: SandboxControl
+) -> None:
+    """A key names a request of the member who sent it: another member sending the same key
+    gets a refund of their own, never the first member's."""
+    order_id = _paid_order(shop, sandbox)
+    first_staff, second_staff, third_staff = (_staff_session(shop.base_url) for _ in range(3))
+
+    first = _refund(first_staff, shop.base_url, order_id, "10.00", "Missing part", key="rf-1")
+    second = _refund(second_staff, shop.base_url, order_id, "10.00", "Missing part", key="rf-1")
+    third = _refund(third_staff, shop.base_url, order_id, "5.00", "Scratched", key="rf-1")
+    first_again = _refund(first_staff, shop.base_url, order_id, "10.00", "Missing part",
+                          key="rf-1")
+
+    assert (first.status_code, second.status_code, third.status_code,
+            first_again.status_code) == (201, 201, 201, 200), (second.text, third.text)
+    assert len({first.json()["id"], second.json()["id"], third.json()["id"]}) == 3
+    assert first_again.json()["id"] == first.json()["id"]
+    ledger = list(Refund.objects.filter(order_id=order_id).order_by("id"))
+    assert [(r.amount, r.idempotency_key) for r in ledger] == [
+        (Decimal("10.00"), "rf-1"), (Decimal("10.00"), "rf-1"), (Decimal("5.00"), "rf-1")]
+    assert len({r.requested_by_id for r in ledger}) == 3
+    wait_for(lambda: _succeeded_total(order_id) == Decimal("25.00"), 30)
+    assert sorted(r["out_request_no"] for r in _alipay_refunds(sandbox, order_id)) == sorted(
+        r.out_request_no for r in ledger)
+
+
+# Amounts sent as JSON strings, then JSON numbers as written in the body.
+NOT_AMOUNTS = [json.dumps(text) for text in [
+    "099.00", "00.50", "010", " 10.00", "10.00 ", "\u00a010.00", "10.00\u00a0",
+    "\u300010.00", "10.00\u3000", "\t10.00", "10.00\n", "1e1", "1E1", "\uff11.\uff10\uff10",
+    "\u0663.\u0660\u0660", "10.", ".50", "+10.00", "1_000.00", "1,000.00", "0.00", "0.001",
+    "100000000.00",
+]] + ["1e1", "1E+1", "1.0e1", "0.1e2", "10.000", "-1", "0"]
+
+
+def test_refund_amounts_with_leading_zeros_whitespace_or_exponents_are_400(web: str) -> None:
+    order = _paid_order_rows()
+    staff = _staff_session(web)
+
+    answers = {amount: _refund_raw(web, staff, order.order_id,
+                                   f'{{"amount": {amount}, "reason": "Broken"}}'.encode(), [])
+               for amount in NOT_AMOUNTS}
+
+    taken = {amount: answer for amount, (code, answer) in answers.items()
+             if code != 400 or "such as 12.50" not in answer["message"]}
+    assert not taken
+    assert not Refund.objects.exists()
+
+
+def test_refund_amounts_in_plain_digits_are_taken(
+    shop: ShopClient, sandbox: SandboxControl
+) -> None:
+    order_id = _paid_order(shop, sandbox)
+    staff = _staff_session(shop.base_url)
+
+    answers = [_refund_raw(shop.base_url, staff, order_id,
+                           f'{{"amount": {amount}, "reason": "Part {i}"}}'.encode(), [])
+               for i, amount in enumerate(['"10"', '"10.5"', '"0.01"', "12.5", "3", '"0.50"'])]
+
+    assert [(code, answer.get("amount")) for code, answer in answers] == [
+        (201, "10.00"), (201, "10.50"), (201, "0.01"), (201, "12.50"), (201, "3.00"),
+        (201, "0.50")]
+    assert sum(r.amount for r in Refund.objects.filter(order_id=order_id)) == Decimal("36.51")
+    wait_for(lambda: _succeeded_total(order_id) == Decimal("36.51"), 30)
 
 
 def test_only_staff_allowed_to_refund_may_ask(
