@@ -283,6 +283,7 @@ def test_forged_notification_writes_no_forged_line_into_the_web_log(
     assert (in_body.status_code, forwarded.status_code) == (400, 400)
     wait_for(lambda: log.read_text(errors="replace")[offset:].count(marker) >= 3, 5)
     written = log.read_text(errors="replace")[offset:]
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", written), written  # text lines
     assert not [line for line in written.splitlines() if line.startswith(FORGED[:24])], written
 
 
@@ -320,8 +321,9 @@ def test_request_id_is_taken_only_from_a_trusted_proxy(asgi_web: str, log_dir: P
     assert from_proxy == chosen
     assert FRESH_ID.fullmatch(from_client), from_client
     assert FRESH_ID.fullmatch(too_long) and FRESH_ID.fullmatch(odd_characters)
-    wait_for(lambda: f"request_id={from_client}" in (log_dir / "asgi-web.log").read_text(), 5)
-    lines = (log_dir / "asgi-web.log").read_text().splitlines()
+    log = log_dir / "asgi-web.log"
+    wait_for(lambda: f"request_id={from_client}" in log.read_text(errors="replace"), 5)
+    lines = log.read_text(errors="replace").splitlines()
     assert [line for line in lines if "127.0.0.2:" in line and from_client in line]
     assert not [line for line in lines if "127.0.0.2:" in line and chosen in line]
 
