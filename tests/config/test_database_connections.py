@@ -2,7 +2,9 @@
 operator's pg_terminate_backend) are found out before a request is given one: the Procfile's
 web answers as before, on Django's pages and on the intake's own pool alike."""
 import secrets
+import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -28,22 +30,28 @@ def _notification(dev_keys: Path) -> str:
     return urllib.parse.urlencode(params)
 
 
-def _round(base: str, dev_keys: Path) -> list[tuple[str, int]]:
-    """One request to each page that reads the database; each on a connection of its own, so
-    that both of the web's processes answer some."""
+def _round(base: str, dev_keys: Path) -> list[tuple[str, int, float]]:
+    """One request to each page that reads the database, each on a connection of its own (so
+    that both of the web's processes answer some): (page, status, seconds)."""
     form = {"Content-Type": "application/x-www-form-urlencoded"}
-    answers = [
-        ("GET /skus/", requests.get(f"{base}/skus/", timeout=10)),
-        ("GET /healthz", requests.get(f"{base}/healthz", timeout=10)),
+    requests_ = [
+        ("GET /skus/", lambda: requests.get(f"{base}/skus/", timeout=30)),
+        ("GET /healthz", lambda: requests.get(f"{base}/healthz", timeout=30)),
         ("POST /payment/alipay/notify/",
-         requests.post(f"{base}/payment/alipay/notify/", data=_notification(dev_keys),
-                       headers=form, timeout=10)),
+         lambda: requests.post(f"{base}/payment/alipay/notify/", data=_notification(dev_keys),
+                               headers=form, timeout=30)),
         # Not Alipay's: counted in the database, answered 400.
         ("PUT /payment/status/",
-         requests.put(f"{base}/payment/status/?out_trade_no=x{secrets.token_hex(4)}&sign=%25",
-                      timeout=10)),
+         lambda: requests.put(
+             f"{base}/payment/status/?out_trade_no=x{secrets.token_hex(4)}&sign=%25",
+             timeout=30)),
     ]
-    return [(name, response.status_code) for name, response in answers]
+    answers = []
+    for name, send in requests_:
+        started = time.perf_counter()
+        status = send().status_code
+        answers.append((name, status, time.perf_counter() - started))
+    return answers
 
 
 EXPECTED = {"GET /skus/": 200, "GET /healthz": 200, "POST /payment/alipay/notify/": 200,
@@ -53,8 +61,11 @@ EXPECTED = {"GET /skus/": 200, "GET /healthz": 200, "POST /payment/alipay/notify
 def test_terminated_database_connections_cost_no_request_an_error(
     asgi_web: str, dev_keys: Path
 ) -> None:
-    for _ in range(ROUNDS):  # every pool of both processes holds connections
-        assert dict(_round(asgi_web, dev_keys)) == EXPECTED
+    # Every pool of both processes holds connections, some more than their two at rest.
+    with ThreadPoolExecutor(8) as pool:
+        warm = list(pool.map(lambda _: _round(asgi_web, dev_keys), range(ROUNDS)))
+    assert {(name, status) for answers in warm for name, status, _ in answers} == set(
+        EXPECTED.items())
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                        " WHERE application_name = %s AND datname = current_database()",
@@ -64,5 +75,8 @@ def test_terminated_database_connections_cost_no_request_an_error(
 
     answers = [answer for _ in range(ROUNDS) for answer in _round(asgi_web, dev_keys)]
 
-    failed = [(name, status) for name, status in answers if status != EXPECTED[name]]
+    failed = [(name, status) for name, status, _ in answers if status != EXPECTED[name]]
     assert not failed, f"{len(failed)} of {len(answers)} requests failed: {failed}"
+    # One retry, not waits of a second and more between dead connections.
+    slowest = max(answers, key=lambda answer: answer[2])
+    assert slowest[2] < 2.0, slowest
