@@ -6,13 +6,14 @@ by Alipay's signature and need none of the browser middleware (sessions, CSRF,
 authentication, messages): they are served by the intake's own ASGI app
 (payment/intake/asgi.py) on every database, PostgreSQL through an async pool. `GET /metrics`
 (infra/metrics.py) is served ahead of Django too; every request gets its request id first
-(infra/logs.py). Django serves the same apps on the same paths (config/urls.py), so the WSGI
-module and runserver answer alike. Static files are sent from the event loop too
+(infra/logs.py), then its client and scheme from a trusted proxy's X-Forwarded-For/-Proto
+(infra/proxies.py). Django serves the same apps on the same paths (config/urls.py), so the
+WSGI module and runserver answer alike. Static files are sent from the event loop too
 (infra/static.py).
 """
 import asyncio
 import os
-from typing import Any
+from typing import Any, cast
 
 # Each request's database work runs on a short-lived thread: connections come from a pool.
 os.environ.setdefault("DATABASE_POOL", "true")
@@ -22,10 +23,13 @@ import django  # noqa: E402
 
 django.setup(set_prefix=False)
 
+from django.conf import settings  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware  # noqa: E402
 
 from infra import logs, metrics, redis_client, static  # noqa: E402
 from infra.checks import checks_require  # noqa: E402
+from infra.proxies import TrustedProxies  # noqa: E402
 from payment.gateway import client_warm, keys_require  # noqa: E402
 from payment.intake import asgi as intake  # noqa: E402
 from payment.intake.store import PsycopgStore  # noqa: E402
@@ -52,8 +56,15 @@ async def _route(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await django_application(scope, receive, send)
 
 
-# Every request, on whichever path, has a request id in its log lines and its answer.
-application = logs.RequestIdASGIMiddleware(_route)
+# Every request, on whichever path, has a request id in its log lines and its answer; it is
+# decided on the connection's own peer, before the proxy's X-Forwarded-For replaces it (the
+# server's own pass is off, config/serving.py): one list of proxies, FORWARDED_ALLOW_IPS, for
+# both.
+# (uvicorn types the ASGI messages; this module passes them on as plain dicts.)
+_forwarded: logs.ASGIApp = cast(logs.ASGIApp, ProxyHeadersMiddleware(
+    cast(Any, _route), trusted_hosts=settings.FORWARDED_ALLOW_IPS))
+application = logs.RequestIdASGIMiddleware(
+    _forwarded, trusted_proxies=TrustedProxies(settings.FORWARDED_ALLOW_IPS))
 
 
 async def _lifespan(receive: Any, send: Any) -> None:

@@ -1,42 +1,45 @@
 """The gunicorn worker class that serves config.asgi: uvicorn on uvloop and httptools.
 
 uvicorn's access log line carries the path with its query string, and Alipay's return
-parameters (with their signature) arrive in it: the query string is cut before it is logged.
+parameters (with their signature) arrive in it: the query string is cut before it is logged
+(control characters in it are escaped by the log formatters, infra/logs.py, as in every line).
+
+gunicorn's FORWARDED_ALLOW_IPS (from the environment, the command line or a configuration
+file) names the trusted proxies; the application applies their X-Forwarded-For/-Proto itself,
+after it has decided on the connection's own peer whether to keep its X-Request-ID
+(config/asgi.py). So uvicorn's own pass is off, and the worker hands gunicorn's value to the
+settings before it loads the application.
 """
 import logging
-import re
+import os
 import sys
 from typing import Any
 
 from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
 
 class QuerylessAccessLog(logging.Filter):
-    """uvicorn.access records are (client, method, path?query, http version, status).
-
-    The query string is cut, and control characters in the path are escaped: a `%0A` in a
-    URL must not write a line of its own into the log.
-    """
+    """uvicorn.access records are (client, method, path?query, http version, status): the
+    query string is cut."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            path = CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", args[2].split("?", 1)[0])
-            record.args = (*args[:2], path, *args[3:])
+            record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
         return True
 
 
 class Worker(UvicornWorker):  # type: ignore[misc]
-    CONFIG_KWARGS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "lifespan": "on"}
+    CONFIG_KWARGS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "lifespan": "on",
+                                     "proxy_headers": False}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         logging.getLogger("uvicorn.access").addFilter(QuerylessAccessLog())
 
     def load_wsgi(self) -> None:
+        os.environ["FORWARDED_ALLOW_IPS"] = ",".join(self.cfg.forwarded_allow_ips)
         try:
             super().load_wsgi()
         except SystemExit as exc:

@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from infra.envvars import env_renamed
 from infra.logs import log_format, logging_config
+from infra.proxies import PROXIES_DEFAULT, proxies_parse
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -91,6 +92,10 @@ DATABASES = {
 }
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+# A connection the server ended (restart, failover, idle timeout, pg_terminate_backend) is
+# found out before use and replaced: a persistent connection is checked at its first use in
+# each request or task (the pooled web's: below).
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web, worker and beat share the file: wait for locks instead of failing at once.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
@@ -105,6 +110,11 @@ if env.bool("DATABASE_POOL", default=False) and (
     # The ASGI server runs each request's database work on a short-lived thread: persistent
     # per-thread connections would be opened per request, so it borrows from a pool instead.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Django's backend whose pool checks each connection it lends, and all its idle ones once
+    # one has failed (infra/postgresql): psycopg_pool's own check (CONN_HEALTH_CHECKS) would
+    # wait seconds between dead connections.
+    DATABASES["default"]["ENGINE"] = "infra.postgresql"
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 2, "max_size": DATABASE_POOL_SIZE, "timeout": DATABASE_POOL_TIMEOUT_SECONDS,
     }
@@ -455,6 +465,14 @@ try:
 except ValueError as exc:
     raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {exc}") from None
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# The reverse proxies (gunicorn's setting, read here too; the Procfile's web hands gunicorn's
+# value over, config/serving.py): addresses or networks whose X-Forwarded-For/-Proto and
+# X-Request-ID are believed, or `*` for any peer.
+try:
+    FORWARDED_ALLOW_IPS = proxies_parse(env.list("FORWARDED_ALLOW_IPS",
+                                                 default=list(PROXIES_DEFAULT)))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"FORWARDED_ALLOW_IPS: {exc}") from None
 # A worker's main process serves its processes' metrics on this port (0: it does not).
 WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
 WORKER_METRICS_ADDRESS = env.str("WORKER_METRICS_ADDRESS", default="127.0.0.1")

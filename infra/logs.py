@@ -4,11 +4,17 @@ Every record gets `request_id` (the web request, or the request whose work a Cel
 and `task_id`; lines about a payment also carry `order_id`, `trade_no` and `event_id` as
 fields (`extra=log_ids(...)`), while their messages stay readable with the same ids in them.
 
-The request id is taken from a well-formed `X-Request-ID` or made here, kept in a context
-variable for the request, answered in the `X-Request-ID` header, and sent with every Celery
-task published while it is set (workers/observability.py). Work done at once for items that
-came with different requests (a batch of stored payment events) names each item's request
-through `request_origins`: a line whose field names the item carries that item's request id.
+The request id is taken from a well-formed `X-Request-ID` that a trusted proxy sent
+(FORWARDED_ALLOW_IPS, infra/proxies.py) or made here, kept in a context variable for the
+request, answered in the `X-Request-ID` header, and sent with every Celery task published while
+it is set (workers/observability.py). Work done at once for items that came with different
+requests (a batch of stored payment events) names each item's request through
+`request_origins`: a line whose field names the item carries that item's request id.
+
+One record is one line, in both formats, whatever a logged value holds: the formatters
+escape control characters (line breaks of every kind, terminal escapes) in the message and in
+every field, so that no value a client sent can start a line that looks like a record of its
+own. A traceback keeps its line breaks; in the text format its lines are indented.
 
 Importable before Django is set up: gunicorn's configuration uses the formatter and filter.
 """
@@ -24,7 +30,10 @@ from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
 from pythonjsonlogger.json import JsonFormatter as BaseJsonFormatter
+
+from infra.proxies import TrustedProxies
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
                                                                        default=None)
@@ -35,10 +44,17 @@ REQUEST_ORIGINS: contextvars.ContextVar[tuple[str, Mapping[Any, str]] | None] = 
     contextvars.ContextVar("request_origins", default=None))
 
 HEADER = "X-Request-ID"
-# What a proxy or client may send as a request id (UUIDs, nginx's $request_id, ...); anything
-# else is replaced, so a header cannot put arbitrary text into the logs.
+# What a proxy may send as a request id (UUIDs, nginx's $request_id, ...); anything else is
+# replaced, so a header cannot put arbitrary text into the logs.
 REQUEST_ID_FORMAT = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 FORMATS = ("json", "text")
+# Every character that can end a line (str.splitlines() breaks at each, and so do some log
+# shippers) or drive a terminal: C0 and C1 controls, DEL, and Unicode's line and paragraph
+# separators.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Fields holding a traceback: their line breaks are kept.
+TRACEBACK_FIELDS = ("exc_info", "stack_info")
 
 
 def log_format(*, configured: str, django_env: str) -> str:
@@ -49,15 +65,47 @@ def log_format(*, configured: str, django_env: str) -> str:
     return chosen
 
 
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in NAMED_ESCAPES:
+        return NAMED_ESCAPES[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def control_escape(text: str) -> str:
+    """`text` with each control character written as its escape (`\\n`, `\\x1b`, `\\u2028`), as
+    Python's repr writes them: on one line, and still readable."""
+    return CONTROL_CHARACTERS.sub(_escape, text)
+
+
+def control_escape_lines(text: str) -> list[str]:
+    """A traceback's lines (split at `\\n` only), each with its control characters escaped."""
+    return [control_escape(line) for line in text.split("\n")]
+
+
+def _fields_escape(value: Any) -> Any:
+    """A field's value with control characters escaped in every string it holds."""
+    if isinstance(value, str):
+        return control_escape(value)
+    if isinstance(value, dict):
+        return {key: _fields_escape(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_fields_escape(item) for item in value]
+    return value
+
+
 def request_id_new() -> str:
     return uuid.uuid4().hex
 
 
-def request_id_accept(value: str | bytes | None) -> str:
-    """The request id to use for a request that sent `value` in X-Request-ID."""
+def request_id_accept(value: str | bytes | None, *, trusted: bool) -> str:
+    """The request id for a request that sent `value` in X-Request-ID: kept when it is
+    well-formed and `trusted` (a proxy of FORWARDED_ALLOW_IPS sent it, or our own web sent the
+    task), else a new one: a client must not choose the id its lines are found by, nor take
+    another request's."""
     if isinstance(value, bytes):
         value = value.decode("latin-1")
-    if value and REQUEST_ID_FORMAT.fullmatch(value):
+    if trusted and value and REQUEST_ID_FORMAT.fullmatch(value):
         return value
     return request_id_new()
 
@@ -147,10 +195,16 @@ class JsonFormatter(BaseJsonFormatter):
             log_data["http_path"] = request.path
         for name in self.DROPPED_FIELDS:
             log_data.pop(name, None)
+        for name, value in log_data.items():
+            if name in TRACEBACK_FIELDS and isinstance(value, str):
+                log_data[name] = "\n".join(control_escape_lines(value))
+            else:
+                log_data[name] = _fields_escape(value)
 
 
 class TextFormatter(logging.Formatter):
-    """The development format; the request id is added when there is one."""
+    """The development format: one line, the request id at its end when there is one; a
+    traceback follows on lines of its own, indented (a record's line starts with its time)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -159,9 +213,21 @@ class TextFormatter(logging.Formatter):
         return utc_time(record)
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        # logging.Formatter.format's steps, with the values escaped.
+        record.message = control_escape(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
         request = getattr(record, "request_id", None)
-        return f"{line} request_id={request}" if request else line
+        if request:
+            line = f"{line} request_id={control_escape(str(request))}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        details = [record.exc_text] if record.exc_text else []
+        if record.stack_info:
+            details.append(self.formatStack(record.stack_info))
+        for text in details:
+            line += "".join(f"\n  {part}" for part in control_escape_lines(text))
+        return line
 
 
 def configure(config: dict[str, Any]) -> None:
@@ -223,10 +289,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class RequestIdASGIMiddleware:
-    """Every HTTP request of the ASGI application, the fast path's too, gets its request id."""
+    """Every HTTP request of the ASGI application, the fast path's too, gets its request id.
 
-    def __init__(self, app: ASGIApp) -> None:
+    It must see the connection's own peer: it goes outside the forwarded headers' middleware,
+    which replaces the peer with the client a proxy names.
+    """
+
+    def __init__(self, app: ASGIApp, *, trusted_proxies: TrustedProxies) -> None:
         self.app = app
+        self.trusted_proxies = trusted_proxies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -234,7 +305,9 @@ class RequestIdASGIMiddleware:
             return
         sent = next((value for name, value in scope.get("headers", ())
                      if name == b"x-request-id"), None)
-        current = request_id_accept(sent)
+        peer = scope.get("client")
+        current = request_id_accept(
+            sent, trusted=(peer[0] if peer else None) in self.trusted_proxies)
         header = (b"x-request-id", current.encode())
 
         async def send_with_id(message: dict[str, Any]) -> None:
@@ -259,16 +332,23 @@ class RequestIdMiddleware:
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
+        self.trusted_proxies = TrustedProxies(settings.FORWARDED_ALLOW_IPS)
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
+
+    def _request_id(self, request: Any) -> str:
+        # The WSGI server and runserver give the connection's peer here.
+        return request_id_accept(
+            request.headers.get(HEADER),
+            trusted=request.META.get("REMOTE_ADDR") in self.trusted_proxies)
 
     def __call__(self, request: Any) -> Any:
         if self.is_async:
             return self._acall(request)
         if REQUEST_ID.get() is not None:
             return self.get_response(request)
-        current = request_id_accept(request.headers.get(HEADER))
+        current = self._request_id(request)
         token = REQUEST_ID.set(current)
         try:
             response = self.get_response(request)
@@ -280,7 +360,7 @@ class RequestIdMiddleware:
     async def _acall(self, request: Any) -> Any:
         if REQUEST_ID.get() is not None:
             return await self.get_response(request)
-        current = request_id_accept(request.headers.get(HEADER))
+        current = self._request_id(request)
         token = REQUEST_ID.set(current)
         try:
             response = await self.get_response(request)

@@ -290,13 +290,18 @@ def shop(web: str, sandbox: SandboxControl) -> ShopClient:
     return ShopClient(web)
 
 
+ASGI_WEB_APPLICATION_NAME = "asgi-web"
+
+
 @process_fixture(scope="session")
 def asgi_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     """The Procfile's web process (gunicorn with uvicorn workers, the ASGI fast path) on the
     test database and broker."""
     port = free_port()
     # The settings' own defaults otherwise: development mode, DEBUG off, local host names.
-    env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "RETURN_WAIT_SECONDS": "5"}
+    # Its database sessions are named (libpq's PGAPPNAME), so a test can find them.
+    env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "RETURN_WAIT_SECONDS": "5",
+           "PGAPPNAME": ASGI_WEB_APPLICATION_NAME}
     web = ManagedProcess("asgi-web", procfile_command("web"), env, log_dir).start()
     wait_for_port(port)
     yield f"http://127.0.0.1:{port}"

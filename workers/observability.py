@@ -32,7 +32,8 @@ _tokens: dict[str, tuple[Any, Any]] = {}
 @signals.task_prerun.connect
 def _request_id_restore(task_id: str | None = None, task: Any = None, **kwargs: Any) -> None:
     sent = task.request.get(HEADER) if task is not None else None
-    request = logs.REQUEST_ID.set(logs.request_id_accept(sent) if sent else None)
+    # The header was set by our own web or worker (_request_id_send), never by a client.
+    request = logs.REQUEST_ID.set(logs.request_id_accept(sent, trusted=True) if sent else None)
     task_token = logs.TASK_ID.set(task_id)
     if task_id is not None:
         _tokens[task_id] = (request, task_token)

@@ -18,7 +18,7 @@ import psycopg
 import psycopg_pool
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection, connections
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class IntakeStore(Protocol):
 
 
 def is_postgresql() -> bool:
-    return bool(settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql")
+    return bool(connections["default"].vendor == "postgresql")
 
 
 class DjangoStore:
@@ -83,9 +83,21 @@ class PsycopgStore:
                 self._conninfo(), min_size=2, max_size=settings.DATABASE_POOL_SIZE,
                 timeout=settings.DATABASE_POOL_TIMEOUT_SECONDS,
                 kwargs={"autocommit": True}, open=False,
+                check=self._connection_check,
             )
             await pool.open()
         return pool
+
+    async def _connection_check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Before a connection is lent: one empty query. If the server has ended it, all the
+        pool's idle connections are checked at once, so that the pool's next try (at once; its
+        tries after that wait 1 s, 2 s, ...) finds a live one or a new one: one retry, as
+        Django's pool does (infra/postgresql)."""
+        try:
+            await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            await self._pools[asyncio.get_running_loop()].check()
+            raise
 
     async def fetch_one(self, sql: str, values: list[Any]) -> Row | None:
         try:

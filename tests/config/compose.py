@@ -88,3 +88,50 @@ def service_environment(service: str, variables: dict[str, str]) -> dict[str, st
         elif name in variables:
             result[name] = variables[name]
     return result
+
+
+# -- .dockerignore, read as Docker reads it (moby's patternmatcher) -----------------------------
+
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as moby compiles it: `*` and `?` within one folder, `**` across
+    any number of folders (none included)."""
+    regex, i = "^", 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern.startswith("/", i):
+                i += 1
+            regex += ".*" if i >= len(pattern) else "(.*/)?"
+            continue
+        regex += {"*": "[^/]*", "?": "[^/]"}.get(char, re.escape(char))
+        i += 1
+    return re.compile(regex + "$")
+
+
+def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    """(is an exception `!`, pattern) for each rule, in order."""
+    rules = []
+    for line in DOCKERIGNORE.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pattern = line.removeprefix("!").strip().strip("/")
+        rules.append((exception, _pattern_regex(pattern)))
+    return rules
+
+
+def left_out_of_the_image(path: str) -> bool:
+    """Whether `COPY . .` leaves `path` (relative to the build context) out: the last rule that
+    matches it or one of its folders decides."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    left_out = False
+    for exception, regex in dockerignore_rules():
+        if any(regex.match(candidate) for candidate in candidates):
+            left_out = not exception
+    return left_out

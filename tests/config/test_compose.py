@@ -24,6 +24,7 @@ from tests.config.compose import (
     PRODUCTION_VARIABLES,
     REQUIRED,
     MissingVariable,
+    left_out_of_the_image,
     resolved,
     service_environment,
 )
@@ -206,16 +207,81 @@ def test_development_profile_values_point_at_the_sandbox_on_loopback() -> None:
     assert not list((ROOT / variables["TLS_DIR"]).glob("*.conf"))
 
 
-def test_web_believes_forwarded_headers_only_from_the_compose_network(services: dict) -> None:
-    config = resolved(PRODUCTION_VARIABLES)
-    subnet = config["networks"]["default"]["ipam"]["config"][0]["subnet"]
-    network = ipaddress.ip_network(subnet)  # strict: a network address, as gunicorn wants
-    assert network.is_private
-    assert service_environment("web", PRODUCTION_VARIABLES)["FORWARDED_ALLOW_IPS"] == subnet
-    for name in set(_python_services(services)) - {"web"}:
-        assert "FORWARDED_ALLOW_IPS" not in service_environment(name, PRODUCTION_VARIABLES)
+# Another network than the default one: each address must follow its variable.
+OTHER_NETWORK = {"SHOP_SUBNET": "10.77.5.0/24", "SHOP_DYNAMIC_RANGE": "10.77.5.64/26",
+                 "SHOP_GATEWAY_IP": "10.77.5.1", "SHOP_PROXY_IP": "10.77.5.9",
+                 "SHOP_PROMETHEUS_IP": "10.77.5.10"}
+
+
+def _addresses(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(item.strip()) for item in value.split(",") if item.strip()]
+
+
+@pytest.mark.parametrize("network", [{}, OTHER_NETWORK], ids=["default", "other"])
+def test_compose_trusts_the_proxy_and_prometheus_alone_never_the_networks_gateway(
+    services: dict, network: dict[str, str]
+) -> None:
+    """Connections from outside the compose network (Docker's userland proxy, a proxy on the
+    host) arrive from its gateway, and a container without a fixed address may be anyone's:
+    the web believes X-Forwarded-For from the proxy's fixed address only, and the metrics
+    answer Prometheus's fixed address only."""
+    variables = {**PRODUCTION_VARIABLES, **network}
+    config = resolved(variables)
+    ipam = config["networks"]["default"]["ipam"]["config"][0]
+    subnet = ipaddress.ip_network(ipam["subnet"])  # strict: a network address
+    dynamic = ipaddress.ip_network(ipam["ip_range"])
+    gateway = ipaddress.ip_address(ipam["gateway"])
+    proxy = ipaddress.ip_address(
+        config["services"]["proxy"]["networks"]["default"]["ipv4_address"])
+    assert subnet.is_private and dynamic.subnet_of(subnet) and gateway in subnet  # type: ignore[arg-type]
+    if network:
+        assert str(subnet) == network["SHOP_SUBNET"] and str(proxy) == network["SHOP_PROXY_IP"]
+
+    web = service_environment("web", variables)
+    assert _addresses(web["FORWARDED_ALLOW_IPS"]) == [ipaddress.ip_network(proxy)]
+    for name in _python_services(services):
+        environment = service_environment(name, variables)
+        if name != "web":
+            assert "FORWARDED_ALLOW_IPS" not in environment, name
+        allowed = _addresses(environment["METRICS_ALLOWED_NETWORKS"])
+        assert len(allowed) == 1 and allowed[0].num_addresses == 1, (name, allowed)
+        prometheus = allowed[0].network_address
+        if network:
+            assert str(prometheus) == network["SHOP_PROMETHEUS_IP"]
+        assert prometheus in subnet and prometheus not in dynamic, name
+    for fixed in (proxy, prometheus):
+        assert fixed in subnet and fixed not in dynamic and fixed != gateway
+        assert fixed not in (subnet.network_address, subnet.broadcast_address)
+    assert proxy != prometheus
+    for name, spec in services.items():  # no other container asks for a fixed address
+        if name != "proxy":
+            assert "ipv4_address" not in str(spec.get("networks", "")), name
     healthcheck = " ".join(services["web"]["healthcheck"]["test"])
     assert "DJANGO_ALLOWED_HOSTS" in healthcheck and "X-Forwarded-Proto" in healthcheck
+
+
+def test_docker_build_context_leaves_out_secrets_keys_and_certificates() -> None:
+    """`COPY . .` copies the build context: an operator's .env (compose reads its secrets from
+    there), key folders and certificates must never be baked into the image."""
+    for path in (".env", ".env.production", "deploy/.env", "keys/app_private_key.pem",
+                 "keys/alipay_public_key.pem", "keys/appCertPublicKey_2021004100000000.crt",
+                 "keys/README.md", "keys/old/app_private_key.pem", "tls/privkey.pem",
+                 "deploy/tls/fullchain.pem", "certs/shop.example.com.key", "server.crt",
+                 "store.p12", "sandbox_ca/ca_key.pem", "var/sandbox/sandbox_ca/root_key.pem",
+                 "alipay_sandbox/sandbox_ca/ca_cert.pem"):
+        assert left_out_of_the_image(path), path
+    # What the image runs: the code, its templates and static files, the settings' files, and
+    # Alipay's public roots, which the sandbox needs in certificate mode.
+    needed = ["manage.py", "pyproject.toml", "gunicorn.conf.py", "Procfile",
+              "deploy/nginx.conf", "alipay_sandbox/data/ant_financial_e1_root.crt",
+              "alipay_sandbox/data/nrcac_sm2_root.crt"]
+    for package in ("config", "infra", "shop", "payment", "backoffice", "workers",
+                    "alipay_sandbox"):
+        needed += [str(path.relative_to(ROOT)) for path in (ROOT / package).rglob("*")
+                   if path.suffix in (".py", ".html", ".css", ".js", ".svg", ".json")
+                   and "__pycache__" not in path.parts]
+    assert len(needed) > 100
+    assert not [path for path in needed if left_out_of_the_image(path)]
 
 
 def test_proxy_is_an_official_nginx_image_with_the_repository_config(services: dict) -> None:
@@ -294,7 +360,7 @@ def test_dockerfile_installs_the_project_and_runs_unprivileged() -> None:
     text = (ROOT / "Dockerfile").read_text()
     command = text[text.index("\nCMD "):]
     assert "config.asgi:application" in command and "config.serving.Worker" in command
-    assert {".git", ".venv", "var", "keys/*.pem"} <= set(ignored)
+    assert {".git", ".venv", "var"} <= set(ignored)
 
 
 def _compose_plugin() -> bool:

@@ -33,6 +33,7 @@ from tests.support import (
     process_fixture,
     procfile_command,
     signed_return,
+    wait_for,
     wait_for_port,
 )
 
@@ -174,6 +175,22 @@ def test_the_web_records_the_client_the_proxy_saw_not_the_one_a_client_claims(
 
     assert status == 403
     assert _recorded_sender(out_trade_no) == "127.0.0.2"
+
+
+def test_request_id_is_the_proxys_never_the_one_a_client_sends(
+    proxy: Proxy, log_dir: Path
+) -> None:
+    """The web keeps the X-Request-ID of a trusted proxy: nginx replaces a client's with its
+    own $request_id, which its access log shows too."""
+    chosen = "chosen-by-the-client-0001"
+
+    status, answer, _ = _request(proxy.port, "GET", "/skus/", source="127.0.0.2",
+                                 headers={"X-Request-ID": chosen})
+
+    assert status == 200
+    assert re.fullmatch(r"[0-9a-f]{32}", answer["X-Request-ID"]), answer["X-Request-ID"]
+    access_log = log_dir / "nginx.log"  # nginx's standard output
+    wait_for(lambda: answer["X-Request-ID"] in access_log.read_text(errors="replace"), 5)
 
 
 def test_payment_endpoints_and_pages_carry_one_set_of_security_headers(

@@ -1,9 +1,11 @@
 """Logs name ids, never signatures or whole payloads: the web's access log and the workers;
 in production one JSON object per line, with the request id from the web to the worker."""
+import http.client
 import json
 import logging
 import re
 import secrets
+import sys
 import urllib.parse
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 import requests
 
 from alipay_sandbox.client import SandboxControl
-from infra.logs import ContextFilter, JsonFormatter, log_ids, request_origins
+from infra.logs import ContextFilter, JsonFormatter, TextFormatter, log_ids, request_origins
 from payment.models import PaymentEvent, Refund
 from tests.factories import OrderFactory, StaffFactory, order_with_link, signed_in
 from tests.support import (
@@ -209,3 +211,133 @@ def test_sdk_logger_stays_quiet_after_the_sdk_is_imported() -> None:
     assert not [h for h in sdk.handlers if type(h) is logging.StreamHandler]
     assert sdk.getEffectiveLevel() >= logging.WARNING
     assert sdk.propagate is False
+
+
+# -- one record, one line -----------------------------------------------------------------------
+
+# What a client may send to start a line of its own: every line break str.splitlines() knows
+# (log shippers split on some of them), a terminal's escape sequences, and a NUL.
+LINE_BREAKS = ("\n", "\r", "\r\n", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028",
+               "\u2029")
+FORGED = "2026-12-06T23:59:59.000Z CRITICAL payment.applying payment applied order_id=forged"
+
+
+def _record(message: str, *args: Any, **extra: Any) -> logging.LogRecord:
+    record = logging.getLogger("payment.intake.core").makeRecord(
+        "payment.intake.core", logging.WARNING, __file__, 1, message, args, None, extra=extra)
+    ContextFilter().filter(record)
+    return record
+
+
+@pytest.mark.parametrize("line_break", LINE_BREAKS)
+def test_log_values_cannot_start_a_line_of_their_own_in_either_format(line_break: str) -> None:
+    value = f"x{line_break}{FORGED}\x1b[2K\x00"
+    record = _record("notify refused from %s out_trade_no=%s", value, value,
+                     **log_ids(order_id=value, trade_no=value))
+
+    text = TextFormatter().format(record)
+    json_line = JsonFormatter().format(record)
+
+    assert text.splitlines() == [text], text
+    assert json_line.splitlines() == [json_line], json_line
+    fields = json.loads(json_line)
+    for name in ("message", "order_id", "trade_no"):
+        assert fields[name].splitlines() == [fields[name]], (name, fields[name])
+        assert not re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", fields[name]), fields[name]
+    assert "\\x1b[2K" in fields["message"] and "\\x1b[2K" in text  # shown, escaped
+    assert fields["order_id"].startswith("x\\")
+
+
+def test_a_traceback_stays_readable_and_its_lines_cannot_pass_for_records() -> None:
+    try:
+        raise ValueError(f"bad value x\n{FORGED}")
+    except ValueError:
+        record = _record("could not apply %s", "x")
+        record.exc_info = sys.exc_info()
+
+    text = TextFormatter().format(record)
+    lines = text.splitlines()
+
+    assert "Traceback (most recent call last):" in text
+    assert all(line.startswith(" ") for line in lines[1:]), lines  # continuation lines
+    assert not any(line.startswith(FORGED[:24]) for line in lines)
+    assert json.loads(JsonFormatter().format(record))["exc_info"].startswith("Traceback")
+
+
+def test_forged_notification_writes_no_forged_line_into_the_web_log(
+    asgi_web: str, log_dir: Path
+) -> None:
+    """The Procfile's web with text logs (development's default): a notification whose
+    out_trade_no holds a line break, and one whose forwarded address does (127.0.0.1 is a
+    trusted proxy), are refused and logged, each on one line."""
+    log = log_dir / "asgi-web.log"
+    offset = log.stat().st_size
+    marker = secrets.token_hex(6)
+
+    # (The refusal's line shows the first 64 characters of out_trade_no.)
+    in_body = requests.post(f"{asgi_web}/payment/alipay/notify/", data={
+        "out_trade_no": f"{marker}\n{FORGED}", "sign": "abc", "trade_no": "1"}, timeout=10)
+    forwarded = requests.post(
+        f"{asgi_web}/payment/alipay/notify/", data={"out_trade_no": "x1", "sign": "abc"},
+        headers={"X-Forwarded-For": f"198.51.100.7\x85{FORGED}-{marker}"}, timeout=10)
+
+    assert (in_body.status_code, forwarded.status_code) == (400, 400)
+    wait_for(lambda: log.read_text(errors="replace")[offset:].count(marker) >= 3, 5)
+    written = log.read_text(errors="replace")[offset:]
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", written), written  # text lines
+    forged = [line for line in written.splitlines() if line.startswith(FORGED[:24])]
+    assert not forged, forged
+
+
+# -- request ids: a proxy's, never a client's -----------------------------------------------------
+
+def _request_id_answered(base: str, source: str, sent: str) -> str:
+    """GET /skus/ from the local address `source` with X-Request-ID `sent`: the id answered."""
+    url = urllib.parse.urlsplit(base)
+    assert url.hostname and url.port
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10,
+                                      source_address=(source, 0))
+    try:
+        conn.request("GET", "/skus/", headers={"X-Request-ID": sent})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        return str(response.getheader("X-Request-ID"))
+    finally:
+        conn.close()
+
+
+FRESH_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def test_request_id_is_taken_only_from_a_trusted_proxy(asgi_web: str, log_dir: Path) -> None:
+    """FORWARDED_ALLOW_IPS (gunicorn's default: 127.0.0.1) names the proxies whose
+    X-Forwarded-For the web believes; their X-Request-ID is kept, anyone else's replaced."""
+    chosen = "chosen-" + secrets.token_hex(8)
+
+    from_proxy = _request_id_answered(asgi_web, "127.0.0.1", chosen)
+    from_client = _request_id_answered(asgi_web, "127.0.0.2", chosen)  # loopback, not trusted
+    too_long = _request_id_answered(asgi_web, "127.0.0.1", "x" * 65)
+    odd_characters = _request_id_answered(asgi_web, "127.0.0.1", "id with spaces/%")
+
+    assert from_proxy == chosen
+    assert FRESH_ID.fullmatch(from_client), from_client
+    assert FRESH_ID.fullmatch(too_long) and FRESH_ID.fullmatch(odd_characters)
+    log = log_dir / "asgi-web.log"
+    wait_for(lambda: f"request_id={from_client}" in log.read_text(errors="replace"), 5)
+    lines = log.read_text(errors="replace").splitlines()
+    assert [line for line in lines if "127.0.0.2:" in line and from_client in line]
+    assert not [line for line in lines if "127.0.0.2:" in line and chosen in line]
+
+
+def test_request_id_is_taken_only_from_a_trusted_proxy_on_djangos_side(client: Any) -> None:
+    """The WSGI module and runserver: the peer is REMOTE_ADDR."""
+    chosen = "chosen-" + secrets.token_hex(8)
+
+    from_proxy = client.get("/skus/", HTTP_X_REQUEST_ID=chosen, REMOTE_ADDR="127.0.0.1")
+    from_client = client.get("/skus/", HTTP_X_REQUEST_ID=chosen, REMOTE_ADDR="203.0.113.9")
+    too_long = client.get("/skus/", HTTP_X_REQUEST_ID="x" * 65, REMOTE_ADDR="127.0.0.1")
+
+    assert from_proxy.headers["X-Request-ID"] == chosen
+    assert FRESH_ID.fullmatch(from_client.headers["X-Request-ID"])
+    assert FRESH_ID.fullmatch(too_long.headers["X-Request-ID"])
