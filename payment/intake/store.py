@@ -83,30 +83,33 @@ class PsycopgStore:
                 self._conninfo(), min_size=2, max_size=settings.DATABASE_POOL_SIZE,
                 timeout=settings.DATABASE_POOL_TIMEOUT_SECONDS,
                 kwargs={"autocommit": True}, open=False,
-                check=self._connection_check,
             )
             await pool.open()
         return pool
 
-    async def _connection_check(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Before a connection is lent: one empty query. If the server has ended it, all the
-        pool's idle connections are checked at once, so that the pool's next try (at once; its
-        tries after that wait 1 s, 2 s, ...) finds a live one or a new one: one retry, as
-        Django's pool does (infra/postgresql)."""
-        try:
-            await psycopg_pool.AsyncConnectionPool.check_connection(conn)
-        except psycopg.Error:
-            await self._pools[asyncio.get_running_loop()].check()
-            raise
-
     async def fetch_one(self, sql: str, values: list[Any]) -> Row | None:
         try:
             pool = await self._pool()
-            async with pool.connection() as conn:
-                cursor = await conn.execute(sql, values)
-                return await cursor.fetchone()
+            try:
+                return await self._fetch_one(pool, sql, values)
+            except psycopg.OperationalError:
+                # A connection the server ended while it waited in the pool (a restart, a
+                # failover, pg_terminate_backend): the pool checks its idle ones at once
+                # (psycopg's advice after a disconnection) and the statement goes once more,
+                # on a live one. Nothing is checked before each statement: that would cost a
+                # round trip per request on the payment path. The intake's statements may run
+                # twice: an event insert recognises its own row as the duplicate.
+                await pool.check()
+                return await self._fetch_one(pool, sql, values)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+
+    @staticmethod
+    async def _fetch_one(pool: psycopg_pool.AsyncConnectionPool, sql: str,
+                         values: list[Any]) -> Row | None:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(sql, values)
+            return await cursor.fetchone()
 
     async def close(self) -> None:
         pool = self._pools.pop(asyncio.get_running_loop(), None)
