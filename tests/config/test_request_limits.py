@@ -61,6 +61,8 @@ def limits_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[Web]:
     web = ManagedProcess("limits-web", procfile_command("web"), env, log_dir).start()
     try:
         wait_for_port(port)
+        for _ in range(10):  # both workers have started their apps
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30)
         yield Web(web, port)
     finally:
         web.stop()
