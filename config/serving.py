@@ -12,6 +12,7 @@ itself, which is also reached without the proxy: HEADERS_MAX_SIZE and HEADERS_MA
 (then 408 and the connection closed), on every path, Django's and the intake's alike.
 """
 import asyncio
+import functools
 import logging
 import re
 import sys
@@ -41,6 +42,17 @@ class QuerylessAccessLog(logging.Filter):
         return True
 
 
+# How often each worker looks for requests past their time-out: the precision of the time-outs.
+SWEEP_SECONDS = 0.25
+
+
+@functools.cache
+def _bounds() -> tuple[int, int, float, float]:
+    """Read once per worker, after its app (and so Django's settings) is loaded."""
+    return (settings.HEADERS_MAX_SIZE, settings.HEADERS_MAX_COUNT,
+            settings.HEADERS_TIMEOUT_SECONDS, settings.BODY_TIMEOUT_SECONDS)
+
+
 class HeadRefused(Exception):
     """A header section (or a chunked body's trailer section) over HEADERS_MAX_SIZE bytes or
     HEADERS_MAX_COUNT fields."""
@@ -53,33 +65,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
     once a read would take it over the limit, the parser gets only the part that fits, and the
     request is refused unless its header section ended within it. In a body, what is not body
     (chunk sizes, trailer fields, which httptools joins alike) counts against the same limit.
-    The time-outs cost nothing for a request that arrives in one read: a timer is set only when
-    a read ends with a request begun and not complete (and once per connection, until its first
-    request has arrived).
+
+    The time-outs are deadlines that one sweep per worker checks (`_sweep`), not a timer per
+    connection: a request that arrives in one read costs none, and a connection one number.
+    A new connection has until its first header section ends; a header section begun, until
+    it ends; a body, from the end of its header section until it ends.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.headers_max_size: int = settings.HEADERS_MAX_SIZE
-        self.headers_max_count: int = settings.HEADERS_MAX_COUNT
-        self.headers_timeout: float = settings.HEADERS_TIMEOUT_SECONDS
-        self.body_timeout: float = settings.BODY_TIMEOUT_SECONDS
+        (self.headers_max_size, self.headers_max_count, self.headers_timeout,
+         self.body_timeout) = _bounds()
         self.in_head = True  # reading a header section, or waiting for the next request
         self.head_size = 0  # its bytes so far, counted in whole reads
         self.body_size = 0  # the body's bytes so far
         self.framing_size = 0  # the bytes of a body that are not body
         self.transitions = 0  # header section to body and back: tells whether a read ended one
-        self.request_begun = False
-        self.deadline: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None  # in the loop's time
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        # A connection that sends nothing is not kept either.
-        self.deadline = self.loop.call_later(self.headers_timeout, self._deadline_passed)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._deadline_cancel()
-        super().connection_lost(exc)
+        self.deadline = self.loop.time() + self.headers_timeout  # one that sends nothing too
+        _sweep_start(self.loop, self.server_state.connections)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -104,14 +111,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
                 self.send_400_response("Invalid HTTP request received.")
             return
         if self.deadline is None:
-            if self.request_begun:
-                timeout = self.headers_timeout if self.in_head else self.body_timeout
-                self.deadline = self.loop.call_later(timeout, self._deadline_passed)
-            elif self.cycle is not None and self.cycle.response_complete:
-                # Blank lines between requests stopped the keep-alive timer: they keep no
-                # idle connection either.
-                self.deadline = self.loop.call_later(self.headers_timeout,
-                                                     self._deadline_passed)
+            if not self.in_head:
+                self.deadline = self.loop.time() + self.body_timeout
+            elif self.head_size or (self.cycle is not None and self.cycle.response_complete):
+                # A header section begun; or blank lines between requests, which stopped the
+                # keep-alive timer: they keep no idle connection either.
+                self.deadline = self.loop.time() + self.headers_timeout
 
     def _feed(self, data: bytes | memoryview) -> None:
         transitions = self.transitions
@@ -137,10 +142,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
 
     # -- the parser's callbacks ---------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.request_begun = True
-
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(self.headers) >= self.headers_max_count:
             raise HeadRefused
@@ -150,7 +151,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         self.in_head = False
         self.body_size = self.framing_size = 0
         self.transitions += 1
-        self._deadline_cancel()
+        self.deadline = None
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -161,20 +162,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         self.in_head = True
         self.head_size = 0
         self.transitions += 1
-        self.request_begun = False
-        self._deadline_cancel()
+        self.deadline = None
         super().on_message_complete()
 
     # -- refusing -----------------------------------------------------------------------------
 
-    def _deadline_cancel(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
-
-    def _deadline_passed(self) -> None:
+    def deadline_passed(self) -> None:
         self.deadline = None
-        if not self.request_begun:
+        if self.transport.is_closing():
+            return
+        if self.in_head and not self.head_size:
             self.transport.close()  # nothing asked, nothing to answer
         elif self.in_head:
             self.logger.info("Header section not received within %s s: 408", self.headers_timeout)
@@ -186,7 +183,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
     def _refuse(self, status: int) -> None:
         """Answer `status` and close; only close when an answer is already under way or sent
         for the request (ours would be read as part of it, or as the next one's)."""
-        self._deadline_cancel()
+        self.deadline = None
         if self.transport.is_closing():
             return
         cycle = self.cycle
@@ -205,6 +202,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
                 b"content-length: 0\r\nconnection: close\r\n\r\n",
             ]))
         self.transport.close()
+
+
+_swept_loop: asyncio.AbstractEventLoop | None = None  # a worker runs one loop
+
+
+def _sweep_start(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+    global _swept_loop
+    if loop is not _swept_loop:
+        _swept_loop = loop
+        loop.call_later(SWEEP_SECONDS, _sweep, loop, connections)
+
+
+def _sweep(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+    """Every SWEEP_SECONDS: the worker's connections past their deadline are refused."""
+    now = loop.time()
+    for connection in list(connections):
+        deadline = getattr(connection, "deadline", None)
+        if deadline is not None and deadline <= now:
+            connection.deadline_passed()
+    loop.call_later(SWEEP_SECONDS, _sweep, loop, connections)
 
 
 class Worker(UvicornWorker):  # type: ignore[misc]
