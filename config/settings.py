@@ -472,6 +472,10 @@ HEADERS_MAX_SIZE = env.int("HEADERS_MAX_SIZE", default=80 * 1024)
 HEADERS_MAX_COUNT = env.int("HEADERS_MAX_COUNT", default=100)
 HEADERS_TIMEOUT_SECONDS = env.float("HEADERS_TIMEOUT_SECONDS", default=10.0)
 BODY_TIMEOUT_SECONDS = env.float("BODY_TIMEOUT_SECONDS", default=10.0)
+for _name in ("HEADERS_MAX_SIZE", "HEADERS_MAX_COUNT", "HEADERS_TIMEOUT_SECONDS",
+              "BODY_TIMEOUT_SECONDS"):
+    if globals()[_name] <= 0:
+        raise ImproperlyConfigured(f"{_name} must be above 0")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"

@@ -152,6 +152,20 @@ def test_ten_thousand_headers_are_refused_with_431(limits_web: Web) -> None:
     assert limits_web.worker_pids() == workers
 
 
+def test_a_huge_trailer_section_after_a_chunked_body_is_refused_with_431(limits_web: Web) -> None:
+    """Finding 4: trailer fields are joined as header fields are; they are bounded alike."""
+    sock = _connect(limits_web)
+    head = (b"POST /payment/alipay/notify/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n4\r\nsign\r\n0\r\nX-Huge: ")
+    _send_in_background(sock, iter([head, *(b"a" * 1024 * 1024 for _ in range(8))]))
+
+    status = _status(sock, timeout=5)
+    sock.close()
+
+    assert status == 431
+    assert _serves(limits_web)
+
+
 def test_a_body_announced_above_the_limit_is_refused_with_413_before_it_is_spooled(
     limits_web: Web,
 ) -> None:
