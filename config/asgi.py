@@ -9,7 +9,8 @@ authentication, messages): they are served by the intake's own ASGI app
 (infra/logs.py), then its client and scheme from a trusted proxy's X-Forwarded-For/-Proto
 (infra/proxies.py). Django serves the same apps on the same paths (config/urls.py), so the
 WSGI module and runserver answer alike. Static files are sent from the event loop too
-(infra/static.py).
+(infra/static.py). Header sections, body sizes and slow clients are bounded by the server
+(config/serving.py) and, for Django's bodies, by infra/bodies.py.
 """
 import asyncio
 import os
@@ -28,6 +29,7 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware  # noqa: E402
 
 from infra import logs, metrics, redis_client, static  # noqa: E402
+from infra.bodies import BodyLimitMiddleware  # noqa: E402
 from infra.checks import checks_require  # noqa: E402
 from infra.proxies import TrustedProxies  # noqa: E402
 from payment.gateway import client_warm, keys_require  # noqa: E402
@@ -37,7 +39,8 @@ from payment.intake.store import PsycopgStore  # noqa: E402
 keys_require()
 checks_require()
 
-django_application = ASGIHandler()
+# A body above DATA_UPLOAD_MAX_MEMORY_SIZE is refused before Django reads it (infra/bodies.py).
+django_application = BodyLimitMiddleware(ASGIHandler())
 intake_application = intake.server_app()
 
 

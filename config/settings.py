@@ -484,6 +484,18 @@ METRICS_DIR = env.str("METRICS_DIR", default="")
 # reverse proxy (deploy/nginx.conf), which sets X-Forwarded-Proto; `manage.py check --deploy`
 # is clean with the production profile of docker-compose.yml.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=256 * 1024)
+# The web's own bounds (config/serving.py), as the proxy's, for when it is reached without one:
+# a header section's bytes (request line included) and fields, then 431; how long a header
+# section and a body may take to arrive, then 408. The size is above what the proxy passes
+# (client_header_buffer_size + large_client_header_buffers, plus the headers it adds).
+HEADERS_MAX_SIZE = env.int("HEADERS_MAX_SIZE", default=80 * 1024)
+HEADERS_MAX_COUNT = env.int("HEADERS_MAX_COUNT", default=100)
+HEADERS_TIMEOUT_SECONDS = env.float("HEADERS_TIMEOUT_SECONDS", default=10.0)
+BODY_TIMEOUT_SECONDS = env.float("BODY_TIMEOUT_SECONDS", default=10.0)
+for _name in ("HEADERS_MAX_SIZE", "HEADERS_MAX_COUNT", "HEADERS_TIMEOUT_SECONDS",
+              "BODY_TIMEOUT_SECONDS"):
+    if globals()[_name] <= 0:
+        raise ImproperlyConfigured(f"{_name} must be above 0")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from celery import current_app
@@ -265,8 +265,17 @@ async def _respond(send: Any, status: int, body: bytes,
 
 # -- a worker's endpoint ----------------------------------------------------------------------
 
+# Connections served at once; more are closed as they come (Prometheus scrapes one at a time).
+WORKER_METRICS_MAX_CONNECTIONS = 8
+
+
 class _WorkerMetricsHandler(BaseHTTPRequestHandler):
     server_version = "shop-worker-metrics"
+
+    def setup(self) -> None:
+        # A client that sends nothing for this long is closed (the socket's time-out).
+        self.request.settimeout(cast(_Server, self.server).request_timeout)
+        super().setup()
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path.split("?", 1)[0] != PATH:
@@ -291,7 +300,32 @@ class _WorkerMetricsHandler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most WORKER_METRICS_MAX_CONNECTIONS of them, each closed
+    when its client is silent for `request_timeout` seconds."""
+
     daemon_threads = True
+    request_queue_size = 64  # the listen backlog: socketserver's 5 drops connections in a burst
+
+    def __init__(self, address: tuple[str, int], *, request_timeout: float) -> None:
+        super().__init__(address, _WorkerMetricsHandler)
+        self.request_timeout = request_timeout
+        self._slots = threading.BoundedSemaphore(WORKER_METRICS_MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread was started to release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 _worker_server: _Server | None = None
@@ -299,10 +333,11 @@ _worker_server: _Server | None = None
 
 def worker_server_start(*, address: str, port: int) -> _Server | None:
     """Serve this worker's metrics from its main process; None (logged) when the port is taken:
-    the worker works on without its endpoint."""
+    the worker works on without its endpoint. A client has HEADERS_TIMEOUT_SECONDS between two
+    reads of its request, as the web gives it for its whole header section."""
     global _worker_server
     try:
-        server = _Server((address, port), _WorkerMetricsHandler)
+        server = _Server((address, port), request_timeout=settings.HEADERS_TIMEOUT_SECONDS)
     except OSError as exc:
         logger.warning("worker metrics not served on %s:%s: %s", address, port, exc.strerror)
         return None

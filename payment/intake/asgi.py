@@ -5,7 +5,8 @@ The production web (config/asgi.py) routes the two paths here ahead of Django: n
 no thread per request; Django's request machinery cost more CPU than the intake's own work.
 Django serves the same app through infra/asgi_bridge.py (the WSGI module, runserver, the test
 client), so every entry answers alike. This module is plumbing only: methods, the body and its
-limits, the media type, the answer's bytes. The decisions are in payment/intake/core.py.
+limits (read by infra/bodies.py, as Django's bodies are bounded), the media type, the answer's
+bytes. The decisions are in payment/intake/core.py.
 """
 import json
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
+from infra.bodies import BodyIncomplete, BodyTooLarge, body_read
 from payment.intake import core, params
 from payment.intake.store import DjangoStore, IntakeStore, PsycopgStore, is_postgresql
 from payment.models import EventSource
@@ -26,45 +28,8 @@ PATHS = frozenset({STATUS_PATH, NOTIFY_PATH})
 METHODS = {STATUS_PATH: ("PUT", "POST"), NOTIFY_PATH: ("POST",)}
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-class BodyIncomplete(Exception):
-    pass
-
-
 def body_limit() -> int:
     return min(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or params.MAX_BODY_SIZE, params.MAX_BODY_SIZE)
-
-
-async def body_read(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
-    """The whole body, refused above `limit` before it is read (by its Content-Length) or as
-    soon as it passes the limit, and refused when it ends before its Content-Length."""
-    declared: int | None = None
-    if b"content-length" in headers:
-        try:
-            declared = int(headers[b"content-length"])
-        except ValueError:
-            raise BodyIncomplete from None
-        if declared > limit:
-            raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BodyIncomplete
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
-    if declared is not None and size != declared:
-        raise BodyIncomplete
-    return b"".join(chunks)
 
 
 class IntakeApp:

@@ -324,6 +324,24 @@ def test_proxy_bounds_slow_and_large_requests_and_buffers_them() -> None:
     assert directives["server_tokens"] == ["off"]
 
 
+def _kib(value: str) -> int:
+    return int(re.fullmatch(r"(\d+)k", value).group(1)) * 1024  # type: ignore[union-attr]
+
+
+def test_the_web_bounds_requests_as_the_proxy_does_and_passes_what_the_proxy_passes() -> None:
+    """Reached without the proxy, the web refuses what the proxy would (config/serving.py); a
+    header section the proxy passes, with the headers it adds, the web accepts."""
+    from django.conf import settings
+
+    directives = _directives(NGINX_CONF.read_text())
+    number, size = directives["large_client_header_buffers"][0].split()
+    proxy_headers_max = _kib(directives["client_header_buffer_size"][0]) + int(number) * _kib(size)
+    assert proxy_headers_max + 4096 <= settings.HEADERS_MAX_SIZE <= 128 * 1024
+    assert 0 < settings.HEADERS_MAX_COUNT <= 200
+    assert _seconds(directives["client_header_timeout"][0]) == settings.HEADERS_TIMEOUT_SECONDS
+    assert _seconds(directives["client_body_timeout"][0]) == settings.BODY_TIMEOUT_SECONDS
+
+
 def test_proxy_sets_forwarded_and_security_headers_and_limits_payment_and_login() -> None:
     text = NGINX_CONF.read_text()
     headers = _directives(text)
