@@ -167,7 +167,8 @@ class BillHost:
         self.server.daemon_threads = True
         self.server.sent = {}  # type: ignore[attr-defined]
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                        daemon=True)
         self._thread.start()
 
     def serve(self, path: str, body: bytes | Behaviour, host: str = "127.0.0.1") -> str:

@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, event, given
 from hypothesis import settings as fuzz_settings
 from hypothesis import strategies as st
 
@@ -119,6 +119,7 @@ def test_bill_parser_fuzz_ends_in_a_report_in_bounded_memory(
         tracemalloc.stop()
 
     report = BillReport.objects.get(pk=report.pk)
+    event(f"{report.state}: {report.error.split(' (')[0][:40]}")  # --hypothesis-show-statistics
     assert report.state in (BillReport.State.DONE, BillReport.State.FAILED)
     if report.state == BillReport.State.FAILED:
         assert report.error

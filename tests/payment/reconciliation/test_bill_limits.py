@@ -107,7 +107,8 @@ MALFORMED = {
                         "longer than BILL_MAX_LINE_CHARS"),
     "not-gbk": (bill_text([_row_with(subject="MARK")]).encode("gbk").replace(
         b"MARK", b"\xff\xfe"), "not GBK text"),
-    "nul-byte": (bill_text([_row_with(subject="a\0b")]).encode("gbk"), "NUL"),
+    "nul-byte": (bill_text([bill_row("2026010122001400000000000001", "crafted\0-1", "9.90")])
+                 .encode("gbk"), "NUL"),
 }
 
 
