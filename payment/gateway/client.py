@@ -669,11 +669,13 @@ def bill_download(*, url: str, into: Any) -> int:
 class _DownloadDeadline:
     """Shuts the connection's socket when the download's time is up, so that a blocked read
     returns there and then: per-read time-outs never fire on a source that sends a byte every
-    few seconds, in its headers or its body. The socket is held from the connection on (a
-    response to be closed takes it from the connection)."""
+    few seconds, in its TLS handshake, its headers or its body. The connection holds its
+    socket from the TCP connect on; `watch` keeps it once connected (a response to be read
+    takes it from the connection)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, connection: urllib3.connection.HTTPConnection) -> None:
         self.seconds = seconds
+        self._connection = connection
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._passed = threading.Event()
@@ -681,16 +683,17 @@ class _DownloadDeadline:
         self._timer.daemon = True
         self._timer.start()
 
-    def watch(self, sock: socket.socket | None) -> None:
+    def watch(self) -> None:
         with self._lock:
-            self._sock = sock
+            self._sock = self._connection.sock
         self.check()  # the time may have run out while connecting
 
     def _cut(self) -> None:
         self._passed.set()
         with self._lock, contextlib.suppress(OSError):
-            if self._sock is not None:
-                self._sock.shutdown(socket.SHUT_RDWR)
+            sock = self._sock or self._connection.sock
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
 
     def check(self) -> None:
         if self._passed.is_set():
@@ -714,11 +717,11 @@ def _bill_download(url: str, into: Any) -> int:
     connection = connection_class(
         target.host or "", target.port,
         timeout=min(settings.ALIPAY_TIMEOUT_SECONDS * 6, seconds))
-    deadline = _DownloadDeadline(seconds)
+    deadline = _DownloadDeadline(seconds, connection)
     response: urllib3.response.BaseHTTPResponse | None = None
     try:
         connection.connect()
-        deadline.watch(connection.sock)
+        deadline.watch()
         # identity: a compressed body would be a second zip bomb, outside the byte count.
         connection.request("GET", target.request_uri, headers={"Accept-Encoding": "identity"},
                            preload_content=False, decode_content=False)

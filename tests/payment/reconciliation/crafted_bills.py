@@ -1,6 +1,7 @@
 """Trade bills made by hand, well-formed or not, and a test gateway's file host that serves them
 (or serves worse: an endless body, a slow drip) over HTTP."""
 import io
+import socket
 import threading
 import time
 import zipfile
@@ -135,6 +136,34 @@ def drip(*, interval: float, seconds: float, in_headers: bool = False) -> Behavi
         except OSError:
             pass
     return answer
+
+
+class TlsDrip:
+    """A TCP server that answers a TLS ClientHello with the start of a record, a byte every
+    `interval` seconds, for `seconds`: a handshake that never ends."""
+
+    def __init__(self, *, interval: float, seconds: float) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._interval, self._seconds = interval, seconds
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        connection, _ = self._listener.accept()
+        with connection:
+            ends = time.monotonic() + self._seconds
+            record = b"\x16\x03\x03\x40\x00" + b"\x02" * 0x4000
+            try:
+                for byte in record:
+                    if time.monotonic() > ends:
+                        break
+                    connection.sendall(bytes([byte]))
+                    time.sleep(self._interval)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._listener.close()
 
 
 class BillHost:

@@ -89,9 +89,11 @@ def bill_files(draw: Any) -> bytes:
 
 
 @pytest.fixture
-def bill_host() -> Iterator[BillHost]:
+def bill_host(sandbox: SandboxControl) -> Iterator[BillHost]:
+    """The test gateway's file host; the sandbox names none of its URLs afterwards."""
     host = BillHost()
     yield host
+    sandbox.clear_faults()
     host.close()
 
 

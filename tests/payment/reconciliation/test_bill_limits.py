@@ -23,6 +23,7 @@ from tests.factories import PaymentFactory
 from tests.payment.reconciliation.crafted_bills import (
     DETAIL_NAME,
     BillHost,
+    TlsDrip,
     announced,
     bill_row,
     bill_text,
@@ -43,9 +44,11 @@ TOTALS = ("alipay_trades", "alipay_trade_amount", "alipay_refunds", "alipay_refu
 
 
 @pytest.fixture
-def bill_host() -> Iterator[BillHost]:
+def bill_host(sandbox: SandboxControl) -> Iterator[BillHost]:
+    """The test gateway's file host; the sandbox names none of its URLs afterwards."""
     host = BillHost()
     yield host
+    sandbox.clear_faults()
     host.close()
 
 
@@ -197,17 +200,25 @@ def test_bill_download_stops_at_the_byte_cap(
         assert sent < 24 * MiB
 
 
-@pytest.mark.parametrize("where", ["body", "headers"])
+@pytest.mark.parametrize("where", ["body", "headers", "tls-handshake"])
 def test_bill_download_is_cut_at_the_deadline(
     where: str, settings: Any, sandbox: SandboxControl, bill_host: BillHost, day: date,
 ) -> None:
-    settings.BILL_DOWNLOAD_SECONDS = 1.0  # each byte comes well within the read time-out (5 s)
-    url = bill_host.serve(f"/drip-{where}", drip(interval=0.2, seconds=8,
-                                                 in_headers=where == "headers"))
+    settings.BILL_DOWNLOAD_SECONDS = 1.0  # each byte comes well within the read time-out
+    if where == "tls-handshake":
+        settings.PRODUCTION = True
+        settings.BILL_DOWNLOAD_HOSTS = ["127.0.0.1"]
+        tls = TlsDrip(interval=0.2, seconds=8)
+        url = f"https://127.0.0.1:{tls.port}/bill.zip"
+    else:
+        url = bill_host.serve(f"/drip-{where}", drip(interval=0.2, seconds=8,
+                                                     in_headers=where == "headers"))
 
     started = time.monotonic()
     report = _reconcile(sandbox, url, day)
     elapsed = time.monotonic() - started
+    if where == "tls-handshake":
+        tls.close()
 
     _failed(report, "BILL_DOWNLOAD_SECONDS")
     assert elapsed < 2.5
