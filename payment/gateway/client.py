@@ -727,10 +727,12 @@ def _bill_download(url: str, into: Any) -> int:
                            preload_content=False, decode_content=False)
         response = connection.getresponse()
         if 300 <= response.status < 400:
-            location = urllib3.util.parse_url(response.headers.get("Location", "")).host
+            location = response.headers.get("Location", "")
+            with contextlib.suppress(urllib3.exceptions.LocationParseError):
+                location = urllib3.util.parse_url(location).host or ""
             raise BillDownloadRefused(
-                f"the bill URL answered HTTP {response.status} to {location or '?'}; redirects "
-                "are not followed (BILL_DOWNLOAD_HOSTS)", kind="redirect")
+                f"the bill URL answered HTTP {response.status} to {location[:100] or '?'}; "
+                "redirects are not followed (BILL_DOWNLOAD_HOSTS)", kind="redirect")
         if response.status != 200:
             raise GatewayUnavailable(f"bill download: HTTP {response.status}",
                                      code="transport", sub_code=f"http_{response.status}")

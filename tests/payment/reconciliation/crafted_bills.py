@@ -114,6 +114,15 @@ def announced(length: int) -> Behaviour:
     return answer
 
 
+def redirect(location: str) -> Behaviour:
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+    return answer
+
+
 def drip(*, interval: float, seconds: float, in_headers: bool = False) -> Behaviour:
     """One byte every `interval` seconds (of the headers, or of the body), for `seconds`."""
     def answer(handler: BaseHTTPRequestHandler) -> None:

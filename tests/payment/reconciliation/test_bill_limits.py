@@ -32,6 +32,7 @@ from tests.payment.reconciliation.crafted_bills import (
     encrypted,
     endless,
     long_line_zip,
+    redirect,
 )
 from tests.support import wait_for
 
@@ -73,8 +74,8 @@ def _books(day: date) -> tuple[dict[str, Any], list[tuple[str, str]], int]:
 def good_run(sandbox: SandboxControl, bill_host: BillHost, day: date) -> tuple[Any, ...]:
     """A good bill of the day reconciled first: one trade matched, one amount mismatch, one
     refund unknown here."""
-    matched = PaymentFactory(order__total_amount=Decimal("9.90"))
-    differing = PaymentFactory(order__total_amount=Decimal("9.90"))
+    matched = PaymentFactory.create(order__total_amount=Decimal("9.90"))
+    differing = PaymentFactory.create(order__total_amount=Decimal("9.90"))
     good = bill_zip(bill_text([
         bill_row(matched.trade_id, matched.order_id, "9.90"),
         bill_row(differing.trade_id, differing.order_id, "8.80"),
@@ -240,6 +241,18 @@ def test_bill_url_off_the_allow_list_is_never_fetched(
 
     _failed(report, "BILL_DOWNLOAD_HOSTS")
     assert bill_host.requests == []
+
+
+def test_bill_url_redirect_is_not_followed(
+    sandbox: SandboxControl, bill_host: BillHost, day: date,
+) -> None:
+    elsewhere = bill_host.serve("/metrics", bill_zip(bill_text([])), host="localhost")
+    url = bill_host.serve("/bill.zip", redirect(elsewhere))
+
+    report = _reconcile(sandbox, url, day)
+
+    _failed(report, "redirects are not followed")
+    assert bill_host.requests == ["/bill.zip"]
 
 
 def test_bill_url_in_production_is_fetched_over_https_only(
