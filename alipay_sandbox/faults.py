@@ -27,6 +27,7 @@ class FaultSet:
     notify_delay_s: float = 0.0
     notify_reorder: bool = False
     notify_reorder_window_s: float = 1.0
+    bill_url: str = ""
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -54,6 +55,10 @@ def _coerce(name: str, value: Any) -> Any:
             if str(value) not in ERROR_KINDS:
                 raise FaultError(f"error_kind must be one of {', '.join(ERROR_KINDS)}")
             return str(value)
+        if name == "bill_url":
+            if not isinstance(value, str):
+                raise FaultError("bill_url must be a string")
+            return value
         if name == "methods":
             if value is None:
                 return []

@@ -282,7 +282,7 @@ class Gateway:
         return Reply(200, body, f"application/json;charset={codec}")
 
     def _bill_url(self, biz: dict[str, Any]) -> dict[str, Any]:
-        return self.bills.issue(biz, self.base_url)
+        return self.bills.issue(biz, self.base_url, url_override=self.faults.snapshot().bill_url)
 
     def _cert_download(self, biz: dict[str, Any]) -> dict[str, Any]:
         """``alipay.open.app.alipaycert.download``: a certificate the sandbox signs or signed

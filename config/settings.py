@@ -6,6 +6,7 @@ listed in README.md.
 import ipaddress
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from celery.schedules import crontab
@@ -286,6 +287,20 @@ BILL_RECONCILE_HOUR = env.int("BILL_RECONCILE_HOUR", default=10)
 BILL_RECONCILE_MINUTE = env.int("BILL_RECONCILE_MINUTE", default=30)
 BILL_RECONCILE_DAYS = env.int("BILL_RECONCILE_DAYS", default=3)
 BILL_ENTRY_RETENTION_DAYS = env.int("BILL_ENTRY_RETENTION_DAYS", default=90)
+# The bill's download and file are bounded: the URL comes from Alipay's signed answer, yet a
+# misconfigured or hostile gateway must not make a worker fetch anything, anyhow long, or
+# unpack a zip bomb. Hosts: Alipay's bill host (its URLs say http://, fetched as https:// in
+# production); outside production also Alipay's sandbox and the configured local sandbox
+# (SANDBOX_URL, and ALIPAY_GATEWAY's host: `sandbox` in the compose dev profile).
+_BILL_HOSTS = ["dwbillcenter.alipay.com"] + ([] if PRODUCTION else [
+    "dwbillcenter.alipaydev.com", urlsplit(SANDBOX_URL).hostname,
+    urlsplit(ALIPAY_GATEWAY).hostname])
+BILL_DOWNLOAD_HOSTS = env.list("BILL_DOWNLOAD_HOSTS",
+                               default=[host for host in dict.fromkeys(_BILL_HOSTS) if host])
+BILL_DOWNLOAD_MAX_BYTES = env.int("BILL_DOWNLOAD_MAX_BYTES", default=64 * 1024 * 1024)
+BILL_DOWNLOAD_SECONDS = env.float("BILL_DOWNLOAD_SECONDS", default=30.0)
+BILL_MAX_UNCOMPRESSED_BYTES = env.int("BILL_MAX_UNCOMPRESSED_BYTES", default=512 * 1024 * 1024)
+BILL_MAX_LINE_CHARS = env.int("BILL_MAX_LINE_CHARS", default=16 * 1024)
 ORDER_PAY_TIMEOUT_SECONDS = env_renamed(env.float, "ORDER_PAY_TIMEOUT_SECONDS",
                                         old="ORDER_PAY_TIMEOUT", default=30 * 60.0)
 ORDER_EXPIRE_INTERVAL_SECONDS = env_renamed(env.float, "ORDER_EXPIRE_INTERVAL_SECONDS",

@@ -237,6 +237,23 @@ def test_bill_url_expires(sbx: SandboxProcess, alipay: AliPay) -> None:
     assert session().get(bill_url(alipay, cn_day(-3))["bill_download_url"], timeout=10).ok
 
 
+def test_bill_url_fault_names_another_url_in_the_signed_answer(
+    sbx: SandboxProcess, alipay: AliPay, alipay_public_key: rsa.RSAPublicKey
+) -> None:
+    crafted = "http://127.0.0.1:9/crafted.zip"
+    sbx.control.set_faults(bill_url=crafted)
+    # Any well-formed day, with trades or not, today included: the answer names the URL.
+    for day in (cn_today(), "2001-01-01"):
+        biz = {"bill_type": "trade", "bill_date": day}
+        answer = check_envelope(fetch_raw(alipay, BILL, biz), BILL, alipay_public_key)
+        assert (answer["code"], answer["bill_download_url"]) == ("10000", crafted)
+    assert bill_url(alipay, "2024-13")["sub_code"] == "isv.invalid_arguments"
+    with pytest.raises(SandboxError):
+        sbx.control.set_faults(bill_url=1)
+    sbx.control.clear_faults()
+    assert bill_url(alipay, "2001-01-01")["sub_code"] == "isp.bill_not_exist"
+
+
 def test_synthetic_trades_make_a_monthly_and_a_daily_bill(
     sbx: SandboxProcess, alipay: AliPay
 ) -> None:

@@ -4,10 +4,13 @@ Nothing else in the project imports `alipay`. Server calls return typed results 
 `GatewayUnavailable` (worth retrying later) or `GatewayRejected` (Alipay refused the request).
 """
 import base64
+import contextlib
+import http.client
 import json
 import logging
 import os
 import re
+import socket
 import threading
 import urllib.error
 from dataclasses import dataclass, field
@@ -19,6 +22,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import urllib3
+import urllib3.connection
+import urllib3.response
 from alipay import AliPay
 from alipay.exceptions import AliPayException, AliPayValidationError
 from alipay.utils import AliPayConfig
@@ -608,36 +613,146 @@ def bill_download_url(*, bill_date: str, bill_type: str = "trade") -> str | None
 
 
 BILL_DOWNLOAD = "bill.download"
+BILL_CHUNK = 64 * 1024
+
+
+class BillDownloadRefused(Exception):
+    """The bill was not downloaded, and asking again at once would not help: its URL is not one
+    of Alipay's bill hosts (BILL_DOWNLOAD_HOSTS, https in production), it answered a redirect,
+    or it is larger than BILL_DOWNLOAD_MAX_BYTES or slower than BILL_DOWNLOAD_SECONDS.
+    `kind` says which: url, redirect, size, deadline."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def bill_url_checked(url: str) -> urllib3.util.Url:
+    """The bill URL to fetch: http(s), no credentials, on a host of BILL_DOWNLOAD_HOSTS, and in
+    production over https (Alipay's answers name http://dwbillcenter.alipay.com/..., which
+    serves the same over TLS). The connection is made from this parse, never from the text."""
+    try:
+        parsed = urllib3.util.parse_url(url)
+    except urllib3.exceptions.LocationParseError:
+        raise BillDownloadRefused("bill URL refused: unreadable", kind="url") from None
+    host = (parsed.host or "").lower()
+    allowed = {name.strip().lower() for name in settings.BILL_DOWNLOAD_HOSTS if name.strip()}
+    if parsed.scheme not in ("http", "https"):
+        raise BillDownloadRefused(f"bill URL refused: scheme {parsed.scheme!r} is not http(s)",
+                                  kind="url")
+    if parsed.auth:
+        raise BillDownloadRefused("bill URL refused: it carries credentials", kind="url")
+    if host not in allowed:
+        raise BillDownloadRefused(f"bill URL refused: host {host[:100]!r} is not in "
+                                  "BILL_DOWNLOAD_HOSTS", kind="url")
+    if settings.PRODUCTION and parsed.scheme != "https":
+        port = None if parsed.port in (None, 80) else parsed.port
+        parsed = parsed._replace(scheme="https", port=port)
+    return parsed
 
 
 def bill_download(*, url: str, into: Any) -> int:
-    """Stream the bill at `url` into the binary file `into`; the bytes written."""
+    """Stream the bill at `url` into the binary file `into`; the bytes written. Raises
+    BillDownloadRefused (see bill_url_checked and the BILL_DOWNLOAD_* limits), or
+    GatewayUnavailable when it could not be fetched now."""
     try:
         with metrics.gateway_timed(BILL_DOWNLOAD):
             return _bill_download(url, into)
     except GatewayUnavailable as exc:
         metrics.gateway_error(method=BILL_DOWNLOAD, code=exc.code, sub_code=exc.sub_code)
         raise
+    except BillDownloadRefused as exc:
+        metrics.gateway_error(method=BILL_DOWNLOAD, code="refused", sub_code=exc.kind)
+        raise
+
+
+class _DownloadDeadline:
+    """Shuts the connection's socket when the download's time is up, so that a blocked read
+    returns there and then: per-read time-outs never fire on a source that sends a byte every
+    few seconds, in its TLS handshake, its headers or its body. The connection holds its
+    socket from the TCP connect on; `watch` keeps it once connected (a response to be read
+    takes it from the connection)."""
+
+    def __init__(self, seconds: float, connection: urllib3.connection.HTTPConnection) -> None:
+        self.seconds = seconds
+        self._connection = connection
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._passed = threading.Event()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self) -> None:
+        with self._lock:
+            self._sock = self._connection.sock
+        self.check()  # the time may have run out while connecting
+
+    def _cut(self) -> None:
+        self._passed.set()
+        with self._lock, contextlib.suppress(OSError):
+            sock = self._sock or self._connection.sock
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def check(self) -> None:
+        if self._passed.is_set():
+            raise BillDownloadRefused(
+                f"the bill took longer than BILL_DOWNLOAD_SECONDS ({self.seconds:g} s) to "
+                "download", kind="deadline")
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _bill_download(url: str, into: Any) -> int:
+    target = bill_url_checked(url)
+    limit = settings.BILL_DOWNLOAD_MAX_BYTES
+    seconds = settings.BILL_DOWNLOAD_SECONDS
+    too_large = BillDownloadRefused(
+        f"the bill is larger than BILL_DOWNLOAD_MAX_BYTES ({limit} bytes)", kind="size")
+    # One connection of its own, not the shared pool's: the deadline shuts its socket.
+    connection_class = (urllib3.connection.HTTPSConnection if target.scheme == "https"
+                        else urllib3.connection.HTTPConnection)
+    connection = connection_class(
+        target.host or "", target.port,
+        timeout=min(settings.ALIPAY_TIMEOUT_SECONDS * 6, seconds))
+    deadline = _DownloadDeadline(seconds, connection)
+    response: urllib3.response.BaseHTTPResponse | None = None
     try:
-        response = _gateway_pool().request("GET", url, preload_content=False,
-                                           timeout=settings.ALIPAY_TIMEOUT_SECONDS * 6)
-    except urllib3.exceptions.HTTPError as exc:
-        raise GatewayUnavailable(f"bill download: {type(exc).__name__}", code="transport",
-                                 sub_code=type(exc).__name__) from None
-    try:
-        if response.status >= 400:
+        connection.connect()
+        deadline.watch()
+        # identity: a compressed body would be a second zip bomb, outside the byte count.
+        connection.request("GET", target.request_uri, headers={"Accept-Encoding": "identity"},
+                           preload_content=False, decode_content=False)
+        response = connection.getresponse()
+        if 300 <= response.status < 400:
+            location = response.headers.get("Location", "")
+            with contextlib.suppress(urllib3.exceptions.LocationParseError):
+                location = urllib3.util.parse_url(location).host or ""
+            raise BillDownloadRefused(
+                f"the bill URL answered HTTP {response.status} to {location[:100] or '?'}; "
+                "redirects are not followed (BILL_DOWNLOAD_HOSTS)", kind="redirect")
+        if response.status != 200:
             raise GatewayUnavailable(f"bill download: HTTP {response.status}",
                                      code="transport", sub_code=f"http_{response.status}")
+        announced = response.headers.get("Content-Length", "")
+        if announced.isdigit() and int(announced) > limit:
+            raise too_large
         size = 0
-        for chunk in response.stream(64 * 1024):
-            into.write(chunk)
+        for chunk in response.stream(BILL_CHUNK):
             size += len(chunk)
+            if size > limit:
+                raise too_large
+            into.write(chunk)
+        deadline.check()  # a body without a length ends where the deadline shut it
         return size
-    except urllib3.exceptions.HTTPError as exc:
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+        deadline.check()
         raise GatewayUnavailable(f"bill download: {type(exc).__name__}", code="transport",
                                  sub_code=type(exc).__name__) from None
     finally:
-        response.release_conn()
+        deadline.cancel()
+        if response is not None:
+            response.close()  # the socket is the response's once it has been read
+        connection.close()
