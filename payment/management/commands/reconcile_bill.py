@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from payment import gateway
 from payment.reconciliation import bills
-from payment.tasks import payment_refund_task
+from payment.tasks import refund_process_task
 
 
 class Command(BaseCommand):
@@ -31,8 +31,8 @@ class Command(BaseCommand):
             result = bills.bill_reconcile(day=day)
         except gateway.GatewayUnavailable as exc:
             raise CommandError(f"Alipay could not be asked: {exc}") from None
-        for payment_id in result.refunds:
-            payment_refund_task.delay(payment_id)
+        for refund_id in result.refunds:  # ledger refunds of late payments, to be sent
+            refund_process_task.delay(refund_id)
         report = result.report
         self.stdout.write(
             f"{day}: {report.get_state_display()}; Alipay {report.alipay_trades} trades "

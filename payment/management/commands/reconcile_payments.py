@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from payment.reconciliation import claims, trades
-from payment.tasks import payment_refund_task
+from payment.tasks import refund_process_task
 
 
 class Command(BaseCommand):
@@ -21,8 +21,8 @@ class Command(BaseCommand):
         totals: dict[str, int] = {}
         while order_ids := claims.reconciliation_checks_claim(limit=options["batch_size"]):
             result = trades.orders_reconcile(order_ids=order_ids)
-            for payment_id in result.refunds:
-                payment_refund_task.delay(payment_id)
+            for refund_id in result.refunds:  # ledger refunds of late payments, to be sent
+                refund_process_task.delay(refund_id)
             for outcome, count in result.counts.items():
                 totals[outcome] = totals.get(outcome, 0) + count
         self.stdout.write(f"reconciled: {totals or 'nothing due'}")
