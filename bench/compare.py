@@ -1,16 +1,19 @@
 """Benchmark: this project beside the seed's synchronous baseline, in one table.
 
 Reproduce:  .venv/bin/python bench/compare.py --baseline /work/shared/baseline
-            [--duration 10] [--connections 16] [--threads 2] [--memory]
+            [--duration 10] [--connections 16] [--threads 2] [--db-prefix P] [--memory]
 
-One invocation runs both, one at a time, under the same wrk load (-t2 -c16 --latency by
-default), each on its own PostgreSQL database (`bench_compare`, `seedbase_compare`), the
-project with a private redis-server and the sandbox. The project's web and worker commands
-are the `web:` and `worker:` lines of the Procfile, whatever they are.
+One invocation runs the seed, the careful seed and the project, one at a time, under the
+same wrk load (-t2 -c16 --latency by default), each on its own PostgreSQL database
+(`bench_compare`, `seedbase_compare`, `seedcareful_compare`, each name behind --db-prefix),
+the careful seed with its own `seedshop.py gateway`, the project with a private redis-server
+and the sandbox. The careful seed is the seed with SEED_QUERY_URL set: each return confirmed
+with the SDK's alipay.trade.query before it writes, as the project confirms it. The project's
+web and worker commands are the `web:` and `worker:` lines of the Procfile, whatever they are.
 
 1. PUT /payment/status/ first delivery: distinct return parameters of trades paid at the
    sandbox (notifications dropped, so the return is what pays); each request waits until
-   applied, and every order hit must end paid. Baseline: its `prepare` paths and put.lua.
+   applied, and every order hit must end paid. Seeds: their `prepare` paths and put.lua.
 2. The same PUT once applied (a reload of the success page); the seed answers 500.
 3. POST /payment/alipay/notify/ intake: distinct signed notifications, workers stopped.
 4. The notifications stored by 3 (topped up to 10,000) applied by a started worker.
@@ -62,13 +65,18 @@ from tests.support import (  # noqa: E402
     wait_for_port,
 )
 
+# Database names, each behind --db-prefix so that runs beside each other do not share one.
 PROJECT_DB = "bench_compare"
 BASELINE_DB = "seedbase_compare"
+CAREFUL_DB = "seedcareful_compare"
+# The two seeds, by their column: the seed as written (client cached) and the careful one.
+SEEDS = ("baseline", "careful")
 REPLAY = Path(__file__).resolve().parent / "replay.lua"
 NOTIFY_PATH = "/payment/alipay/notify/"
 AMOUNT = Decimal("12.34")
 CHINA = ZoneInfo("Asia/Shanghai")
-# The seed's paths are sized for this rate (its README measured 522-660 req/s here).
+# The seeds' paths are sized for this rate (their README measured 522-660 req/s here for
+# the seed, 245-254 for the careful one).
 BASELINE_RATE_GUESS = 1200
 # Notifications are cheap to make (no sandbox payment): sized for this intake rate.
 NOTIFY_RATE_GUESS = 1500
@@ -104,10 +112,14 @@ def link_expires() -> datetime:
 
 @dataclass
 class Row:
+    """One measure; a column per seed, the project, and the project's ratio to each seed."""
+
     title: str
     baseline: str = "-"
+    careful: str = "-"
     project: str = "-"
-    ratio: str = "-"
+    baseline_ratio: str = "-"
+    careful_ratio: str = "-"
 
 
 @dataclass
@@ -148,8 +160,9 @@ class Bench:
         self.stack = stack
         self.rows = {key: Row(title) for key, title in ROWS.items()}
         self.notes: list[str] = []
-        self.baseline_rps: float | None = None
-        self.baseline_idle_ms: float | None = None
+        # Per seed (SEEDS): first-delivery req/s and idle time-to-paid median.
+        self.seed_rps: dict[str, float] = {}
+        self.seed_idle_ms: dict[str, float] = {}
         self.started = 0
         self.user: Any = None
         self.control: Any = None
@@ -158,8 +171,13 @@ class Bench:
         print(f"  {text}", flush=True)
         self.notes.append(text)
 
-    def ratio(self, project_rps: float) -> str:
-        return f"{project_rps / self.baseline_rps:.2f}x" if self.baseline_rps else "-"
+    def ratios(self, key: str, project_rps: float, suffix: str = "") -> None:
+        """Row `key`'s project / seed cells for a project rate: against each seed's first
+        delivery (a seed that failed leaves "-")."""
+        row = self.rows[key]
+        for side in SEEDS:
+            rps = self.seed_rps.get(side)
+            setattr(row, f"{side}_ratio", f"{project_rps / rps:.2f}x{suffix}" if rps else "-")
 
     def lines_file(self, name: str, lines: list[str]) -> Path:
         path = self.stack.tmp / name
@@ -336,23 +354,32 @@ def http_ready(url: str, timeout: float = 60) -> None:
     wait_for(answers, timeout, 0.2)
 
 
-# -- the baseline -----------------------------------------------------------------------
+# -- the seeds -------------------------------------------------------------------------
 
-class Baseline:
-    """The seed's synchronous design from the shared folder, on its own database and port."""
+class SeedShop:
+    """The seed's synchronous design from the shared folder, on its own database and port.
 
-    def __init__(self, folder: Path, stack: Stack) -> None:
+    careful: SEED_QUERY_URL set, so that each return is confirmed with the SDK's
+    alipay.trade.query against this seed's own `seedshop.py gateway` before it writes.
+    """
+
+    def __init__(self, folder: Path, stack: Stack, database: str, careful: bool = False) -> None:
         self.folder = folder.resolve()
         self.stack = stack
-        self.work = stack.tmp / "seedwork"
+        self.database = database
+        self.name = "careful-seed" if careful else "baseline"
+        self.work = stack.tmp / f"{self.name}-work"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.gateway_port = free_port() if careful else None
         # seedshop.py configures its own settings: none of the project's environment.
         inherited = {key: value for key, value in os.environ.items()
-                     if key != "DJANGO_SETTINGS_MODULE"}
-        self.env = {**inherited, "SEED_DB": BASELINE_DB, "SEED_WORK": str(self.work),
+                     if key not in ("DJANGO_SETTINGS_MODULE", "SEED_QUERY_URL")}
+        self.env = {**inherited, "SEED_DB": database, "SEED_WORK": str(self.work),
                     "SEED_CACHED_CLIENT": "1", "no_proxy": "127.0.0.1,localhost"}
-        self.process: ManagedProcess | None = None
+        if self.gateway_port:
+            self.env["SEED_QUERY_URL"] = f"http://127.0.0.1:{self.gateway_port}/gateway.do"
+        self.processes: list[ManagedProcess] = []
 
     def manage(self, *args: str) -> str:
         """Run `seedshop.py <args>` (migrate, prepare N, count); its output."""
@@ -366,7 +393,7 @@ class Baseline:
     def prepare(self, count: int) -> list[str]:
         """A fresh database with `count` unpaid orders; their signed return paths."""
         self.work.mkdir(exist_ok=True)
-        database_create(BASELINE_DB)
+        database_create(self.database)
         self.manage("migrate")
         # Keys, the table and path 0 as the seed writes them; the rest is signed here on
         # every core, since seedshop.py loads the key again for each path (~50 ms apiece).
@@ -397,7 +424,7 @@ class Baseline:
 
         params = dict(urllib.parse.parse_qsl(reference.partition("?")[2]))
         prefix = params["out_trade_no"][:-12]
-        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={BASELINE_DB}") as conn:
+        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={self.database}") as conn:
             conn.execute(
                 "INSERT INTO seedapp_orderinfo (order_id, total_amount, status) "
                 "SELECT %s || lpad(g::text, 12, '0'), %s, 1 FROM generate_series(1, %s) g",
@@ -405,17 +432,31 @@ class Baseline:
             )
 
     def start(self) -> None:
-        """gunicorn as the baseline's README runs it (2 sync workers)."""
-        self.process = ManagedProcess("baseline", [
+        """gunicorn as the baseline's README runs it (2 sync workers), after the careful
+        seed's gateway (which reads the keys that prepare() wrote)."""
+        if self.gateway_port:
+            self._start("gateway", [sys.executable, str(self.folder / "seedshop.py"),
+                                    "gateway", str(self.gateway_port)])
+            wait_for_port(self.gateway_port, timeout=60)
+        self._start("gunicorn", [
             sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{self.port}",
             "--chdir", str(self.folder), "seedshop:application",
-        ], self.env, self.stack.tmp).start()
-        self.stack.processes.append(self.process)
+        ])
         wait_for_port(self.port, timeout=60)
 
-    def paid(self) -> int:
-        """Orders the seed moved to UNSEND (`seedshop.py count` prints payments, paid)."""
-        return int(self.manage("count").split()[1])
+    def _start(self, role: str, args: list[str]) -> None:
+        process = ManagedProcess(f"{self.name}-{role}", args, self.env, self.stack.tmp).start()
+        self.processes.append(process)
+        self.stack.processes.append(process)  # stopped on exit even if stop() is never reached
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def counts(self) -> tuple[int, int]:
+        """Payments, and orders the seed moved to UNSEND (`seedshop.py count`)."""
+        payments, paid = self.manage("count").split()
+        return int(payments), int(paid)
 
 
 def database_create(name: str) -> None:
@@ -425,34 +466,56 @@ def database_create(name: str) -> None:
 
 
 def baseline_rows(bench: Bench) -> None:
-    """Rows 1, 2 and 6 for the seed: wrk with its put.lua, then one request at a time."""
+    """Rows 1, 2 and 6 for the seed as written (client cached)."""
+    seed_rows(bench, SeedShop(Path(bench.args.baseline), bench.stack,
+                              f"{bench.args.db_prefix}{BASELINE_DB}"), "baseline")
+
+
+def careful_rows(bench: Bench) -> None:
+    """Rows 1, 2 and 6 for the careful seed (a trade query per return, its own gateway)."""
+    seed_rows(bench, SeedShop(Path(bench.args.baseline), bench.stack,
+                              f"{bench.args.db_prefix}{CAREFUL_DB}", careful=True), "careful")
+
+
+def seed_rows(bench: Bench, seed: SeedShop, side: str) -> None:
+    """Rows 1, 2 and 6 for one seed: wrk with its put.lua, then one request at a time.
+
+    Every request is a first delivery: the wrk run, the warm-up and the idle row each have
+    their own prepared orders, and a run that outlasts its paths is marked.
+    """
     args = bench.args
-    baseline = Baseline(Path(args.baseline), bench.stack)
     count = max(2000, BASELINE_RATE_GUESS * args.duration)
-    paths = baseline.prepare(count + WARMUP_REQUESTS + IDLE_REQUESTS)
+    paths = seed.prepare(count + WARMUP_REQUESTS + IDLE_REQUESTS)
     load_paths, warmup = paths[:count], paths[count:count + WARMUP_REQUESTS]
     idle = paths[count + WARMUP_REQUESTS:]
-    baseline.start()
+    rows = bench.rows
+    seed.start()
     try:
-        sequential_puts(baseline.url, warmup)  # both gunicorn workers connect and load keys
-        paid_before = baseline.paid()
-        load = bench.wrk(baseline.url, args.duration, Path(args.baseline) / "put.lua",
-                         PATHS_FILE=str(bench.lines_file("baseline-paths.txt", load_paths)))
+        # Both gunicorn workers connect and load keys (and the careful one reaches its gateway).
+        _, warm = sequential_puts(seed.url, warmup)
+        if set(warm) != {200}:
+            raise RuntimeError(f"{seed.name} warm-up answered {codes_text(warm)} (logs in "
+                               f"{bench.stack.tmp})")
+        payments_before, paid_before = seed.counts()
+        load = bench.wrk(seed.url, args.duration, Path(args.baseline) / "put.lua",
+                         PATHS_FILE=str(bench.lines_file(f"{seed.name}-paths.txt", load_paths)))
         answered = load.requests - load.non_2xx
-        paid = baseline.paid() - paid_before
-        bench.baseline_rps = load.rps
+        payments_after, paid_after = seed.counts()
+        payments, paid = payments_after - payments_before, paid_after - paid_before
+        bench.seed_rps[side] = load.rps
         first = f"{load.summary()}; {paid_text(paid, answered)}"
+        if payments != paid:
+            first += f"; {payments} payments"
         if load.requests > count:
             first += f"; ran out of its {count} paths (repeats answer 500)"
-        bench.rows["first"].baseline = first
-        latencies, codes = sequential_puts(baseline.url, idle)
-        bench.rows["idle"].baseline = idle_text(latencies, codes)
-        bench.baseline_idle_ms = statistics.median(latencies)
-        _, again = sequential_puts(baseline.url, idle[:1])
-        bench.rows["reload"].baseline = f"answers {codes_text(again)} (repeat of a paid return)"
+        setattr(rows["first"], side, first)
+        latencies, codes = sequential_puts(seed.url, idle)
+        setattr(rows["idle"], side, idle_text(latencies, codes))
+        bench.seed_idle_ms[side] = statistics.median(latencies)
+        _, again = sequential_puts(seed.url, idle[:1])
+        setattr(rows["reload"], side, f"answers {codes_text(again)} (repeat of a paid return)")
     finally:
-        if baseline.process:
-            baseline.process.stop()
+        seed.stop()
 
 
 def paid_text(paid: int, answered: int) -> str:
@@ -636,9 +699,8 @@ def project_return_rows(bench: Bench) -> None:
         if duration != args.duration:
             first += f"; {duration} s run ({count} paid trades)"
         bench.rows["first"].project = first
-        bench.rows["first"].ratio = bench.ratio(load.rps)
-        if load.repeats:  # reloads are cheaper than first deliveries: not a fair figure
-            bench.rows["first"].ratio += " (upper bound: repeats counted)"
+        # Reloads are cheaper than first deliveries: with repeats, not a fair figure.
+        bench.ratios("first", load.rps, " (upper bound: repeats counted)" if load.repeats else "")
         received = set(hit_ids)
         reload_row(bench, [paths[i] for i in hit if ids[i] in received])
         idle_row(bench, idle_ids, idle_paths)
@@ -665,7 +727,7 @@ def reload_row(bench: Bench, paths: list[str]) -> None:
     if set(load.statuses) - {200}:
         text += f"; status {codes_text(load.statuses)}"
     bench.rows["reload"].project = f"{text} ({len(paths)} applied returns, cycled)"
-    bench.rows["reload"].ratio = bench.ratio(load.rps) + " of baseline first delivery"
+    bench.ratios("reload", load.rps, " of the seed's first delivery")
 
 
 def idle_row(bench: Bench, ids: list[str], paths: list[str]) -> None:
@@ -676,9 +738,9 @@ def idle_row(bench: Bench, ids: list[str], paths: list[str]) -> None:
     if paid < len(ids):
         text += f"; {len(ids) - paid} of {len(ids)} not paid"
     bench.rows["idle"].project = text
-    if bench.baseline_idle_ms:
-        median = statistics.median(latencies)
-        bench.rows["idle"].ratio = f"{median / bench.baseline_idle_ms:.2f}x (median)"
+    median = statistics.median(latencies)
+    for side, seed_ms in bench.seed_idle_ms.items():
+        setattr(bench.rows["idle"], f"{side}_ratio", f"{median / seed_ms:.2f}x (median)")
 
 
 def notify_rows(bench: Bench) -> None:
@@ -698,7 +760,7 @@ def notify_rows(bench: Bench) -> None:
         if load.repeats:
             intake += f"; {load.repeats} repeats (duplicates) counted in req/s"
         bench.rows["notify"].project = intake
-        bench.rows["notify"].ratio = bench.ratio(load.rps) + " of baseline first delivery"
+        bench.ratios("notify", load.rps, " of the seed's first delivery")
         if stored < DRAIN_NOTIFICATIONS:
             stored = notify_top_up(bench, load, bodies, DRAIN_NOTIFICATIONS - stored)
     drain_row(bench, "drain_notify", "N", stored, per=DRAIN_NOTIFICATIONS)
@@ -867,11 +929,13 @@ def project_prepare(bench: Bench) -> None:
 
 
 def table(bench: Bench) -> str:
-    lines = ["| measure | baseline (seed, synchronous) | project | project / baseline |",
-             "| --- | --- | --- | --- |"]
+    lines = ["| measure | baseline (seed, synchronous) | careful seed (seed + SDK trade query "
+             "per return) | project | project / baseline | project / careful seed |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for row in bench.rows.values():
-        lines.append(f"| {cell(row.title)} | {cell(row.baseline)} | {cell(row.project)} "
-                     f"| {cell(row.ratio)} |")
+        cells = (row.title, row.baseline, row.careful, row.project, row.baseline_ratio,
+                 row.careful_ratio)
+        lines.append("| " + " | ".join(cell(text) for text in cells) + " |")
     return "\n".join(lines)
 
 
@@ -884,6 +948,8 @@ def reproduce(args: argparse.Namespace) -> str:
     command = (f"cd {ROOT} && .venv/bin/python bench/compare.py --baseline "
                f"{Path(args.baseline).resolve()} --duration {args.duration} "
                f"--connections {args.connections} --threads {args.threads}")
+    if args.db_prefix:
+        command += f" --db-prefix {args.db_prefix}"
     if args.memory:
         command += " --memory"
     return command
@@ -895,6 +961,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds of each wrk run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--db-prefix", default="",
+                        help="put before the three database names (runs side by side)")
     parser.add_argument("--max-returns", type=int, default=5000,
                         help="cap on trades paid at the sandbox for row 1")
     parser.add_argument("--max-notifications", type=int, default=30000)
@@ -910,7 +978,7 @@ def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     # The load comes from one address: the per-client throttles are counted but set high.
-    with Stack(db_name=PROJECT_DB, RETURN_WAIT_SECONDS="10",
+    with Stack(db_name=f"{args.db_prefix}{PROJECT_DB}", RETURN_WAIT_SECONDS="10",
                RETURN_RATE="100000000/minute", PAYMENT_REFUSED_RATE="100000000/minute",
                RECONCILE_AFTER_SECONDS="3600") as stack:  # no reconciliation before row 7 asks
         bench = Bench(args, stack)
@@ -919,6 +987,8 @@ def main() -> None:
             ("project: set-up", "project", list(ROWS), project_prepare),
             ("baseline: rows 1, 2, 6", "baseline", ["first", "reload", "idle"],
              baseline_rows),
+            ("careful seed: rows 1, 2, 6", "careful", ["first", "reload", "idle"],
+             careful_rows),
             ("project: rows 1, 2, 6", "project", ["first", "reload", "idle"],
              project_return_rows),
             ("project: rows 3, 4", "project", ["notify", "drain_notify"], notify_rows),
