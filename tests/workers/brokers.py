@@ -79,6 +79,7 @@ class PrivateRedis:
     def __init__(self, directory: Path, log_dir: Path, name: str = "private-redis") -> None:
         server = shutil.which("redis-server")
         assert server, "redis-server is needed for this test"
+        self.directory = directory
         self.port = free_port()
         self.process = ManagedProcess(name, [
             server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
@@ -100,6 +101,13 @@ class PrivateRedis:
 
     def kill(self) -> None:
         self.process.kill()
+
+    def restart(self, *, empty: bool = False) -> None:
+        """Stopped and started again at once; `empty`: without the data it held."""
+        self.stop()
+        if empty:
+            shutil.rmtree(self.directory / "appendonlydir", ignore_errors=True)
+        self.start()
 
 
 class PrivateBroker(Protocol):
