@@ -6,6 +6,7 @@ it again without touching a RabbitMQ server someone else uses.
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -102,11 +103,13 @@ class PrivateRedis:
     def kill(self) -> None:
         self.process.kill()
 
-    def restart(self, *, empty: bool = False) -> None:
-        """Stopped and started again at once; `empty`: without the data it held."""
+    def restart(self, *, empty: bool = False, down_for: float = 0.0) -> None:
+        """Stopped, and started again after `down_for` seconds; `empty`: without the data it
+        held."""
         self.stop()
         if empty:
             shutil.rmtree(self.directory / "appendonlydir", ignore_errors=True)
+        time.sleep(down_for)
         self.start()
 
 
