@@ -290,11 +290,11 @@ class BrokerAwayWarning(logging.Filter):
         if not any(_broker_away(cause) for cause in causes):
             return True
         record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        # One line: the traceback of a refused or reset connection (and the stack of its loop
+        # that Celery's scheduler adds) says nothing the exception does not.
+        record.exc_info, record.exc_text = None, None
         if str(record.msg).startswith("Message Error:"):
-            # Celery's scheduler adds the stack of its loop and the traceback of the refused
-            # connection: neither says more than the exception.
             record.msg, record.args = "Message Error: %s", args[:1]
-            record.exc_info, record.exc_text = None, None
         return True
 
 
