@@ -19,6 +19,7 @@ own. A traceback keeps its line breaks; in the text format its lines are indente
 Importable before Django is set up: gunicorn's configuration uses the formatter and filter.
 """
 import contextvars
+import functools
 import logging
 import logging.config
 import re
@@ -230,6 +231,73 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# Celery's, kombu's and redbeat's lines that report a broker that is away, by the start of
+# their message templates: the worker's consumer retrying its connection, a task's message it
+# could not acknowledge or reject, beat's run it could not send (Celery's scheduler and
+# redbeat's).
+BROKER_AWAY_MESSAGES = {
+    "celery.worker.consumer.consumer": ("consumer: Cannot connect to",),
+    "celery.worker.request": ("Couldn't ack", "Couldn't reject"),
+    "kombu.message": ("Couldn't ack", "Couldn't reject"),
+    "celery.beat": ("Message Error:", "Scheduler: Message Error:"),
+}
+
+
+@functools.cache
+def broker_connection_errors() -> tuple[type[BaseException], ...]:
+    """What a broker that is away raises, on Redis and on RabbitMQ: socket errors (refused,
+    reset, broken pipe, timeouts), redis-py's and py-amqp's connection errors, and kombu's
+    OperationalError wrapping them."""
+    import amqp.exceptions
+    import kombu.exceptions
+    import redis.exceptions
+
+    return (OSError, kombu.exceptions.OperationalError, amqp.exceptions.ConnectionError,
+            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def _broker_away(value: Any) -> bool:
+    """Whether `value` is an exception that says the broker is away, or was raised from one."""
+    for _ in range(5):
+        if not isinstance(value, BaseException):
+            return False
+        if isinstance(value, broker_connection_errors()):
+            return True
+        value = value.__cause__ or value.__context__
+    return False
+
+
+class BrokerAwayWarning(logging.Filter):
+    """Celery's ERROR and CRITICAL lines that say only that the broker is away are warnings.
+
+    A restarted Redis or RabbitMQ is something the processes ride out: the worker retries the
+    connection ("Cannot connect to ... Trying again") and consumes again; a task that finished
+    meanwhile could not acknowledge its message ("Couldn't ack"), which the broker gives again
+    (the tasks are idempotent); beat could not send one run ("Message Error"), and the next
+    comes as scheduled. An ERROR for each would page someone for a broker restart. A broker
+    that stays away still shows: the retries go on being logged, and after
+    `broker_connection_max_retries` the worker stops. Lines about anything else, and these
+    lines with another cause, keep their level.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        starts = BROKER_AWAY_MESSAGES.get(record.name)
+        if (record.levelno <= logging.WARNING or not starts
+                or not str(record.msg).startswith(starts)):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        causes = [*args, record.exc_info[1] if record.exc_info else None]
+        if not any(_broker_away(cause) for cause in causes):
+            return True
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        # One line: the traceback of a refused or reset connection (and the stack of its loop
+        # that Celery's scheduler adds) says nothing the exception does not.
+        record.exc_info, record.exc_text = None, None
+        if str(record.msg).startswith("Message Error:"):
+            record.msg, record.args = "Message Error: %s", args[:1]
+        return True
+
+
 def configure(config: dict[str, Any]) -> None:
     """Django's LOGGING_CONFIG: the dictionary, and Python's warnings as log lines too (a
     warning printed as it is would be a line of another format)."""
@@ -244,12 +312,13 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": f"{__name__}.ContextFilter"}},
+        "filters": {"context": {"()": f"{__name__}.ContextFilter"},
+                    "broker_away": {"()": f"{__name__}.BrokerAwayWarning"}},
         "formatters": {"line": formatter},
         "handlers": {
             # Standard error, as before: Celery's workers replace sys.stdout with a logger.
             "console": {"class": "logging.StreamHandler", "formatter": "line",
-                        "filters": ["context"]},
+                        "filters": ["context", "broker_away"]},
         },
         "root": {"handlers": ["console"], "level": level},
         "loggers": {

@@ -15,6 +15,7 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from payment import gateway, wakeups
 from payment.gateway import GatewayUnavailable
@@ -33,9 +34,11 @@ MAX_BATCHES_PER_RUN = 100
 class LoggedGiveUp(Task):  # type: ignore[misc]
     """Where a task gives up: what it worked on is still in the database, so a warning."""
 
-    # Expected in operation (gateway or database away): Celery logs them without the ERROR
-    # line and traceback it gives a bug; on_failure says what happens next.
-    throws = (GatewayUnavailable, *DATABASE_ERRORS)
+    # Expected in operation (gateway, database or broker away): Celery logs them without the
+    # ERROR line and traceback it gives a bug; on_failure says what happens next. A task
+    # whose broker is away (restarting) cannot queue what comes next (a wake-up, a batch, a
+    # refund step): its own work is committed, and the sweeper or the next run queues it.
+    throws = (GatewayUnavailable, *DATABASE_ERRORS, BrokerUnavailable)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
@@ -89,7 +92,7 @@ def records_prune_task() -> dict[str, int]:
     return {"events": pruned.events, "refused": pruned.refused}
 
 
-@shared_task(name="payment.tasks.events_sweep_task")
+@shared_task(name="payment.tasks.events_sweep_task", base=LoggedGiveUp)
 def events_sweep_task() -> dict[str, int]:
     swept = sweeper.events_sweep()
     if swept.due:
@@ -98,7 +101,7 @@ def events_sweep_task() -> dict[str, int]:
     return {"due": swept.due, "dead": swept.dead, "refunds": len(swept.refunds)}
 
 
-@shared_task(name="payment.tasks.reconcile_dispatch_task")
+@shared_task(name="payment.tasks.reconcile_dispatch_task", base=LoggedGiveUp)
 def reconcile_dispatch_task() -> int:
     """Claim every due check in batches and spread the batches over the workers."""
     claimed = 0
@@ -113,7 +116,7 @@ def reconcile_dispatch_task() -> int:
     return claimed
 
 
-@shared_task(name="payment.tasks.reconcile_batch_task")
+@shared_task(name="payment.tasks.reconcile_batch_task", base=LoggedGiveUp)
 def reconcile_batch_task(order_ids: list[str], token: str) -> dict[str, int]:
     held = claims.reconciliation_checks_hold(
         order_ids=order_ids, token=datetime.fromisoformat(token)
@@ -123,7 +126,7 @@ def reconcile_batch_task(order_ids: list[str], token: str) -> dict[str, int]:
     return result.counts
 
 
-@shared_task(name="payment.tasks.orders_expire_dispatch_task")
+@shared_task(name="payment.tasks.orders_expire_dispatch_task", base=LoggedGiveUp)
 def orders_expire_dispatch_task() -> int:
     order_ids = expiry.orders_expired(limit=settings.RECONCILE_BATCH_SIZE)
     for order_id in order_ids:
@@ -149,7 +152,7 @@ def bill_reconcile_task(bill_date: str) -> dict[str, object]:
             "applied": result.applied}
 
 
-@shared_task(name="payment.tasks.bills_reconcile_dispatch_task")
+@shared_task(name="payment.tasks.bills_reconcile_dispatch_task", base=LoggedGiveUp)
 def bills_reconcile_dispatch_task() -> list[str]:
     """The last BILL_RECONCILE_DAYS days (bills are T+1); a bill late one day, or a day whose
     reconciliation failed, is done again by the next run."""

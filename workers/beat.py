@@ -12,9 +12,15 @@ from typing import Any
 
 from celery import Celery, signals
 from redbeat import RedBeatScheduler
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockNotOwnedError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
+
+REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
+# How soon a beat whose Redis is away looks again.
+REDIS_AWAY_RETRY_SECONDS = 1.0
 
 # redbeat tells its own settings from the broker's fallbacks by their bare names, which
 # Celery's Django namespace keeps as CELERY_REDBEAT_*: without them under those names it
@@ -32,16 +38,33 @@ class LockedScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
-            return float(super().tick(*args, **kwargs))
-        except LockNotOwnedError:
-            # The lock expired while this beat was away (paused past the timeout), or Redis
-            # lost its data: another beat may be sending now. Nothing was sent on this pass;
-            # wait for the lock like any other beat, then go on from the runs recorded.
-            logger.warning("beat: lost the lock %s; waiting to take it again", self.lock_key)
-            self.lock.acquire()
-            logger.info("beat: took the lock %s again", self.lock_key)
-            self.setup_schedule()
-            return 0.0
+            try:
+                return float(super().tick(*args, **kwargs))
+            except LockNotOwnedError:
+                # The lock expired while this beat was away (paused past the timeout), or Redis
+                # lost its data: another beat may be sending now. Nothing was sent on this
+                # pass; wait for the lock like any other beat, then go on from the runs
+                # recorded.
+                logger.warning("beat: lost the lock %s; waiting to take it again",
+                               self.lock_key)
+                self.lock.acquire()
+                logger.info("beat: took the lock %s again", self.lock_key)
+                self.setup_schedule()
+                return 0.0
+        except REDIS_AWAY as exc:
+            # Redis is restarting: redbeat raised out of Celery's beat loop, which ended beat
+            # (and honcho the whole stack with it). The lock and the schedule are in Redis: look
+            # again shortly; a Redis back empty is a lost lock, above.
+            logger.warning("beat: Redis is away (%s); looking again in %.0f s", exc,
+                           REDIS_AWAY_RETRY_SECONDS)
+            return REDIS_AWAY_RETRY_SECONDS
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except REDIS_AWAY as exc:
+            # Stopping while Redis is away: the lock expires by itself (CELERY_BEAT_LOCK_TIMEOUT).
+            logger.warning("beat: could not release the lock %s: %s", self.lock_key, exc)
 
 
 @signals.beat_init.connect

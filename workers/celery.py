@@ -39,13 +39,15 @@ def task_queues(broker_kind: str) -> tuple[Queue, ...]:
 
 
 class WorkersApp(Celery):
-    """Celery, with countdowns rounded up to whole seconds on RabbitMQ.
+    """Celery, with countdowns rounded up to whole seconds on RabbitMQ, and broker connections
+    that a lost broker does not turn into a worker's exit (workers/broker.py).
 
     Native delayed delivery counts whole seconds and refuses a countdown between 0 and 1 (the
     publish raises); rounding up also keeps a retry from arriving before its event is due.
     The tasks delay with countdowns only, never an `eta`.
     """
 
+    amqp_cls = "workers.broker:AMQP"
     whole_second_delays = False
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None,  # type: ignore[override]

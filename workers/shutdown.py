@@ -11,7 +11,11 @@ is away, or busy), an alarm runs Celery's handler as Celery always does.
 
 Only a worker whose consumer runs an event loop (Redis, RabbitMQ) is changed; the server-less
 filesystem broker has no shared socket to protect.
+
+The consumer resets the event loop when it reconnects to its broker, and that drops every reader
+the loop had: the pipe's is added again on the loop's next pass.
 """
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -19,6 +23,8 @@ from types import FrameType
 from typing import Any
 
 from celery import signals
+
+logger = logging.getLogger(__name__)
 
 DEFERRED = (signal.SIGTERM, signal.SIGQUIT)
 FALLBACK_AFTER = 1.0
@@ -31,11 +37,13 @@ class LoopShutdown:
 
     def __init__(self, hub: Any) -> None:
         self.pid = os.getpid()
+        self.hub = hub
         self.pending: tuple[Handler, int] | None = None  # one request: a repeat adds nothing
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
-        hub.add_reader(self.read_fd, self.run_pending)
+        self.keep_reading()
+        hub.on_tick.add(self.keep_reading)  # kept by a reset, which drops the readers
         signal.signal(signal.SIGALRM, self.on_alarm)
         for signum in DEFERRED:
             celery_handler = signal.getsignal(signum)
@@ -57,6 +65,10 @@ class LoopShutdown:
                 pass  # the loop has a wake-up to read already
         return on_signal
 
+    def keep_reading(self) -> None:
+        if self.read_fd not in self.hub.readers:
+            self.hub.add_reader(self.read_fd, self.run_pending)
+
     def run_pending(self) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         try:
@@ -70,6 +82,9 @@ class LoopShutdown:
 
     def on_alarm(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() == self.pid:
+            if self.pending is not None:
+                logger.info("shutdown: the event loop did not take the signal within %.0f s; "
+                            "stopping from the signal handler", FALLBACK_AFTER)
             self.run_pending()
 
 

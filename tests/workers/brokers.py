@@ -6,6 +6,7 @@ it again without touching a RabbitMQ server someone else uses.
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -79,6 +80,7 @@ class PrivateRedis:
     def __init__(self, directory: Path, log_dir: Path, name: str = "private-redis") -> None:
         server = shutil.which("redis-server")
         assert server, "redis-server is needed for this test"
+        self.directory = directory
         self.port = free_port()
         self.process = ManagedProcess(name, [
             server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
@@ -100,6 +102,15 @@ class PrivateRedis:
 
     def kill(self) -> None:
         self.process.kill()
+
+    def restart(self, *, empty: bool = False, down_for: float = 0.0) -> None:
+        """Stopped, and started again after `down_for` seconds; `empty`: without the data it
+        held."""
+        self.stop()
+        if empty:
+            shutil.rmtree(self.directory / "appendonlydir", ignore_errors=True)
+        time.sleep(down_for)
+        self.start()
 
 
 class PrivateBroker(Protocol):
