@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from .config import DEFAULT_APP_ID
-from .signing import KeyFileError, load_private_key, load_public_key
+from .signing import KeyFileError, load_private_key, load_public_key, read_file
 
 PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 # Java: getSigAlgOID().startsWith("1.2.840.113549.1.1"): every PKCS#1 RSA signature.
@@ -289,12 +289,7 @@ def root_bundle(root: x509.Certificate) -> bytes:
 
 # -- reading files ------------------------------------------------------------------------
 def read_bytes(path: Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise CertFileError(f"{what} not found: {path}") from None
-    except OSError as exc:
-        raise CertFileError(f"cannot read {what} {path}: {exc.strerror}") from None
+    return read_file(path, what, CertFileError)
 
 
 def read_certificates(path: Path, what: str = "certificate file") -> list[x509.Certificate]:

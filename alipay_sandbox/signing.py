@@ -47,13 +47,18 @@ class Signer:
         return previous
 
 
-def _read_key_file(path: Path, kind: str) -> bytes:
+def read_file(path: Path, what: str, error: type[KeyFileError] = KeyFileError) -> bytes:
+    """The bytes of a key or certificate file; `error` naming `what` and the path if not."""
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
-        raise KeyFileError(f"{kind} key file not found: {path}") from None
+        raise error(f"{what} not found: {path}") from None
     except OSError as exc:
-        raise KeyFileError(f"cannot read {kind} key file {path}: {exc.strerror}") from None
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def _read_key_file(path: Path, kind: str) -> bytes:
+    return read_file(path, f"{kind} key file")
 
 
 def load_private_key(path: Path) -> rsa.RSAPrivateKey:

@@ -214,7 +214,7 @@ class _Trusted:
         assert keys is not None
         return keys
 
-    def _load(self) -> bool:
+    def _load(self) -> None:
         configured = _configured_keys()
         stored: list[AlipayKey] = []
         if mode() == CERT_MODE:
@@ -227,11 +227,9 @@ class _Trusted:
                             type(exc).__name__)
         keys = tuple(stored + configured)
         self.file_stamp = _file_stamp(settings.ALIPAY_PUBLIC_KEY_PATH)
-        changed = self.keys is None or [k.key_id for k in keys] != [k.key_id for k in self.keys]
-        self.keys = keys
-        if changed:
+        if self.keys is None or [k.key_id for k in keys] != [k.key_id for k in self.keys]:
             self.generation += 1
-        return changed
+        self.keys = keys
 
     def add(self, key: AlipayKey) -> None:
         with self.lock:

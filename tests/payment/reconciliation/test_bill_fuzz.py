@@ -8,7 +8,6 @@ import io
 import itertools
 import tracemalloc
 import zipfile
-from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
 
@@ -86,15 +85,6 @@ def bill_files(draw: Any) -> bytes:
             damaged[draw(st.integers(0, len(damaged) - 1))] = draw(st.integers(0, 255))
         zipped = bytes(damaged)
     return zipped
-
-
-@pytest.fixture
-def bill_host(sandbox: SandboxControl) -> Iterator[BillHost]:
-    """The test gateway's file host; the sandbox names none of its URLs afterwards."""
-    host = BillHost()
-    yield host
-    sandbox.clear_faults()
-    host.close()
 
 
 @pytest.fixture

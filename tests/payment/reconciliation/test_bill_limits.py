@@ -7,7 +7,6 @@ parsing, the report and its rows in PostgreSQL.
 import time
 import tracemalloc
 import zipfile
-from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -42,15 +41,6 @@ Outcome = BillFinding.Outcome
 MiB = 1024 * 1024
 TOTALS = ("alipay_trades", "alipay_trade_amount", "alipay_refunds", "alipay_refund_amount",
           "our_trades", "our_trade_amount", "matched", "findings", "runs")
-
-
-@pytest.fixture
-def bill_host(sandbox: SandboxControl) -> Iterator[BillHost]:
-    """The test gateway's file host; the sandbox names none of its URLs afterwards."""
-    host = BillHost()
-    yield host
-    sandbox.clear_faults()
-    host.close()
 
 
 @pytest.fixture
