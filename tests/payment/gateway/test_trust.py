@@ -88,6 +88,10 @@ def two_alipay_keys(tmp_path: Path, settings: Any) -> Iterator[dict[str, Any]]:
     path = tmp_path / "alipay_public_key.pem"
     path.write_bytes(old_public + new_public)
     settings.ALIPAY_PUBLIC_KEY_PATH = path
+    # The shop's own key too: the test must not depend on `alipay_keys` having been run.
+    app_private, _ = generate_key_pair()
+    settings.ALIPAY_APP_PRIVATE_KEY_PATH = tmp_path / "app_private_key.pem"
+    settings.ALIPAY_APP_PRIVATE_KEY_PATH.write_bytes(app_private)
     settings.ALIPAY_KEYS_REFRESH_SECONDS = 0
     gateway.clients_reset()
     yield {"old": old_private, "new": new_private, "path": path, "new_public": new_public,
