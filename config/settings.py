@@ -273,6 +273,10 @@ GATEWAY_CONCURRENCY = env_renamed(env.int, "GATEWAY_CONCURRENCY", old="RECONCILE
 RETURN_RATE = env_renamed(env.str, "RETURN_RATE", old="PAYMENT_STATUS_RATE",
                           default="120/minute")
 PAYMENT_REFUSED_RATE = env.str("PAYMENT_REFUSED_RATE", default="30/minute")
+# Intake requests a web process works on at once (payment/intake/admission.py): past it a new
+# one gets 503 with Retry-After at once. A return waiting for the workers does not count. 0: off.
+INTAKE_MAX_ACTIVE = env.int("INTAKE_MAX_ACTIVE", default=16)
+INTAKE_RETRY_AFTER_SECONDS = env.int("INTAKE_RETRY_AFTER_SECONDS", default=1)
 # Retention (payment/reconciliation/retention.py): settled events and refused-request counts
 # are deleted after these many days; events waiting or dead are kept until an operator settles them.
 PAYMENT_EVENT_RETENTION_DAYS = env.int("PAYMENT_EVENT_RETENTION_DAYS", default=400)

@@ -45,7 +45,8 @@ class _Metrics:
             "shop_payment_events_received",
             "Returns and notifications that reached the intake, and events the workers learned "
             "(query, bill), by outcome: stored, duplicate (a repeat, or a reload answered from "
-            "its payment), refused (not Alipay's), throttled, error (not stored)",
+            "its payment), refused (not Alipay's), throttled, busy (the web process at "
+            "INTAKE_MAX_ACTIVE), error (not stored)",
             ["source", "outcome"])
         self.events_processed = Counter(
             "shop_payment_events_processed",
