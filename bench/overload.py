@@ -227,8 +227,10 @@ def run_line(run: Run, capacity: float, notify: bool) -> str:
     with_retry_after = sum(1 for o in refused if o.retry_after)
     accepted_latencies = [o.latency_ms for o in outcomes if accepted(o, notify)]
     refused_latencies = [o.latency_ms for o in refused]
+    goodput = len(accepted_latencies) / run.seconds
     text = (f"| {run.label} | {run.offered:.0f} ({run.offered / capacity:.2f}x) | "
-            f"{run.achieved():.0f} | {ms(percentile(latencies, 0.5))} | "
+            f"{run.achieved():.0f} | {goodput:.0f} ({goodput / capacity:.2f}x) | "
+            f"{ms(percentile(latencies, 0.5))} | "
             f"{ms(percentile(latencies, 0.9))} | {ms(percentile(latencies, 0.99))} | "
             f"{ms(max(latencies))} | ")
     text += (ms(percentile(accepted_latencies, 0.99)) if accepted_latencies else "-") + " | "
@@ -239,9 +241,9 @@ def run_line(run: Run, capacity: float, notify: bool) -> str:
     return text + " |"
 
 
-TABLE_HEAD = ("| rate | offered req/s (x capacity) | answered req/s | p50 | p90 | p99 | max | "
-              "p99 accepted | p99 refused | shares |\n| --- | --- | --- | --- | --- | --- | --- "
-              "| --- | --- | --- |")
+TABLE_HEAD = ("| rate | offered req/s (x capacity) | answered req/s | accepted req/s (x capacity) "
+              "| p50 | p90 | p99 | max | p99 accepted | p99 refused | shares |\n"
+              + "| --- " * 11 + "|")
 
 
 # -- the database checks ----------------------------------------------------------------------

@@ -1,26 +1,33 @@
-"""How many intake requests a web process works on at once: past INTAKE_MAX_ACTIVE, a new one is
-refused at once (503 with Retry-After; `fail` to Alipay, which delivers it again) instead of
-joining a queue.
+"""How many intake requests a web process works on at once: INTAKE_MAX_ACTIVE. A request past
+it waits for a place at most INTAKE_QUEUE_SECONDS, first come first served, and is then refused
+(503 with Retry-After; `fail` to Alipay, which delivers it again) instead of joining a queue
+without end.
 
 An event loop that is handed more requests than its CPU can serve gives each a slice of it in
 turn: every request slows down together, and under a steady excess the wait grows until
-clients time out (an open-loop load at twice the capacity: seconds, and growing). Bounding the
-requests worked on bounds that wait (Little's law: the latency past capacity is about the
-limit over the throughput), and a refusal costs a fraction of the work it saves: it is decided
-before the throttle's Redis round trip, the parsing, the signature and the database.
+clients time out and the server works for answers nobody reads (an open-loop load at twice the
+capacity: 90% time-outs, bench/overload.py). Bounding the requests worked on, and the wait for
+a place, bounds the latency of those served and of those refused; the short wait absorbs a
+burst (64 returns at once) that the places free up for within milliseconds. A refusal is
+decided before the throttle's Redis round trip, the parsing, the signature and the database.
 
 A return that waits for the workers (up to RETURN_WAIT_SECONDS, on Redis, no CPU) is not work:
-it leaves the count when its event is stored and its wait begins. So is a body still arriving
-(bounded by BODY_TIMEOUT_SECONDS): the count starts once the body is read.
+it gives its place up when its event is stored and its wait begins. Nor is a body still
+arriving (bounded by BODY_TIMEOUT_SECONDS): a request is counted once its body is read.
+
+Counted per event loop: the ASGI server runs one per process. (The Django entry, used by `make
+run` and the test client, runs each request on a loop of its own: unlimited there.)
 
 uvicorn's own `limit_concurrency` is not used: it counts open connections and running tasks,
 so keep-alive clients that send nothing and returns that only wait take up its places, and
-it answers without Retry-After.
+it refuses at once, bursts too, without Retry-After.
 """
+import asyncio
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from django.conf import settings
 
@@ -31,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 class Busy(Exception):
-    """The process works on INTAKE_MAX_ACTIVE intake requests already: nothing was read."""
+    """No place came free within INTAKE_QUEUE_SECONDS: nothing of the request was read."""
 
     def __init__(self, retry_after: int) -> None:
         super().__init__("The payment service is busy; try again in a moment.")
@@ -39,50 +46,90 @@ class Busy(Exception):
 
 
 class Admission:
-    """The intake requests this process works on. A lock, because the Django entry
-    (infra/asgi_bridge.py) runs the intake on several threads, each with its own loop."""
+    """The places of one event loop: `active` requests worked on, `waiters` for a place."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self.active = 0
+        self.waiters: deque[asyncio.Future[bool]] = deque()
 
-    @contextmanager
-    def working(self, source: str) -> Iterator[None]:
-        """Count the block as work; raise Busy when the limit is reached (nothing counted)."""
+    async def enter(self, source: str) -> None:
+        """Take a place, waiting for one at most INTAKE_QUEUE_SECONDS; else raise Busy."""
         limit = settings.INTAKE_MAX_ACTIVE
-        with self._lock:
-            if limit and self.active >= limit:
-                admitted = False
-            else:
-                self.active += 1
-                admitted = True
-        if not admitted:
-            raise _busy(source)
+        if not limit or (self.active < limit and not self.waiters):
+            self.active += 1
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self.waiters.append(future)
+        timer = loop.call_later(settings.INTAKE_QUEUE_SECONDS, _expire, future)
         try:
-            yield
+            handed = await future  # True: a leaving request handed its place over
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.result():
+                self.leave()  # handed a place just as it was cancelled
+            elif future in self.waiters:
+                self.waiters.remove(future)
+            raise
         finally:
-            with self._lock:
-                self.active -= 1
+            timer.cancel()
+        if not handed:
+            if future in self.waiters:
+                self.waiters.remove(future)
+            raise _busy(source)
+
+    def leave(self) -> None:
+        """Give the place up: to the first request still waiting, or back."""
+        while self.waiters:
+            future = self.waiters.popleft()
+            if not future.done():
+                future.set_result(True)
+                return
+        self.active -= 1
 
     @contextmanager
     def paused(self) -> Iterator[None]:
         """Inside working(): the block waits without working (a return waiting for the
-        workers); its place is free meanwhile, and taken back after, whatever the count."""
-        with self._lock:
-            self.active -= 1
+        workers); its place is given up meanwhile and taken back after, whatever the count,
+        for the few statements that answer."""
+        self.leave()
         try:
             yield
         finally:
-            with self._lock:
-                self.active += 1
+            self.active += 1
+
+
+def _expire(future: "asyncio.Future[bool]") -> None:
+    if not future.done():
+        future.set_result(False)
+
+
+_admissions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Admission]" = (
+    weakref.WeakKeyDictionary())
+
+
+def admission() -> Admission:
+    loop = asyncio.get_running_loop()
+    found = _admissions.get(loop)
+    if found is None:
+        found = _admissions[loop] = Admission()
+    return found
+
+
+@asynccontextmanager
+async def working(source: str) -> AsyncIterator[Admission]:
+    """The block as work, in a place of this loop's; Busy when none comes free in time."""
+    places = admission()
+    await places.enter(source)
+    try:
+        yield places
+    finally:
+        places.leave()
 
 
 def _busy(source: str) -> Busy:
     metrics.event_received(source=source, outcome="busy")
     if throttle.log_once(f"busy:{source}"):
-        logger.warning("%s refused: %s intake requests in this process already (503)", source,
-                       settings.INTAKE_MAX_ACTIVE)
+        logger.warning("%s refused: %s intake requests in this process and none done within "
+                       "%s s (503)", source, settings.INTAKE_MAX_ACTIVE,
+                       settings.INTAKE_QUEUE_SECONDS)
     return Busy(settings.INTAKE_RETRY_AFTER_SECONDS)
-
-
-ADMISSION = Admission()

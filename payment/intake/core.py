@@ -1,7 +1,7 @@
 """The intake's decisions, written once for every database and every HTTP entry.
 
 What the web does with a return redirect or a notification, and nothing more: admit it (or
-refuse it at once when the process is busy, payment/intake/admission.py), throttle, parse,
+refuse it when the process is busy, payment/intake/admission.py), throttle, parse,
 check the shape and Alipay's signature (microseconds with `cryptography`) before anything is
 stored or deduplicated, answer a reload of an applied return from its `Payment` without a
 write, store a new event with one statement, wake the workers off the request path, and (for
@@ -24,8 +24,7 @@ from django.conf import settings
 from infra.logs import log_ids
 from payment import event_store, gateway, metrics, wakeups
 from payment.errors import PaymentError, SignatureInvalid, Throttled
-from payment.intake import throttle
-from payment.intake.admission import ADMISSION, Busy
+from payment.intake import admission, throttle
 from payment.intake.params import params_authenticate, params_clean, params_parse
 from payment.intake.store import IntakeStore, StoreUnavailable
 from payment.models import EventSource, EventState, Payment, PaymentEvent
@@ -108,10 +107,10 @@ async def return_receive(store: IntakeStore, *, query: bytes | str, body: bytes,
     403 rejected, 409 paid after the order was closed, 400/429 refused, 503 database away or
     the process busy (with Retry-After; the page then follows the order)."""
     try:
-        with ADMISSION.working(EventSource.RETURN):
+        async with admission.working(EventSource.RETURN):
             return await _return_receive(store, query=query, body=body,
                                          content_type=content_type, remote_addr=remote_addr)
-    except Busy as exc:
+    except admission.Busy as exc:
         return Answer(503, {"message": str(exc)}, retry_after=exc.retry_after)
 
 
@@ -137,12 +136,12 @@ async def notification_receive(store: IntakeStore, *, body: bytes, content_type:
                                remote_addr: str | None) -> Answer:
     """POST /payment/alipay/notify/: `success` once the notification is durably stored (or
     was already); `fail` otherwise, and Alipay delivers it again: 503 `fail` (with
-    Retry-After) when the process is busy, before anything is read."""
+    Retry-After) when the process is busy, before anything is parsed."""
     try:
-        with ADMISSION.working(EventSource.NOTIFY):
+        async with admission.working(EventSource.NOTIFY):
             return await _notification_receive(store, body=body, content_type=content_type,
                                                 remote_addr=remote_addr)
-    except Busy as exc:
+    except admission.Busy as exc:
         return Answer(503, text="fail", retry_after=exc.retry_after)
 
 
@@ -209,7 +208,7 @@ async def _return_accept(store: IntakeStore, params: dict[str, str],
     if stored.state != EventState.RECEIVED:
         return await _event_answer(store, stored.id)
     workers_wake()
-    with ADMISSION.paused():  # waiting for the workers is not work
+    with admission.admission().paused():  # waiting for the workers is not work
         await wakeups.event_settled_wait(
             event_id=stored.id, timeout=settings.RETURN_WAIT_SECONDS,
             is_settled=lambda: _event_is_settled(store, stored.id))
