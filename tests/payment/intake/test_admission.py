@@ -1,0 +1,88 @@
+"""The intake's places (payment/intake/admission.py) on one event loop: a request past
+INTAKE_MAX_ACTIVE waits its turn at most INTAKE_QUEUE_SECONDS, then is refused; a place that
+comes free goes to the first one waiting; a waiting return gives its place up."""
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from payment.intake import admission
+
+
+@pytest.fixture(autouse=True)
+def two_places(settings: Any) -> None:
+    settings.INTAKE_MAX_ACTIVE = 2
+    settings.INTAKE_QUEUE_SECONDS = 0.2
+    settings.INTAKE_RETRY_AFTER_SECONDS = 3
+
+
+async def _hold(release: asyncio.Event, log: list[str], name: str) -> None:
+    try:
+        async with admission.working("notify"):
+            log.append(f"{name} in")
+            await release.wait()
+    except admission.Busy as exc:
+        log.append(f"{name} busy {exc.retry_after}")
+
+
+def test_past_the_limit_a_request_waits_its_turn_then_is_refused() -> None:
+    async def scenario() -> tuple[list[str], float, int]:
+        release, log = asyncio.Event(), list[str]()
+        held = [asyncio.create_task(_hold(release, log, name)) for name in ("a", "b")]
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        await _hold(release, log, "c")  # nobody leaves: refused after the queue time
+        refused_after = time.perf_counter() - started
+        release.set()
+        await asyncio.gather(*held)
+        return log, refused_after, admission.admission().active
+
+    log, refused_after, active = asyncio.run(scenario())
+
+    assert log == ["a in", "b in", "c busy 3"]
+    assert 0.15 <= refused_after < 1.0
+    assert active == 0
+
+
+def test_a_place_that_comes_free_goes_to_the_first_waiting() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        first, later, log = asyncio.Event(), asyncio.Event(), list[str]()
+        held = [asyncio.create_task(_hold(first, log, "a")),
+                asyncio.create_task(_hold(later, log, "b"))]
+        await asyncio.sleep(0)
+        waiting = [asyncio.create_task(_hold(later, log, name)) for name in ("c", "d")]
+        await asyncio.sleep(0.05)
+        first.set()  # a leaves: its place goes to c, d keeps waiting and is refused
+        await asyncio.sleep(0.3)
+        later.set()
+        await asyncio.gather(*held, *waiting)
+        return log, admission.admission().active
+
+    log, active = asyncio.run(scenario())
+
+    assert log == ["a in", "b in", "c in", "d busy 3"]
+    assert active == 0
+
+
+def test_a_return_waiting_for_the_workers_frees_its_place() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        release, log = asyncio.Event(), list[str]()
+
+        async def waiting_return() -> None:
+            async with admission.working("return"):
+                with admission.admission().paused():
+                    await release.wait()
+
+        returns = [asyncio.create_task(waiting_return()) for _ in range(5)]
+        await asyncio.sleep(0)  # five returns waiting, two places
+        notify = asyncio.create_task(_hold(release, log, "n"))
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(*returns, notify)
+        return log, admission.admission().active
+
+    log, active = asyncio.run(scenario())
+
+    assert log == ["n in"]
+    assert active == 0
