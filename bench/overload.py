@@ -413,7 +413,7 @@ def run_loop(main: Awaitable[None]) -> None:
 
 
 def notify_rows(bench: Bench) -> None:
-    count = sized(NOTIFY_CAPACITY_GUESS, bench.args)
+    count = sized(bench.args.notify_guess, bench.args)
     ids = orders_create(bench, "N", count)  # type: ignore[arg-type]
     bodies = [body.encode() for body in notifications(bench, ids)]  # type: ignore[arg-type]
 
@@ -427,7 +427,7 @@ def notify_rows(bench: Bench) -> None:
 
 def return_rows(bench: Bench) -> None:
     bench.control.set_faults(notify_drop=True)
-    count = min(sized(RETURN_CAPACITY_GUESS, bench.args), bench.args.max_returns)
+    count = min(sized(bench.args.return_guess, bench.args), bench.args.max_returns)
     ids, paths = paid_returns(bench, "R", count)  # type: ignore[arg-type]
 
     async def send(client: Client, item: int) -> tuple[int, dict[str, str], bytes]:
@@ -443,6 +443,7 @@ def reproduce(args: argparse.Namespace) -> str:
                f"--rates {args.rates} --db {args.db} --timeout {args.timeout:g}")
     if args.only:
         command += f" --only {args.only}"
+    command += f" --notify-guess {args.notify_guess} --return-guess {args.return_guess}"
     command += "".join(f" --set {setting}" for setting in args.set)
     return command
 
@@ -455,6 +456,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=10,
                         help="seconds a request may take before the client gives up")
     parser.add_argument("--only", choices=("notify", "return"), default="")
+    parser.add_argument("--notify-guess", type=int, default=NOTIFY_CAPACITY_GUESS,
+                        help="notifications per second to prepare for (signed beforehand)")
+    parser.add_argument("--return-guess", type=int, default=RETURN_CAPACITY_GUESS,
+                        help="returns per second to prepare for (trades paid beforehand)")
     parser.add_argument("--max-returns", type=int, default=12000,
                         help="cap on the trades paid at the sandbox")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
