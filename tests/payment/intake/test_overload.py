@@ -1,7 +1,7 @@
 """Past INTAKE_MAX_ACTIVE requests worked on at once, the Procfile's web refuses a new intake
-request at once (503 with Retry-After; `fail` to Alipay) and stores nothing of it; the same
-notification sent again later (Alipay's retry) is applied once. Returns that only wait for
-the workers do not count.
+request once no place came free within INTAKE_QUEUE_SECONDS (503 with Retry-After; `fail` to
+Alipay) and stores nothing of it; the same notification sent again later (Alipay's retry) is
+applied once. Returns that only wait for the workers do not count.
 
 The requests worked on are held in place by a lock on the events table, which the web's insert
 waits for: one web process (WEB_CONCURRENCY=1), a limit of 2.
