@@ -277,7 +277,7 @@ PAYMENT_REFUSED_RATE = env.str("PAYMENT_REFUSED_RATE", default="30/minute")
 # one waits for a place at most INTAKE_QUEUE_SECONDS, then gets 503 with Retry-After. A return
 # waiting for the workers does not count. 0: no limit.
 INTAKE_MAX_ACTIVE = env.int("INTAKE_MAX_ACTIVE", default=16)
-INTAKE_QUEUE_SECONDS = env.float("INTAKE_QUEUE_SECONDS", default=0.2)
+INTAKE_QUEUE_SECONDS = env.float("INTAKE_QUEUE_SECONDS", default=0.5)
 INTAKE_RETRY_AFTER_SECONDS = env.int("INTAKE_RETRY_AFTER_SECONDS", default=1)
 # Retention (payment/reconciliation/retention.py): settled events and refused-request counts
 # are deleted after these many days; events waiting or dead are kept until an operator settles them.

@@ -47,7 +47,8 @@ def limited_web(worker_env: dict[str, str], log_dir: Path,
     """The Procfile's web, one process working on at most 2 intake requests; no worker yet."""
     port = free_port()
     env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1",
-           "INTAKE_MAX_ACTIVE": "2", "INTAKE_RETRY_AFTER_SECONDS": RETRY_AFTER,
+           "INTAKE_MAX_ACTIVE": "2", "INTAKE_QUEUE_SECONDS": "0.2",
+           "INTAKE_RETRY_AFTER_SECONDS": RETRY_AFTER,
            "RETURN_WAIT_SECONDS": "4", "PGAPPNAME": APPLICATION_NAME}
     web = ManagedProcess(APPLICATION_NAME, procfile_command("web"), env, log_dir).start()
     wait_for_port(port, timeout=60)
