@@ -112,12 +112,13 @@ class Stack:
         process.wait_log("ready.", timeout=60)
         return process
 
-    def start_redis(self) -> None:
-        """A private redis-server on a free port, for the broker; call before prepare().
+    def start_redis(self, port: int | None = None) -> None:
+        """A private redis-server on `port` (a free one if None), for the broker; call before
+        prepare().
 
         Nothing else on the machine shares it, so it may be flushed at will.
         """
-        port = free_port()
+        port = port or free_port()
         self._start("redis", [
             "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(self.tmp),
