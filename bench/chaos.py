@@ -66,6 +66,7 @@ RUN_SETTINGS = {
     "RECONCILE_INTERVAL_SECONDS": "2",
     "PAYMENT_SWEEP_INTERVAL_SECONDS": "2",
     "PAYMENT_CLAIM_LEASE_SECONDS": "5",
+    "RECONCILE_CLAIM_LEASE_SECONDS": "10",
     "REFUND_CONFIRM_DELAY_SECONDS": "1",
     "PAYMENT_RETRY_BACKOFF": "0.5",
     "PAYMENT_RETRY_BACKOFF_MAX": "5",
@@ -614,6 +615,7 @@ class ChaosRun:
         self.settled_in = 0.0
         self.bill_lines: list[str] = []
         self.started_at = time.time()
+        self.unsettled = ""
 
     @property
     def control(self) -> SandboxControl:
@@ -837,9 +839,11 @@ class ChaosRun:
                     or unpaid or unapplied):
                 self.settled_in = time.monotonic() - started
                 return True
-            log(f"settling: notifications {open_notes}, events {waiting_events}, refunds "
+            self.unsettled = (
+                f"notifications {open_notes}, events {waiting_events}, refunds "
                 f"{open_refunds}, late payments {pending_payments}, unpaid orders "
                 f"{unpaid}, paid trades not applied {unapplied}")
+            log(f"settling: {self.unsettled}")
             time.sleep(2)
         self.settled_in = time.monotonic() - started
         return False
@@ -1016,15 +1020,17 @@ class ChaosRun:
         staff_token = self.tokens_create(self.args.buyers)
         self.started_at = time.time()
         stop_traffic, stop_faults = threading.Event(), threading.Event()
+        # Daemons: a SIGTERM ends the run in the main thread, which stops the processes.
         threads = [threading.Thread(target=self.traffic.buyer_loop,
                                     args=(index, self.buyer_tokens[f"buyer{index}"],
-                                          stop_traffic, self.args.seed * 100 + index))
+                                          stop_traffic, self.args.seed * 100 + index),
+                                    daemon=True)
                    for index in range(self.args.buyers)]
         threads.append(threading.Thread(
             target=self.traffic.staff_loop,
-            args=(staff_token, stop_traffic, self.args.seed * 100 + 99)))
+            args=(staff_token, stop_traffic, self.args.seed * 100 + 99), daemon=True))
         lanes = [threading.Thread(target=self.fault_loop, args=(kinds, self.args.seed * 10 + n,
-                                                                stop_faults))
+                                                                stop_faults), daemon=True)
                  for n, kinds in enumerate((PROCESS_FAULTS, GATEWAY_FAULTS))]
         for thread in [*threads, *lanes]:
             thread.start()
@@ -1054,7 +1060,8 @@ class ChaosRun:
         print()
         print(f"Chaos run: {self.args.seconds} s of traffic, seed {self.args.seed}, "
               f"time factor {self.args.time_factor}, {self.args.buyers} buyers; "
-              f"settled in {self.settled_in:.0f} s" + ("" if settled else " (NOT settled)"))
+              f"settled in {self.settled_in:.0f} s"
+              + ("" if settled else f" (NOT settled: {self.unsettled})"))
         print(f"orders {len(self.traffic.records)}: "
               + ", ".join(f"{k} {v}" for k, v in sorted(self.traffic.counts.items())))
         print("refund requests: " + ", ".join(
@@ -1082,6 +1089,13 @@ class ChaosRun:
         return 1 if failed or not settled else 0
 
     def stop(self) -> None:
+        # All at once: a worker's soft shutdown and the web's graceful one overlap.
+        for process in self.stack.processes:
+            if process_running(process):
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         self.stack.stop()
         if self.proxy is not None:
             self.proxy.close()
