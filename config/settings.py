@@ -265,6 +265,9 @@ RECONCILE_AFTER_SECONDS = env_renamed(env.float, "RECONCILE_AFTER_SECONDS",
 RECONCILE_INTERVAL_SECONDS = env_renamed(env.float, "RECONCILE_INTERVAL_SECONDS",
                                          old="RECONCILE_INTERVAL", default=60.0)
 RECONCILE_BATCH_SIZE = env.int("RECONCILE_BATCH_SIZE", default=200)
+# A batch of checks (reconciliation's, expiry's) holds its orders this long; a batch lost with
+# its worker or its message is done again by a later run after it.
+RECONCILE_CLAIM_LEASE_SECONDS = env.float("RECONCILE_CLAIM_LEASE_SECONDS", default=300.0)
 # Gateway threads per process (payment/gateway/pool.py): every batch of concurrent Alipay calls
 # (reconciliation, bills, returns) runs on them. Formerly RECONCILE_CONCURRENCY.
 GATEWAY_CONCURRENCY = env_renamed(env.int, "GATEWAY_CONCURRENCY", old="RECONCILE_CONCURRENCY",

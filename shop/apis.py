@@ -4,6 +4,7 @@ from typing import Any, cast
 
 from django.contrib.auth import authenticate
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
@@ -11,7 +12,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
+from rest_framework.views import APIView, set_rollback
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from shop import selectors, services, signin
@@ -34,10 +35,22 @@ def authenticated_user(request: Request | HttpRequest) -> User:
     return cast(User, request.user)
 
 
+DATABASE_AWAY_MESSAGE = "The shop cannot be reached right now; try again in a moment."
+DATABASE_AWAY_RETRY_AFTER = "5"
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, plus a `message` a person can read and Django validation errors as 400."""
+    """DRF's handler, plus a `message` a person can read, Django validation errors as 400, and
+    the database away (a restart, a failover) as 503, not a 500 with a stack trace."""
     if isinstance(exc, DjangoValidationError):
         return Response({"message": " ".join(exc.messages)}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, OperationalError | InterfaceError):
+        logger.warning("database unavailable during %s: %s", type(context.get("view")).__name__,
+                       type(exc).__name__)
+        set_rollback()
+        return Response({"message": DATABASE_AWAY_MESSAGE},
+                        status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": DATABASE_AWAY_RETRY_AFTER})
     response = drf_exception_handler(exc, context)
     if response is not None and isinstance(response.data, dict) and "message" not in response.data:
         detail = response.data.get("detail")

@@ -8,6 +8,7 @@ releases it, and the next leader goes on from the last runs recorded, so nothing
 twice or skipped.
 """
 import logging
+import time
 from typing import Any
 
 from celery import Celery, signals
@@ -35,6 +36,18 @@ class LockedScheduler(RedBeatScheduler):  # type: ignore[misc]
         for name in OWN_SETTINGS:
             app.conf[name] = app.conf[name]
         super().__init__(app, **kwargs)
+
+    def setup_schedule(self) -> None:
+        # Run when beat starts (and when it takes the lock): a beat started, or restarted by
+        # its orchestrator, while Redis is away waits for it instead of ending.
+        while True:
+            try:
+                super().setup_schedule()
+                return
+            except REDIS_AWAY as exc:
+                logger.warning("beat: Redis is away (%s); setting up the schedule again in "
+                               "%.0f s", exc, REDIS_AWAY_RETRY_SECONDS)
+                time.sleep(REDIS_AWAY_RETRY_SECONDS)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:

@@ -90,6 +90,23 @@ def _worker_process_init(**kwargs: Any) -> None:
     client_warm()
 
 
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def _database_connections_check(task: Any = None, **kwargs: Any) -> None:
+    """Django's check between two requests, between two tasks: a connection that failed and
+    no longer answers, or is past CONN_MAX_AGE, is closed, and the next query opens another.
+
+    Celery's Django fix-up keeps a connection for CELERY_DB_REUSE_MAX tasks whatever its
+    state: one the server ended (a restart, a failover) while a query ran outside a
+    transaction stayed broken, and every task of the process failed on it until then.
+    """
+    if task is not None and getattr(task.request, "is_eager", False):
+        return  # run inline by the caller, inside whatever transaction it holds
+    from django.db import close_old_connections
+
+    close_old_connections()
+
+
 @signals.beat_init.connect
 def _beat_init(**kwargs: Any) -> None:
     from django.conf import settings

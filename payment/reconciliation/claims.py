@@ -2,6 +2,7 @@
 that overlapping runs (reconciliation's, expiry's) never work on one order at once."""
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -9,7 +10,11 @@ from django.utils import timezone
 from payment.models import PaymentAttempt
 from shop.models import OrderInfo
 
-CLAIM_LEASE = timedelta(minutes=5)
+
+def claim_lease() -> timedelta:
+    """How long a claimed check is left to its batch; after a lost batch (a killed worker,
+    a broker that lost its message) the order is due again from then."""
+    return timedelta(seconds=settings.RECONCILE_CLAIM_LEASE_SECONDS)
 
 
 def reconciliation_checks_claim(*, limit: int) -> list[str]:
@@ -29,7 +34,7 @@ def reconciliation_checks_lease(
 ) -> tuple[list[str], datetime]:
     """Lease the UNPAID orders' pay links that match `due` and no one holds (row locks
     skipped); reconciliation's checks and expiry claim through it."""
-    token = now + CLAIM_LEASE
+    token = now + claim_lease()
     with transaction.atomic():
         order_ids = list(
             PaymentAttempt.objects.select_for_update(skip_locked=True, of=("self",))
@@ -54,6 +59,6 @@ def reconciliation_checks_hold(*, order_ids: list[str], token: datetime) -> list
             .values_list("order_id", flat=True)
         )
         PaymentAttempt.objects.filter(order_id__in=held).update(
-            claimed_until=timezone.now() + CLAIM_LEASE
+            claimed_until=timezone.now() + claim_lease()
         )
     return held

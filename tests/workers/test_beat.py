@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from tests.conftest import broker_url
-from tests.support import ROOT, ManagedProcess, python_args
+from tests.support import ROOT, ManagedProcess, free_port, python_args
 
 INTERVAL = 2.0
 LOCK_TIMEOUT = 3
@@ -167,3 +167,27 @@ def test_a_beat_whose_lock_and_schedule_redis_lost_takes_them_again(
     runs = _runs(worker.log_text())
     for job in JOBS:
         assert len(_between(runs.get(job, []), lost_at, until)) >= 2, (job, runs.get(job))
+
+
+@pytest.mark.slow
+def test_a_beat_started_while_its_redis_is_away_waits_for_it(
+    beat_env: dict[str, str], log_dir: Path, tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = {**beat_env, "CELERY_BEAT_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    beat = _beat(f"beat-early-{time.time_ns()}", env, log_dir, tmp_path)
+    server = ManagedProcess(f"beat-redis-{port}", [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", str(tmp_path)], dict(os.environ), log_dir)
+    try:
+        beat.wait_log("beat: Starting", timeout=60)
+        time.sleep(3)
+        assert beat.proc is not None and beat.proc.poll() is None, beat.log_text()[-3000:]
+        server.start()
+        beat.wait_log("beat: Acquired lock", timeout=30)
+        time.sleep(INTERVAL + LOOP)
+        assert beat.proc.poll() is None, beat.log_text()[-3000:]
+    finally:
+        beat.stop()
+        server.stop()
+    assert "Traceback" not in beat.log_text()

@@ -17,7 +17,7 @@ from django.db.models import Count
 from alipay_sandbox.client import SandboxControl
 from payment import event_store
 from payment.models import Payment, PaymentAttempt, PaymentEvent
-from payment.tasks import events_process_task
+from payment.tasks import events_process_task, events_sweep_task
 from shop.models import OrderInfo
 from tests.conftest import worker_process
 from tests.factories import OrderFactory, orders_with_links
@@ -33,6 +33,7 @@ from tests.support import (
     wait_for_port,
 )
 from tests.workers.brokers import BrokerUnderTest, PrivateBroker, private_broker
+from workers.celery import app as celery_app
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -302,3 +303,37 @@ def test_worker_killed_inside_a_batch_transaction_leaves_nothing_half_applied(
     wait_for(lambda: _paid_count(order_ids) == 200, 60, 0.3)
     _assert_each_paid_once(order_ids)
     assert set(stored.values_list("state", "attempts")) == {("applied", 2)}
+
+
+def test_worker_carries_on_after_the_database_ends_its_connections(
+    sandbox: SandboxControl, exclusive_workers: Any, beat_paused: None
+) -> None:
+    """A PostgreSQL restart (or failover, or an operator's pg_terminate_backend) ends the
+    worker's connection between two tasks: the next task (here the sweeper's, whose first
+    query runs outside a transaction) finds it out and reconnects, and so do the ones after."""
+    celery_app.control.purge()  # what beat queued before it paused: only this test's tasks
+    worker = exclusive_workers("reconnects", concurrency=1, PGAPPNAME="reconnect-worker")
+    sandbox.set_faults(notify_drop=True)
+    links = _orders_with_links(4)
+    order_ids = [order_id for order_id, _ in links]
+    returns = _pay_all(sandbox, links)
+    event_store.event_insert(source=PaymentEvent.Source.RETURN, params=returns[0])
+    events_process_task.delay()
+    wait_for(lambda: _paid_count(order_ids) == 1, 30, 0.3)
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                       " WHERE application_name = %s", ["reconnect-worker"])
+        (terminated,) = cursor.fetchone()
+    assert terminated == 1
+    offset = len(worker.log_text())
+    events_sweep_task.delay()
+    worker.wait_log("events_sweep_task[", timeout=30, start_at=offset)
+    wait_for(lambda: "succeeded" in worker.log_text()[offset:]
+             or "gave up" in worker.log_text()[offset:], 30, 0.1)
+    for params in returns[1:]:
+        event_store.event_insert(source=PaymentEvent.Source.RETURN, params=params)
+    events_process_task.delay()
+
+    wait_for(lambda: _paid_count(order_ids) == 4, 30, 0.3)
+    _assert_each_paid_once(order_ids)
