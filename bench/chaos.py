@@ -269,7 +269,10 @@ class ChaosStack(Stack):
         self.redis: ManagedProcess | None = None
         self.sandbox: SandboxProcess | None = None
 
-    def start_redis(self) -> None:
+    def start_redis(self, port: int | None = None) -> None:
+        """The run's Redis on its own port (`port` must be that port or None): started
+        again after each Redis fault, so the process is kept to stop it."""
+        assert port in (None, self.redis_port)
         self.redis = self._start("redis", [
             "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(self.tmp),
