@@ -64,9 +64,12 @@ def test_64_waiting_returns_do_not_slow_other_pages(
 
     assert {a.status_code for a in answers} == {202}, {a.text for a in answers}
     assert waited >= 4
-    p99 = latencies[int(0.99 * len(latencies))]
-    assert p99 <= 0.050, (f"GET /skus/ p50 {statistics.median(latencies) * 1000:.1f} ms "
-                          f"p99 {p99 * 1000:.1f} ms while 64 returns waited")
+    p50, p99 = statistics.median(latencies), latencies[int(0.99 * len(latencies))]
+    # Waits that held a thread or the event loop would show as seconds (RETURN_WAIT_SECONDS);
+    # the bounds leave room for a machine shared with other work, where a p99 of 80 ms was
+    # seen with nothing waiting wrongly.
+    assert p50 <= 0.050 and p99 <= 0.250, (f"GET /skus/ p50 {p50 * 1000:.1f} ms "
+                                           f"p99 {p99 * 1000:.1f} ms while 64 returns waited")
 
 
 def test_access_log_lines_cannot_be_forged_through_the_path(

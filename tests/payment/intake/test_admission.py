@@ -3,11 +3,22 @@ INTAKE_MAX_ACTIVE waits its turn at most INTAKE_QUEUE_SECONDS, then is refused; 
 comes free goes to the first one waiting; a waiting return gives its place up."""
 import asyncio
 import time
-from typing import Any
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 
 from payment.intake import admission
+
+T = TypeVar("T")
+
+
+def _run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """The scenario on a fresh event loop in a thread of its own: a test that ran before in
+    this thread (a browser's driver) may have left a loop running here."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(lambda: asyncio.run(scenario())).result()
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +49,7 @@ def test_past_the_limit_a_request_waits_its_turn_then_is_refused() -> None:
         await asyncio.gather(*held)
         return log, refused_after, admission.admission().active
 
-    log, refused_after, active = asyncio.run(scenario())
+    log, refused_after, active = _run(scenario)
 
     assert log == ["a in", "b in", "c busy 3"]
     assert 0.15 <= refused_after < 1.0
@@ -59,7 +70,7 @@ def test_a_place_that_comes_free_goes_to_the_first_waiting() -> None:
         await asyncio.gather(*held, *waiting)
         return log, admission.admission().active
 
-    log, active = asyncio.run(scenario())
+    log, active = _run(scenario)
 
     assert log == ["a in", "b in", "c in", "d busy 3"]
     assert active == 0
@@ -82,7 +93,7 @@ def test_a_return_waiting_for_the_workers_frees_its_place() -> None:
         await asyncio.gather(*returns, notify)
         return log, admission.admission().active
 
-    log, active = asyncio.run(scenario())
+    log, active = _run(scenario)
 
     assert log == ["n in"]
     assert active == 0
