@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import profiling  # noqa: E402
 from bench.stack import ROOT, Stack, machine, percentile, tree_rss  # noqa: E402
 from tests.support import (  # noqa: E402
     APP_ID,
@@ -152,6 +153,11 @@ class Load:
         return text
 
 
+@dataclass
+class Profile:
+    requests: int = 0
+
+
 class Bench:
     """The state shared by the rows: options, the stack, the table and its notes."""
 
@@ -183,6 +189,34 @@ class Bench:
         path = self.stack.tmp / name
         path.write_text("".join(f"{line}\n" for line in lines))
         return path
+
+    @contextmanager
+    def profiled(self, side: str, roots: dict[str, int]) -> Iterator["Profile"]:
+        """With --profile: CPU per request of each process tree (and of PostgreSQL) over the
+        block, and py-spy on the Python trees; printed, and kept as a note."""
+        profile = Profile()
+        if not self.args.profile:
+            yield profile
+            return
+        groups: dict[str, Callable[[], list[int]]] = {
+            name: (lambda pid=pid: profiling.tree(pid)) for name, pid in roots.items()}
+        groups["postgres"] = lambda: profiling.named("postgres")
+        groups["wrk"] = lambda: profiling.named("wrk")
+        meter = profiling.CpuMeter(groups)
+        spies = {name: (self.stack.tmp / f"spy-{side}-{name}.txt") for name in roots
+                 if name not in ("redis",)}
+        running_spies = [profiling.spy_start(pid, spies[name], self.args.duration)
+                         for name, pid in roots.items() if name in spies]
+        meter.start()
+        yield profile
+        spent = meter.stop()
+        for spy in running_spies:
+            spy.wait(timeout=60)
+        self.note(f"CPU {side}: {profiling.per_request_text(spent, profile.requests)} "
+                  f"({profile.requests} requests)")
+        for path in spies.values():
+            if path.exists():
+                print(profiling.spy_summary(path), flush=True)
 
     def wrk(self, url: str, duration: int, script: Path = REPLAY, **env: str) -> Load:
         return wrk_run(url, script, duration, self.args, **env)
@@ -497,8 +531,12 @@ def seed_rows(bench: Bench, seed: SeedShop, side: str) -> None:
             raise RuntimeError(f"{seed.name} warm-up answered {codes_text(warm)} (logs in "
                                f"{bench.stack.tmp})")
         payments_before, paid_before = seed.counts()
-        load = bench.wrk(seed.url, args.duration, Path(args.baseline) / "put.lua",
-                         PATHS_FILE=str(bench.lines_file(f"{seed.name}-paths.txt", load_paths)))
+        with bench.profiled(seed.name, {f"{p.name.split('-')[-1]}": p.pid
+                                        for p in seed.processes}) as profile:
+            load = bench.wrk(seed.url, args.duration, Path(args.baseline) / "put.lua",
+                             PATHS_FILE=str(bench.lines_file(f"{seed.name}-paths.txt",
+                                                             load_paths)))
+            profile.requests = load.requests
         answered = load.requests - load.non_2xx
         payments_after, paid_after = seed.counts()
         payments, paid = payments_after - payments_before, paid_after - paid_before
@@ -673,7 +711,7 @@ def project_return_rows(bench: Bench) -> None:
     args = bench.args
     url = bench.stack.web_url
     bench.control.set_faults(notify_drop=True)
-    with running(start_web(bench, "10")), running(start_worker(bench)):
+    with running(start_web(bench, "10")) as web, running(start_worker(bench)) as worker:
         # The probe runs cold: twice its rate leaves room for the warm run.
         rate = probe_rate(bench) * 2
         # A floor, so that a probe slowed by a cold start cannot leave the run short of trades.
@@ -683,8 +721,13 @@ def project_return_rows(bench: Bench) -> None:
         duration = args.duration if count >= need else max(2, int(count / rate))
         ids, paths = paid_returns(bench, "R", count)
         idle_ids, idle_paths = paid_returns(bench, "I", IDLE_REQUESTS)
-        load = bench.wrk(url, duration, LINES_FILE=str(bench.lines_file("returns.txt", paths)),
-                         MODE="put")
+        sandbox = next(p for p in bench.stack.processes if p.name == "sandbox")
+        redis = next(p for p in bench.stack.processes if p.name == "redis")
+        with bench.profiled("project", {"web": web.pid, "worker": worker.pid,
+                                        "sandbox": sandbox.pid, "redis": redis.pid}) as profile:
+            load = bench.wrk(url, duration, MODE="put",
+                             LINES_FILE=str(bench.lines_file("returns.txt", paths)))
+            profile.requests = load.requests
         hit = load.hit(args.threads)
         sent_ids = [ids[i] for i in hit]
         hit_ids = returns_received(sent_ids)
@@ -952,6 +995,8 @@ def reproduce(args: argparse.Namespace) -> str:
         command += f" --db-prefix {args.db_prefix}"
     if args.memory:
         command += " --memory"
+    if args.steps:
+        command += f" --steps {args.steps}"
     return command
 
 
@@ -969,12 +1014,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--drain-timeout", type=float, default=60,
                         help="seconds rows 4, 5 and 7 wait before reporting a partial rate")
     parser.add_argument("--memory", action="store_true", help="run row 8 (long)")
+    parser.add_argument("--profile", action="store_true",
+                        help="CPU per request of every process and py-spy during row 1")
+    parser.add_argument("--steps", default="",
+                        help="comma-separated sides of the run to keep, of baseline, careful, "
+                             "returns, notify, drain_returns, reconcile (all by default)")
     parser.add_argument("--memory-at", default="10000,100000",
                         help="processed counts at which row 8 samples RSS")
     return parser.parse_args()
 
 
+STEP_NAMES: dict[Callable[["Bench"], None], str] = {}
+
+
 def main() -> None:
+    STEP_NAMES.update({project_prepare: "set-up", baseline_rows: "baseline",
+                       careful_rows: "careful", project_return_rows: "returns",
+                       notify_rows: "notify", queued_returns_row: "drain_returns",
+                       reconcile_row: "reconcile", memory_row: "memory"})
     args = parse_args()
     started = time.perf_counter()
     # The load comes from one address: the per-client throttles are counted but set high.
@@ -997,6 +1054,9 @@ def main() -> None:
         ]
         if args.memory:
             steps.append(("project: row 8", "project", ["memory"], memory_row))
+        if args.steps:
+            keep = {"set-up", *args.steps.split(",")}
+            steps = [step for step in steps if STEP_NAMES[step[3]] in keep]
         print(f"machine: {machine()}; {load_average()}; wrk -t{args.threads} "
               f"-c{args.connections} -d{args.duration}s; logs in {stack.tmp}", flush=True)
         for title, side, keys, step in steps:
