@@ -26,6 +26,7 @@ web and worker commands are the `web:` and `worker:` lines of the Procfile, what
 """
 import argparse
 import base64
+import functools
 import multiprocessing
 import os
 import re
@@ -199,7 +200,7 @@ class Bench:
             yield profile
             return
         groups: dict[str, Callable[[], list[int]]] = {
-            name: (lambda pid=pid: profiling.tree(pid)) for name, pid in roots.items()}
+            name: functools.partial(profiling.tree, pid) for name, pid in roots.items()}
         groups["postgres"] = lambda: profiling.named("postgres")
         groups["wrk"] = lambda: profiling.named("wrk")
         meter = profiling.CpuMeter(groups)

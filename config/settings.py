@@ -282,6 +282,11 @@ PAYMENT_REFUSED_RATE = env.str("PAYMENT_REFUSED_RATE", default="30/minute")
 INTAKE_MAX_ACTIVE = env.int("INTAKE_MAX_ACTIVE", default=16)
 INTAKE_QUEUE_SECONDS = env.float("INTAKE_QUEUE_SECONDS", default=0.5)
 INTAKE_RETRY_AFTER_SECONDS = env.int("INTAKE_RETRY_AFTER_SECONDS", default=1)
+# A process whose event loop runs this late (seconds; 0: not watched) refuses at once what
+# cannot start at once, instead of queueing it.
+INTAKE_MAX_LAG_SECONDS = env.float("INTAKE_MAX_LAG_SECONDS", default=0.1)
+# Returns a web process lets wait for the workers at once; past it a new one gets 503. 0: no limit.
+INTAKE_MAX_WAITING = env.int("INTAKE_MAX_WAITING", default=128)
 # Retention (payment/reconciliation/retention.py): settled events and refused-request counts
 # are deleted after these many days; events waiting or dead are kept until an operator settles them.
 PAYMENT_EVENT_RETENTION_DAYS = env.int("PAYMENT_EVENT_RETENTION_DAYS", default=400)

@@ -34,6 +34,25 @@ def rows_update(
         return int(cursor.rowcount)
 
 
+def rows_updated(
+    *,
+    model: type[models.Model],
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    expressions: dict[str, str] | None = None,
+    where: str = "",
+) -> set[Any]:
+    """As rows_update, but returns the primary keys of the rows it updated (RETURNING)."""
+    if not rows:
+        return set()
+    sql, params = rows_update_sql(model=model, columns=columns, rows=rows,
+                                  expressions=expressions, where=where)
+    table = connection.ops.quote_name(model._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sql} RETURNING {table}.{model._meta.pk.column}", params)
+        return {row[0] for row in cursor.fetchall()}
+
+
 def rows_update_sql(
     *,
     model: type[models.Model],

@@ -1,7 +1,9 @@
 """Waking the requests that wait for an event's outcome, without a thread or a poll.
 
 A worker that settles events pushes one item per event onto a short-lived Redis list
-(`payment:settled:<id>`), after its transaction commits. A waiting request blocks on that
+(`payment:settled:<id>`), after its transaction commits: the event's outcome (its state, and
+the status of its payment when the worker knows it), so that the request answers without
+reading the database again. A waiting request blocks on that
 list with `BLPOP` from the event loop (no thread held), and puts the item back for any other
 request waiting on the same event. The list outlives the push for a minute, so a request that
 starts waiting just after the worker finished returns at once. Without Redis (the embedded
@@ -25,23 +27,45 @@ def _key(event_id: int) -> str:
     return f"payment:settled:{event_id}"
 
 
-def events_settled(*, event_ids: list[int]) -> None:
-    """Wake whoever waits for these events, once the current transaction commits."""
-    if event_ids and redis_client.enabled():
-        transaction.on_commit(lambda: _push(event_ids))
+UNKNOWN = "1"
 
 
-def _push(event_ids: list[int]) -> None:
+def outcome_text(state: str, payment_status: str = "") -> str:
+    """What a settled event's waiters are handed: its state, and for an applied one the
+    status of its payment when the worker knows it (`applied:applied`)."""
+    return f"{state}:{payment_status}" if payment_status else state
+
+
+def outcome_parse(item: bytes | str | None) -> tuple[str, str] | None:
+    """(state, payment status or '') from a handed outcome; None when it says nothing (a
+    wake-up without one, as an older worker pushes it)."""
+    if item is None:
+        return None
+    text = item.decode() if isinstance(item, bytes) else item
+    if text == UNKNOWN:
+        return None
+    state, _, payment_status = text.partition(":")
+    return state, payment_status
+
+
+def events_settled(*, outcomes: dict[int, str]) -> None:
+    """Wake whoever waits for these events (event id -> outcome_text), once the current
+    transaction commits."""
+    if outcomes and redis_client.enabled():
+        transaction.on_commit(lambda: _push(outcomes))
+
+
+def _push(outcomes: dict[int, str]) -> None:
     try:
         pipe = redis_client.sync_client().pipeline(transaction=False)
-        for event_id in event_ids:
-            pipe.rpush(_key(event_id), 1)
+        for event_id, outcome in outcomes.items():
+            pipe.rpush(_key(event_id), outcome)
             pipe.expire(_key(event_id), KEY_TTL)
         pipe.execute()
     except redis.RedisError as exc:
         # Only a waiting request loses: it answers "processing" and the buyer's page polls.
         logger.warning("could not wake waiting requests count=%s error=%s",
-                       len(event_ids), type(exc).__name__)
+                       len(outcomes), type(exc).__name__)
 
 
 WAKE_PENDING = "payment:wake-pending"
@@ -75,26 +99,30 @@ def workers_wake_taken() -> None:
 
 async def event_settled_wait(
     *, event_id: int, timeout: float, is_settled: Callable[[], Awaitable[bool]]
-) -> None:
-    """Return when the event is settled or `timeout` seconds have passed."""
+) -> tuple[str, str] | None:
+    """Return when the event is settled or `timeout` seconds have passed: with the outcome
+    the worker handed over (state, payment status), or None (then read the database)."""
     if timeout <= 0:
-        return
+        return None
     if not redis_client.enabled():
         await _poll(timeout, is_settled)
-        return
+        return None
     try:
         async with redis_client.async_client() as client:
-            item = await client.blpop([_key(event_id)], timeout=timeout)
-            if item is not None:
-                # Passed on to the next request waiting for the same event.
-                pipe = client.pipeline(transaction=False)
-                pipe.rpush(_key(event_id), 1)
-                pipe.expire(_key(event_id), KEY_TTL)
-                await pipe.execute()
+            found = await client.blpop([_key(event_id)], timeout=timeout)
+            if found is None:
+                return None
+            # Passed on to the next request waiting for the same event.
+            pipe = client.pipeline(transaction=False)
+            pipe.rpush(_key(event_id), found[1])
+            pipe.expire(_key(event_id), KEY_TTL)
+            await pipe.execute()
+            return outcome_parse(found[1])
     except redis.RedisError as exc:
         logger.warning("waiting through Redis failed event_id=%s error=%s; polling",
                        event_id, type(exc).__name__)
         await _poll(timeout, is_settled)
+        return None
 
 
 async def _poll(timeout: float, is_settled: Callable[[], Awaitable[bool]]) -> None:

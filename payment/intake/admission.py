@@ -11,9 +11,18 @@ a place, bounds the latency of those served and of those refused; the short wait
 burst (64 returns at once) that the places free up for within milliseconds. A refusal is
 decided before the throttle's Redis round trip, the parsing, the signature and the database.
 
+A loop that has fallen behind (a timer of its own fires more than INTAKE_MAX_LAG_SECONDS
+late: it is handed more than its CPU serves, in connections and bytes before any request
+reaches this module) refuses at once whatever cannot start at once, without queueing it:
+waiting would only add to a lag every request already pays, and the refusal costs far less
+than the work it spares.
+
 A return that waits for the workers (up to RETURN_WAIT_SECONDS, on Redis, no CPU) is not work:
-it gives its place up when its event is stored and its wait begins. Nor is a body still
-arriving (bounded by BODY_TIMEOUT_SECONDS): a request is counted once its body is read.
+it gives its place up when its event is stored and its wait begins. Those waits are bounded
+apart: past INTAKE_MAX_WAITING of them a new return is refused before it is stored, since
+returns arriving faster than the workers apply them would each wait longer than the last.
+Nor is a body still arriving (bounded by BODY_TIMEOUT_SECONDS): a request is counted once
+its body is read.
 
 Counted per event loop: the ASGI server runs one per process. (The Django entry, used by `make
 run` and the test client, runs each request on a loop of its own: unlimited there.)
@@ -50,14 +59,36 @@ class Admission:
 
     def __init__(self) -> None:
         self.active = 0
+        self.waiting = 0  # returns waiting for the workers (paused)
         self.waiters: deque[asyncio.Future[bool]] = deque()
+        self.lag = 0.0  # how late this loop's last timer fired, in seconds
+        self._watch: asyncio.TimerHandle | None = None
+
+    def lag_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Measure the loop's lag every LAG_TICK seconds from now on (once per loop)."""
+        if self._watch is None and settings.INTAKE_MAX_LAG_SECONDS > 0:
+            self._watch = loop.call_later(LAG_TICK, self._tick, loop, loop.time() + LAG_TICK)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        now = loop.time()
+        self.lag = max(0.0, now - due)
+        if self.waiters and self.behind():
+            _behind(self)
+        self._watch = loop.call_later(LAG_TICK, self._tick, loop, now + LAG_TICK)
+
+    def behind(self) -> bool:
+        limit = settings.INTAKE_MAX_LAG_SECONDS
+        return bool(limit > 0 and self.lag > limit)
 
     async def enter(self, source: str) -> None:
-        """Take a place, waiting for one at most INTAKE_QUEUE_SECONDS; else raise Busy."""
+        """Take a place, waiting for one at most INTAKE_QUEUE_SECONDS; else raise Busy.
+        Behind (the loop's lag past INTAKE_MAX_LAG_SECONDS), no waiting: Busy at once."""
         limit = settings.INTAKE_MAX_ACTIVE
         if not limit or (self.active < limit and not self.waiters):
             self.active += 1
             return
+        if self.behind():
+            raise _busy(source, "the process is behind")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self.waiters.append(future)
@@ -75,7 +106,7 @@ class Admission:
         if not handed:
             if future in self.waiters:
                 self.waiters.remove(future)
-            raise _busy(source)
+            raise _busy(source, f"none done within {settings.INTAKE_QUEUE_SECONDS} s")
 
     def leave(self) -> None:
         """Give the place up: to the first request still waiting, or back."""
@@ -92,15 +123,35 @@ class Admission:
         workers); its place is given up meanwhile and taken back after, whatever the count,
         for the few statements that answer."""
         self.leave()
+        self.waiting += 1
         try:
             yield
         finally:
+            self.waiting -= 1
             self.active += 1
+
+    def wait_admit(self, source: str) -> None:
+        """Busy when INTAKE_MAX_WAITING returns of this loop already wait for the workers:
+        past the workers' pace the wait would only grow, and the page follows the order."""
+        limit = settings.INTAKE_MAX_WAITING
+        if limit and self.waiting >= limit:
+            raise _busy(source, f"{limit} returns waiting for the workers")
 
 
 def _expire(future: "asyncio.Future[bool]") -> None:
     if not future.done():
         future.set_result(False)
+
+
+def _behind(admission: Admission) -> None:
+    """The loop fell behind: the requests waiting for a place are refused now."""
+    while admission.waiters:
+        _expire(admission.waiters.popleft())
+
+
+# How often a loop measures its own lag: often enough to see a backlog of a few requests'
+# worth, cheap enough to cost nothing (a timer callback every 10 ms).
+LAG_TICK = 0.01
 
 
 _admissions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Admission]" = (
@@ -112,6 +163,7 @@ def admission() -> Admission:
     found = _admissions.get(loop)
     if found is None:
         found = _admissions[loop] = Admission()
+        found.lag_watch(loop)
     return found
 
 
@@ -126,10 +178,9 @@ async def working(source: str) -> AsyncIterator[Admission]:
         places.leave()
 
 
-def _busy(source: str) -> Busy:
+def _busy(source: str, why: str) -> Busy:
     metrics.event_received(source=source, outcome="busy")
     if throttle.log_once(f"busy:{source}"):
-        logger.warning("%s refused: %s intake requests in this process and none done within "
-                       "%s s (503)", source, settings.INTAKE_MAX_ACTIVE,
-                       settings.INTAKE_QUEUE_SECONDS)
+        logger.warning("%s refused: %s intake requests in this process and %s (503)", source,
+                       settings.INTAKE_MAX_ACTIVE, why)
     return Busy(settings.INTAKE_RETRY_AFTER_SECONDS)

@@ -204,15 +204,32 @@ async def _return_accept(store: IntakeStore, params: dict[str, str],
     if answer is not None:
         metrics.event_received(source=EventSource.RETURN, outcome="duplicate")
         return answer
+    places = admission.admission()
+    places.wait_admit(EventSource.RETURN)
     stored = await _event_insert(store, EventSource.RETURN, params, remote_addr)
     if stored.state != EventState.RECEIVED:
         return await _event_answer(store, stored.id)
     workers_wake()
-    with admission.admission().paused():  # waiting for the workers is not work
-        await wakeups.event_settled_wait(
+    with places.paused():  # waiting for the workers is not work
+        outcome = await wakeups.event_settled_wait(
             event_id=stored.id, timeout=settings.RETURN_WAIT_SECONDS,
             is_settled=lambda: _event_is_settled(store, stored.id))
-    return await _event_answer(store, stored.id)
+    answer = handed_answer(outcome, order_id=order_id, trade_no=trade_no)
+    return answer if answer is not None else await _event_answer(store, stored.id)
+
+
+def handed_answer(outcome: tuple[str, str] | None, *, order_id: str,
+                  trade_no: str) -> Answer | None:
+    """The answer from the outcome a worker handed over with its wake-up, or None when it
+    does not say enough (an applied event whose payment's status the worker did not know)."""
+    if outcome is None:
+        return None
+    state, payment_status = outcome
+    if state not in EventState.values or state == EventState.RECEIVED or (
+            state == EventState.APPLIED and not payment_status):
+        return None
+    return event_answer(state=state, order_id=order_id, trade_no=trade_no,
+                        payment_status=payment_status or None)
 
 
 async def _notification_accept(store: IntakeStore, params: dict[str, str],

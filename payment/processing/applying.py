@@ -22,9 +22,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Applied:
-    """Per event: `reason` is empty for a fresh payment; `refunds`: the new late-payment refunds."""
+    """Per event: `reason` is empty for a fresh payment; `statuses`: the status of the payment
+    each event made (not of one it repeats); `refunds`: the new late-payment refunds."""
 
     reasons: dict[int, str] = field(default_factory=dict)
+    statuses: dict[int, str] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)
     refunds: list[int] = field(default_factory=list)
 
@@ -71,6 +73,8 @@ def payments_apply(*, items: list[Verified]) -> Applied:
             result.reasons[item.event_id] = payment.note
         new_payments.append(payment)
     created = Payment.objects.bulk_create(new_payments)
+    result.statuses.update({payment.event_id: str(payment.status) for payment in created
+                            if payment.event_id is not None})
     OrderInfo.objects.filter(order_id__in=paying, status=OrderInfo.Status.UNPAID).update(
         status=OrderInfo.Status.UNSEND, updated_at=timezone.now()
     )

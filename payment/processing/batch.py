@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from infra.bulk_sql import rows_update
+from infra.bulk_sql import rows_update, rows_updated
 from infra.logs import log_ids, request_origins
 from payment import metrics, wakeups
 from payment.errors import EventRejected, PaymentNotConfirmed
@@ -67,6 +67,7 @@ class _Finish:
     reason: str = ""
     order_id: str | None = None
     trade_no: str = ""
+    payment_status: str = ""  # of the payment an applied event made, when it made one
 
 
 def events_claim(
@@ -128,7 +129,8 @@ def events_process(*, limit: int, event_ids: list[int] | None = None) -> BatchRe
     result = BatchResult(claimed=len(claimed))
     if dead:
         result.count(str(EventState.DEAD), len(dead))
-        wakeups.events_settled(event_ids=dead)
+        wakeups.events_settled(outcomes={event_id: wakeups.outcome_text(EventState.DEAD)
+                                         for event_id in dead})
     if not claimed:
         return result
 
@@ -158,16 +160,21 @@ def _batch_process(claimed: list[Claimed], result: BatchResult,
             else:
                 finishes[item.event_id] = _Finish(EventState.APPLIED,
                                                   applied.reasons[item.event_id],
-                                                  item.order_id, item.trade_no)
+                                                  item.order_id, item.trade_no,
+                                                  applied.statuses.get(item.event_id, ""))
         by_id = {event.id: event for event in claimed}
-        _events_finish(finishes, by_id)
+        finished = _events_finish(finishes, by_id)
         result.retry_at = _events_defer(deferred, claimed, policy)
     result.refunds = applied.refunds + noticed.wake
     for finish in finishes.values():
         result.count(str(finish.state))
     if deferred:
         result.count("deferred", len(deferred))
-    wakeups.events_settled(event_ids=list(finishes))
+    # Waiters are handed the outcome of the events this batch settled; of one another
+    # worker settled meanwhile (a lease that ran out), only a wake-up: they read the row.
+    wakeups.events_settled(outcomes={
+        event_id: wakeups.outcome_text(finish.state, finish.payment_status)
+        if event_id in finished else wakeups.UNKNOWN for event_id, finish in finishes.items()})
     _batch_observe(by_id, finishes, deferred)
     logger.info("payment batch claimed=%s outcomes=%s", len(claimed), result.outcomes)
     return result
@@ -270,10 +277,11 @@ def _trades_proven_paid(
     return proven
 
 
-def _events_finish(finishes: dict[int, _Finish], claimed: dict[int, Claimed]) -> None:
-    """Move events out of `received`, once: ones another worker finished are left alone."""
+def _events_finish(finishes: dict[int, _Finish], claimed: dict[int, Claimed]) -> set[int]:
+    """Move events out of `received`, once: ones another worker finished are left alone.
+    Returns the ids this call moved."""
     now = timezone.now()
-    rows_update(
+    finished: set[int] = rows_updated(
         model=PaymentEvent,
         columns=["state", "reason", "order", "trade_no", "processed_at", "updated_at",
                  "next_attempt_at"],
@@ -293,6 +301,7 @@ def _events_finish(finishes: dict[int, _Finish], claimed: dict[int, Claimed]) ->
                             order_id=finish.order_id or event.params.get("out_trade_no", "")[:64],
                             trade_no=finish.trade_no or event.params.get("trade_no", "")[:64],
                             event_id=event_id, source=event.source, state=str(finish.state)))
+    return finished
 
 
 def _events_defer(

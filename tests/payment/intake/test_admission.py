@@ -97,3 +97,79 @@ def test_a_return_waiting_for_the_workers_frees_its_place() -> None:
 
     assert log == ["n in"]
     assert active == 0
+
+
+def test_a_loop_that_has_fallen_behind_refuses_at_once(settings: Any) -> None:
+    settings.INTAKE_QUEUE_SECONDS = 5.0
+    settings.INTAKE_MAX_LAG_SECONDS = 0.05
+
+    async def scenario() -> tuple[list[str], float, float, int]:
+        release, log = asyncio.Event(), list[str]()
+        places = admission.admission()
+        held = [asyncio.create_task(_hold(release, log, name)) for name in ("a", "b")]
+        await asyncio.sleep(0)
+        waiting = asyncio.create_task(_hold(release, log, "c"))  # waits for a place
+        await asyncio.sleep(0.03)
+        time.sleep(0.2)  # the loop is kept from running: its next timer fires late
+        await asyncio.sleep(0.001)  # the late timer (due first) runs first: it measures the lag
+        lag = places.lag
+        started = time.perf_counter()
+        await _hold(release, log, "d")  # no place, and behind: refused without waiting
+        refused_after = time.perf_counter() - started
+        await waiting
+        release.set()
+        await asyncio.gather(*held)
+        return log, lag, refused_after, places.active
+
+    log, lag, refused_after, active = _run(scenario)
+
+    assert lag > 0.1
+    assert log == ["a in", "b in", "c busy 3", "d busy 3"]
+    assert refused_after < 0.05
+    assert active == 0
+
+
+def test_a_loop_on_time_lets_requests_wait_their_turn(settings: Any) -> None:
+    settings.INTAKE_MAX_LAG_SECONDS = 0.05
+
+    async def scenario() -> tuple[list[str], float]:
+        release, log = asyncio.Event(), list[str]()
+        held = [asyncio.create_task(_hold(release, log, name)) for name in ("a", "b")]
+        await asyncio.sleep(0)
+        waiting = asyncio.create_task(_hold(release, log, "c"))
+        await asyncio.sleep(0.1)  # on time: c still waits for its place
+        release.set()
+        await asyncio.gather(*held, waiting)
+        return log, admission.admission().lag
+
+    log, lag = _run(scenario)
+
+    assert lag < 0.05
+    assert log == ["a in", "b in", "c in"]
+
+
+def test_past_the_returns_waiting_for_the_workers_a_new_return_is_refused(settings: Any) -> None:
+    settings.INTAKE_MAX_WAITING = 1
+
+    async def scenario() -> list[str]:
+        release, log = asyncio.Event(), list[str]()
+
+        async def waiting_return(name: str) -> None:
+            try:
+                async with admission.working("return") as places:
+                    places.wait_admit("return")
+                    with places.paused():
+                        log.append(f"{name} waits")
+                        await release.wait()
+            except admission.Busy as exc:
+                log.append(f"{name} busy {exc.retry_after}")
+
+        first = asyncio.create_task(waiting_return("a"))
+        await asyncio.sleep(0.01)
+        await waiting_return("b")  # a waits for the workers: no room for a second
+        release.set()
+        await first
+        await waiting_return("c")  # a's wait is over
+        return log
+
+    assert _run(scenario) == ["a waits", "b busy 3", "c waits"]
