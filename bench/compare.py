@@ -194,7 +194,7 @@ class Bench:
     @contextmanager
     def profiled(self, side: str, roots: dict[str, int]) -> Iterator["Profile"]:
         """With --profile: CPU per request of each process tree (and of PostgreSQL) over the
-        block, and py-spy on the Python trees; printed, and kept as a note."""
+        block, and with --spy py-spy on the Python trees; printed, and kept as a note."""
         profile = Profile()
         if not self.args.profile:
             yield profile
@@ -205,7 +205,7 @@ class Bench:
         groups["wrk"] = lambda: profiling.named("wrk")
         meter = profiling.CpuMeter(groups)
         spies = {name: (self.stack.tmp / f"spy-{side}-{name}.txt") for name in roots
-                 if name not in ("redis",)}
+                 if self.args.spy and name not in ("redis",)}
         running_spies = [profiling.spy_start(pid, spies[name], self.args.duration)
                          for name, pid in roots.items() if name in spies]
         meter.start()
@@ -998,6 +998,8 @@ def reproduce(args: argparse.Namespace) -> str:
         command += " --memory"
     if args.steps:
         command += f" --steps {args.steps}"
+    if args.profile:
+        command += " --profile" + (" --spy" if args.spy else "")
     return command
 
 
@@ -1016,7 +1018,9 @@ def parse_args() -> argparse.Namespace:
                         help="seconds rows 4, 5 and 7 wait before reporting a partial rate")
     parser.add_argument("--memory", action="store_true", help="run row 8 (long)")
     parser.add_argument("--profile", action="store_true",
-                        help="CPU per request of every process and py-spy during row 1")
+                        help="CPU per request of every process during row 1")
+    parser.add_argument("--spy", action="store_true",
+                        help="with --profile: py-spy on the Python processes too (slows them)")
     parser.add_argument("--steps", default="",
                         help="comma-separated sides of the run to keep, of baseline, careful, "
                              "returns, notify, drain_returns, reconcile (all by default)")

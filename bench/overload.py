@@ -67,6 +67,7 @@ class Outcome:
     body: bytes = b""
     retry_after: bool = False
     latency_ms: float = 0.0
+    late_ms: float = 0.0  # how late this client itself started the request (its own lag)
     error: str = ""  # "timeout" or the exception's name
 
 
@@ -146,6 +147,7 @@ Send = Callable[[Client, int], Awaitable[tuple[int, dict[str, str], bytes]]]
 
 async def _one(client: Client, send: Send, item: int, scheduled: float,
                outcome: Outcome) -> None:
+    outcome.late_ms = max(0.0, (time.perf_counter() - scheduled) * 1000)
     try:
         status, headers, body = await asyncio.wait_for(send(client, item), client.timeout)
         outcome.status, outcome.body = status, body
@@ -235,6 +237,7 @@ def run_line(run: Run, capacity: float, notify: bool) -> str:
             f"{ms(max(latencies))} | ")
     text += (ms(percentile(accepted_latencies, 0.99)) if accepted_latencies else "-") + " | "
     text += (ms(percentile(refused_latencies, 0.99)) if refused_latencies else "-") + " | "
+    text += ms(percentile([o.late_ms for o in outcomes], 0.99)) + " | "
     text += f"{shares}"
     if refused:
         text += f" (Retry-After on {with_retry_after} of {len(refused)})"
@@ -242,8 +245,8 @@ def run_line(run: Run, capacity: float, notify: bool) -> str:
 
 
 TABLE_HEAD = ("| rate | offered req/s (x capacity) | answered req/s | accepted req/s (x capacity) "
-              "| p50 | p90 | p99 | max | p99 accepted | p99 refused | shares |\n"
-              + "| --- " * 11 + "|")
+              "| p50 | p90 | p99 | max | p99 accepted | p99 refused | p99 of the client's own "
+              "lag | shares |\n" + "| --- " * 12 + "|")
 
 
 # -- the database checks ----------------------------------------------------------------------

@@ -11,6 +11,10 @@ a place, bounds the latency of those served and of those refused; the short wait
 burst (64 returns at once) that the places free up for within milliseconds. A refusal is
 decided before the throttle's Redis round trip, the parsing, the signature and the database.
 
+A queue that does not drain is refused at once too: once the last request handed a place
+had waited more than half of INTAKE_QUEUE_SECONDS, a new one that finds no place gets its 503
+now rather than after the wait (a burst drains within milliseconds and keeps its waits).
+
 A loop that has fallen behind (a timer of its own fires more than INTAKE_MAX_LAG_SECONDS
 late: it is handed more than its CPU serves, in connections and bytes before any request
 reaches this module) refuses at once whatever cannot start at once, without queueing it:
@@ -62,6 +66,8 @@ class Admission:
         self.waiting = 0  # returns waiting for the workers (paused)
         self.waiters: deque[asyncio.Future[bool]] = deque()
         self.lag = 0.0  # how late this loop's last timer fired, in seconds
+        # How long the last request handed a place had waited for it; 0 once none waits.
+        self.sojourn = 0.0
         self._watch: asyncio.TimerHandle | None = None
 
     def lag_watch(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -89,12 +95,19 @@ class Admission:
             return
         if self.behind():
             raise _busy(source, "the process is behind")
+        if self.waiters and self.sojourn > settings.INTAKE_QUEUE_SECONDS / 2:
+            # A standing queue, not a burst: the last request served had waited more than
+            # half the longest wait. The excess is steady; a wait would only end in a refusal.
+            raise _busy(source, "a queue that does not drain")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self.waiters.append(future)
         timer = loop.call_later(settings.INTAKE_QUEUE_SECONDS, _expire, future)
+        queued_at = loop.time()
         try:
             handed = await future  # True: a leaving request handed its place over
+            if handed:
+                self.sojourn = loop.time() - queued_at
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.result():
                 self.leave()  # handed a place just as it was cancelled
@@ -116,6 +129,7 @@ class Admission:
                 future.set_result(True)
                 return
         self.active -= 1
+        self.sojourn = 0.0
 
     @contextmanager
     def paused(self) -> Iterator[None]:

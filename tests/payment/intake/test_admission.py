@@ -173,3 +173,29 @@ def test_past_the_returns_waiting_for_the_workers_a_new_return_is_refused(settin
         return log
 
     assert _run(scenario) == ["a waits", "b busy 3", "c waits"]
+
+
+def test_a_queue_that_does_not_drain_refuses_newcomers_at_once() -> None:
+    async def scenario() -> tuple[list[str], float]:
+        log = list[str]()
+        a_done, others_done = asyncio.Event(), asyncio.Event()
+        held = [asyncio.create_task(_hold(a_done, log, "a")),
+                asyncio.create_task(_hold(others_done, log, "b"))]
+        await asyncio.sleep(0)
+        held.append(asyncio.create_task(_hold(others_done, log, "c")))  # waits
+        await asyncio.sleep(0.15)
+        a_done.set()  # c is handed a's place after 0.15 s: more than half the 0.2 s wait
+        await asyncio.sleep(0.01)
+        held.append(asyncio.create_task(_hold(others_done, log, "d")))  # waits again
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        await _hold(others_done, log, "e")  # a queue that stands: refused without waiting
+        refused_after = time.perf_counter() - started
+        others_done.set()
+        await asyncio.gather(*held)
+        return log, refused_after
+
+    log, refused_after = _run(scenario)
+
+    assert log[:4] == ["a in", "b in", "c in", "e busy 3"]
+    assert refused_after < 0.05
