@@ -11,15 +11,13 @@ a place, bounds the latency of those served and of those refused; the short wait
 burst (64 returns at once) that the places free up for within milliseconds. A refusal is
 decided before the throttle's Redis round trip, the parsing, the signature and the database.
 
-A queue that does not drain is refused at once too: once the last request handed a place
-had waited more than half of INTAKE_QUEUE_SECONDS, a new one that finds no place gets its 503
-now rather than after the wait (a burst drains within milliseconds and keeps its waits).
-
-A loop that has fallen behind (a timer of its own fires more than INTAKE_MAX_LAG_SECONDS
-late: it is handed more than its CPU serves, in connections and bytes before any request
-reaches this module) refuses at once whatever cannot start at once, without queueing it:
-waiting would only add to a lag every request already pays, and the refusal costs far less
-than the work it spares.
+A queue that does not drain is refused at once too: once a request has waited the whole
+INTAKE_QUEUE_SECONDS in vain, a new one that finds no place gets its 503 now rather than
+after the same wait, until a place is free again (a burst drains within milliseconds and
+keeps its waits). So is a loop that has fallen behind (LATE_TICKS of its own timers in a row
+fire more than INTAKE_MAX_LAG_SECONDS late: it is handed more than its CPU serves, in
+connections and bytes before any request reaches this module): waiting would only add to a
+lag every request already pays, and a refusal costs far less than the work it spares.
 
 A return that waits for the workers (up to RETURN_WAIT_SECONDS, on Redis, no CPU) is not work:
 it gives its place up when its event is stored and its wait begins. Those waits are bounded
@@ -66,8 +64,10 @@ class Admission:
         self.waiting = 0  # returns waiting for the workers (paused)
         self.waiters: deque[asyncio.Future[bool]] = deque()
         self.lag = 0.0  # how late this loop's last timer fired, in seconds
-        # How long the last request handed a place had waited for it; 0 once none waits.
-        self.sojourn = 0.0
+        self.late_ticks = 0  # how many of its timers in a row fired later than allowed
+        # Set when a request waited the whole INTAKE_QUEUE_SECONDS in vain (the queue does not
+        # drain); cleared when a place is free again.
+        self.shedding = False
         self._watch: asyncio.TimerHandle | None = None
 
     def lag_watch(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -78,13 +78,16 @@ class Admission:
     def _tick(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
         now = loop.time()
         self.lag = max(0.0, now - due)
+        limit = settings.INTAKE_MAX_LAG_SECONDS
+        self.late_ticks = self.late_ticks + 1 if limit > 0 and self.lag > limit else 0
         if self.waiters and self.behind():
             _behind(self)
         self._watch = loop.call_later(LAG_TICK, self._tick, loop, now + LAG_TICK)
 
     def behind(self) -> bool:
-        limit = settings.INTAKE_MAX_LAG_SECONDS
-        return bool(limit > 0 and self.lag > limit)
+        """Late for LATE_TICKS timers in a row: a steady excess, not one pause (a garbage
+        collection, another process taking the CPU for a moment)."""
+        return self.late_ticks >= LATE_TICKS
 
     async def enter(self, source: str) -> None:
         """Take a place, waiting for one at most INTAKE_QUEUE_SECONDS; else raise Busy.
@@ -92,22 +95,20 @@ class Admission:
         limit = settings.INTAKE_MAX_ACTIVE
         if not limit or (self.active < limit and not self.waiters):
             self.active += 1
+            self.shedding = False
             return
         if self.behind():
             raise _busy(source, "the process is behind")
-        if self.waiters and self.sojourn > settings.INTAKE_QUEUE_SECONDS / 2:
-            # A standing queue, not a burst: the last request served had waited more than
-            # half the longest wait. The excess is steady; a wait would only end in a refusal.
+        if self.shedding:
+            # The last wait ended in a refusal and no place has come free since: the excess
+            # is steady, not a burst, and another wait would end the same way.
             raise _busy(source, "a queue that does not drain")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self.waiters.append(future)
         timer = loop.call_later(settings.INTAKE_QUEUE_SECONDS, _expire, future)
-        queued_at = loop.time()
         try:
             handed = await future  # True: a leaving request handed its place over
-            if handed:
-                self.sojourn = loop.time() - queued_at
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.result():
                 self.leave()  # handed a place just as it was cancelled
@@ -119,6 +120,7 @@ class Admission:
         if not handed:
             if future in self.waiters:
                 self.waiters.remove(future)
+            self.shedding = True
             raise _busy(source, f"none done within {settings.INTAKE_QUEUE_SECONDS} s")
 
     def leave(self) -> None:
@@ -129,7 +131,7 @@ class Admission:
                 future.set_result(True)
                 return
         self.active -= 1
-        self.sojourn = 0.0
+        self.shedding = False
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -166,6 +168,7 @@ def _behind(admission: Admission) -> None:
 # How often a loop measures its own lag: often enough to see a backlog of a few requests'
 # worth, cheap enough to cost nothing (a timer callback every 10 ms).
 LAG_TICK = 0.01
+LATE_TICKS = 3
 
 
 _admissions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Admission]" = (
