@@ -258,8 +258,6 @@ PAYMENT_RETURN_CONFIRM_ATTEMPTS = env.int("PAYMENT_RETURN_CONFIRM_ATTEMPTS", def
 PAYMENT_CLAIM_LEASE_SECONDS = env_renamed(env.float, "PAYMENT_CLAIM_LEASE_SECONDS",
                                           old="PAYMENT_CLAIM_LEASE", default=60.0)
 PAYMENT_BATCH_SIZE = env.int("PAYMENT_BATCH_SIZE", default=500)
-# A wake-up's task takes batch after batch while they find events, for up to this long.
-PAYMENT_DRAIN_SECONDS = env.float("PAYMENT_DRAIN_SECONDS", default=0.0)
 PAYMENT_SWEEP_INTERVAL_SECONDS = env_renamed(env.float, "PAYMENT_SWEEP_INTERVAL_SECONDS",
                                              old="PAYMENT_SWEEP_INTERVAL", default=60.0)
 RECONCILE_AFTER_SECONDS = env_renamed(env.float, "RECONCILE_AFTER_SECONDS",

@@ -8,8 +8,6 @@ queued messages, the routes and the beat schedule (workers/celery.py, config/set
 tasks, and moving or renaming a function must not strand them.
 """
 import logging
-import time
-from collections import Counter
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -55,29 +53,16 @@ _RETRY = retry_policy().task_options()
 @shared_task(name="payment.tasks.events_process_task",
              base=LoggedGiveUp, autoretry_for=DATABASE_ERRORS, **_RETRY)
 def events_process_task(event_ids: list[int] | None = None) -> dict[str, int]:
-    """Claim and settle batches of due payment events: one batch, then another at once while
-    the last one found events, for up to PAYMENT_DRAIN_SECONDS (what arrived during a batch
-    needs no message of its own)."""
+    """Claim and settle one batch of due payment events."""
     wakeups.workers_wake_taken()
-    outcomes: Counter[str] = Counter()
-    deadline = time.monotonic() + settings.PAYMENT_DRAIN_SECONDS
-    retry_at = None
-    while True:
-        batch = events_process(limit=settings.PAYMENT_BATCH_SIZE, event_ids=event_ids)
-        outcomes.update(batch.outcomes)
-        if batch.retry_at is not None:
-            retry_at = batch.retry_at if retry_at is None else min(retry_at, batch.retry_at)
-        _refunds_send(batch.refunds)
-        if event_ids is not None or not batch.claimed:
-            break
-        if time.monotonic() >= deadline:
-            if batch.claimed >= settings.PAYMENT_BATCH_SIZE or settings.PAYMENT_DRAIN_SECONDS:
-                events_process_task.delay()  # more may be waiting: keep draining
-            break
-    if retry_at is not None:
-        countdown = max(0.0, (retry_at - timezone.now()).total_seconds())
+    batch = events_process(limit=settings.PAYMENT_BATCH_SIZE, event_ids=event_ids)
+    if batch.claimed >= settings.PAYMENT_BATCH_SIZE:
+        events_process_task.delay()  # more are waiting: keep draining
+    if batch.retry_at is not None:
+        countdown = max(0.0, (batch.retry_at - timezone.now()).total_seconds())
         events_process_task.apply_async(countdown=countdown)
-    return dict(outcomes)
+    _refunds_send(batch.refunds)
+    return batch.outcomes
 
 
 @shared_task(name="payment.tasks.refund_process_task",
