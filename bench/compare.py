@@ -867,8 +867,12 @@ def reconcile_row(bench: Bench) -> None:
     paid_ids = ids[::RECONCILE_ORDERS // RECONCILE_PAID]
     pay_at_sandbox(bench, paid_ids)
     control.set_faults(latency_ms=RECONCILE_LATENCY_MS, methods=["alipay.trade.query"])
+    sandbox = next(p for p in bench.stack.processes if p.name == "sandbox")
+    redis = next(p for p in bench.stack.processes if p.name == "redis")
     try:
-        with running(start_worker(bench)):
+        with running(start_worker(bench)) as worker, bench.profiled(
+                "reconciliation", {"worker": worker.pid, "sandbox": sandbox.pid,
+                                   "redis": redis.pid}) as profile:
             started_at = timezone.now()
             reconcile_dispatch()
 
@@ -880,6 +884,7 @@ def reconcile_row(bench: Bench) -> None:
             _, seconds = wait_count(lambda: checked() + paid_among(paid_ids),
                                     RECONCILE_ORDERS + len(paid_ids), bench.args.drain_timeout)
             checked_count, paid = checked(), paid_among(paid_ids)
+            profile.requests = checked_count
     finally:
         control.set_faults(latency_ms=0, methods=[])
     text = (f"{checked_count} checks in {seconds:.1f} s = {checked_count / seconds:.0f} "
@@ -1018,7 +1023,7 @@ def parse_args() -> argparse.Namespace:
                         help="seconds rows 4, 5 and 7 wait before reporting a partial rate")
     parser.add_argument("--memory", action="store_true", help="run row 8 (long)")
     parser.add_argument("--profile", action="store_true",
-                        help="CPU per request of every process during row 1")
+                        help="CPU per request of every process during rows 1 and 7")
     parser.add_argument("--spy", action="store_true",
                         help="with --profile: py-spy on the Python processes too (slows them)")
     parser.add_argument("--steps", default="",
