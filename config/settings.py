@@ -271,7 +271,7 @@ RECONCILE_CLAIM_LEASE_SECONDS = env.float("RECONCILE_CLAIM_LEASE_SECONDS", defau
 # Gateway threads per process (payment/gateway/pool.py): every batch of concurrent Alipay calls
 # (reconciliation, bills, returns) runs on them. Formerly RECONCILE_CONCURRENCY.
 GATEWAY_CONCURRENCY = env_renamed(env.int, "GATEWAY_CONCURRENCY", old="RECONCILE_CONCURRENCY",
-                                  default=32)
+                                  default=64)
 # Per-client throttles of the payment endpoints (payment/intake/throttle.py), `limits` notation.
 RETURN_RATE = env_renamed(env.str, "RETURN_RATE", old="PAYMENT_STATUS_RATE",
                           default="120/minute")
