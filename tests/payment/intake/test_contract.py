@@ -89,6 +89,9 @@ def test_return_params_pay_the_order(stack: IntakeStack, sandbox: SandboxControl
 def test_reloading_the_success_page_answers_the_trade_again(
     stack: IntakeStack, sandbox: SandboxControl
 ) -> None:
+    # The return is what pays: a notification applied before it arrives would leave no
+    # return stored at all (the first PUT answered from the payment, like the reloads).
+    sandbox.set_faults(notify_drop=True)
     _, order_id, params = stack.paid_order(sandbox)
     first = _put(stack, params)
     again = _put(stack, params)
