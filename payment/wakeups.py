@@ -3,9 +3,9 @@
 A worker that settles events pushes one item per event onto a short-lived Redis list
 (`payment:settled:<id>`), after its transaction commits: the event's outcome (its state, and
 the status of its payment when the worker knows it), so that the request answers without
-reading the database again. A waiting request blocks on that
-list with `BLPOP` from the event loop (no thread held), and puts the item back for any other
-request waiting on the same event. The list outlives the push for a minute, so a request that
+reading the database again. A waiting request blocks on that list with `BLPOP` from the
+event loop (no thread held), and puts the item back for any other request waiting on the
+same event. The list outlives the push for a minute, so a request that
 starts waiting just after the worker finished returns at once. Without Redis (the embedded
 defaults) the request polls the database from the event loop instead.
 """
