@@ -4,8 +4,8 @@
 process with a given command name such as `postgres`) before and after a load, so that a
 benchmark can divide by its request count. `spy_start`/`spy_summary` run `py-spy record` on
 a process tree in raw (collapsed-stack) form, only of threads holding the GIL (Python's own
-CPU, not its waits), and print the functions that held the most
-samples, inclusive and by themselves.
+CPU, not its waits), and print the functions that held the most samples, inclusive and by
+themselves.
 """
 import os
 import subprocess

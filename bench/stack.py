@@ -165,19 +165,9 @@ class Stack:
 
 def tree_rss(pid: int) -> int:
     """Resident memory in bytes of a process and all its descendants, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended while we looked
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        todo += children.get(current, [])
-        total += _rss(current)
-    return total
+    from bench.profiling import tree
+
+    return sum(_rss(member) for member in tree(pid))
 
 
 def _rss(pid: int) -> int:
