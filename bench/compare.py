@@ -1034,14 +1034,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-STEP_NAMES: dict[Callable[["Bench"], None], str] = {}
+# The names --steps takes, of the steps below.
+STEP_NAMES: dict[Callable[[Bench], None], str] = {
+    project_prepare: "set-up", baseline_rows: "baseline", careful_rows: "careful",
+    project_return_rows: "returns", notify_rows: "notify", queued_returns_row: "drain_returns",
+    reconcile_row: "reconcile", memory_row: "memory",
+}
 
 
 def main() -> None:
-    STEP_NAMES.update({project_prepare: "set-up", baseline_rows: "baseline",
-                       careful_rows: "careful", project_return_rows: "returns",
-                       notify_rows: "notify", queued_returns_row: "drain_returns",
-                       reconcile_row: "reconcile", memory_row: "memory"})
     args = parse_args()
     started = time.perf_counter()
     # The load comes from one address: the per-client throttles are counted but set high.
