@@ -2,6 +2,7 @@
 
 Reproduce:  .venv/bin/python bench/overload.py [--duration 8] [--rates 0.75,1,1.5,2]
             [--db ovl_overload] [--timeout 10] [--only notify|return] [--set NAME=VALUE]
+            [--proxy]
 
 The stack is compare.py's: the Procfile's `web:` and `worker:` lines (both running, as in
 production), a private redis-server, the sandbox, a fresh PostgreSQL database. For each
@@ -17,6 +18,10 @@ endpoint:
    would), every return not answered 200/202 is sent again (as a reload would), and then, in
    the database, every order whose notification or return was accepted is paid, with exactly
    one Payment. Exits non-zero when a payment is lost or applied twice.
+
+With --proxy, the load goes through deploy/nginx.conf in a real nginx in front of the web (its
+per-client rates lifted: the driver is one address), as production serves it: past the
+requests in flight a replica takes, nginx refuses before Python sees the request.
 
 Notifications are signed TRADE_SUCCESS forms for unpaid orders (compare.py's), returns are
 trades paid at the sandbox with its notifications dropped (so the return is what pays; each
@@ -46,7 +51,7 @@ from bench.compare import (  # noqa: E402
     wait_count,
 )
 from bench.stack import ROOT, Stack, machine, percentile  # noqa: E402
-from tests.support import ManagedProcess  # noqa: E402
+from tests.support import NGINX, ManagedProcess, Proxy  # noqa: E402
 
 DB_NAME = "ovl_overload"
 STATUS_PATH = "/payment/status/"
@@ -316,6 +321,7 @@ class Bench:
         self.started = 0
         self.failures: list[str] = []
         self.tables: list[str] = []
+        self.proxy: Proxy | None = None
 
     def web(self) -> ManagedProcess:
         self.started += 1
@@ -330,7 +336,18 @@ class Bench:
         return process
 
     def client(self) -> Client:
-        return Client("127.0.0.1", self.stack.web_port, self.args.timeout)
+        port = self.proxy.port if self.proxy else self.stack.web_port
+        return Client("127.0.0.1", port, self.args.timeout)
+
+    def proxy_start(self) -> None:
+        """deploy/nginx.conf in front of the web, its per-client rates out of the way."""
+        if NGINX is None:
+            sys.exit("--proxy needs nginx (apt-get install nginx-light)")
+        directory = self.stack.tmp / "nginx"
+        self.proxy = Proxy(directory, self.stack.web_port, tls=False,
+                           changes={"rate=5r/s": "rate=1000000r/s",
+                                    "rate=100r/s": "rate=1000000r/s"})
+        self.stack.processes.append(self.proxy.start(self.stack.tmp))
 
 
 def sized(capacity_guess: int, args: argparse.Namespace) -> int:
@@ -377,7 +394,8 @@ async def measure(bench: Bench, name: str, ids: list[str], send: Send, notify: b
               f"{time.perf_counter() - started:.1f} s, {client.opened} connections opened so "
               f"far", flush=True)
         print("  " + run_line(run, capacity, notify), flush=True)
-    table = [f"{name}: capacity {capacity:.0f} req/s (closed loop, "
+    via = " through nginx (deploy/nginx.conf)" if bench.proxy else ""
+    table = [f"{name}{via}: capacity {capacity:.0f} req/s (closed loop, "
              f"{CAPACITY_CONNECTIONS} in flight); {args.duration} s per rate; "
              f"client time-out {args.timeout:g} s", TABLE_HEAD]
     table += [run_line(run, capacity, notify) for run in runs]
@@ -451,6 +469,8 @@ def reproduce(args: argparse.Namespace) -> str:
         command += f" --only {args.only}"
     command += f" --notify-guess {args.notify_guess} --return-guess {args.return_guess}"
     command += "".join(f" --set {setting}" for setting in args.set)
+    if args.proxy:
+        command += " --proxy"
     return command
 
 
@@ -470,6 +490,8 @@ def parse_args() -> argparse.Namespace:
                         help="cap on the trades paid at the sandbox")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for every process started (e.g. INTAKE_MAX_ACTIVE=0)")
+    parser.add_argument("--proxy", action="store_true",
+                        help="through deploy/nginx.conf in a real nginx, as production serves")
     return parser.parse_args()
 
 
@@ -489,6 +511,8 @@ def main() -> None:
         from shop.models import User
 
         bench.user = User.objects.create(username="bench-overload")
+        if args.proxy:
+            bench.proxy_start()
         print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}; logs in "
               f"{stack.tmp}", flush=True)
         if args.only != "return":

@@ -1,6 +1,8 @@
 """Helpers shared by the tests: processes, HTTP clients and Alipay-style signing."""
 import base64
+import datetime
 import os
+import shutil
 import socket
 import sys
 import urllib.parse
@@ -8,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
 
 # The one launcher and its helpers, shared with the benchmarks and the sandbox's own tests.
 from alipay_sandbox.testing import (  # noqa: F401  (re-exported)
@@ -185,3 +189,76 @@ def signed_return(order_id: str, amount: str, trade_no: str, private_key_pem: by
         **changes,
     }
     return sign_params(params, private_key_pem)
+
+
+# -- the production proxy, run here -----------------------------------------------------------
+
+NGINX = shutil.which("nginx") or next(
+    (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(path).exists()), None)
+NGINX_CONFIG = ROOT / "deploy" / "nginx.conf"
+TLS_SNIPPET = ROOT / "deploy" / "tls.conf"
+
+
+def _self_signed(directory: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "fullchain.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (directory / "privkey.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+
+
+class Proxy:
+    """deploy/nginx.conf with this machine's addresses: the upstream, the ports, the folders,
+    and any `changes` (text -> replacement, every occurrence) a test or benchmark makes."""
+
+    def __init__(self, directory: Path, upstream_port: int, tls: bool,
+                 changes: dict[str, str] | None = None) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.tls_port = free_port() if tls else None
+        tls_dir = directory / "tls"
+        tls_dir.mkdir(parents=True)
+        if tls:
+            _self_signed(tls_dir)
+            snippet = TLS_SNIPPET.read_text().replace("listen 443 ssl;",
+                                                      f"listen 127.0.0.1:{self.tls_port} ssl;")
+            (tls_dir / "tls.conf").write_text(snippet.replace("/etc/nginx/tls/", f"{tls_dir}/"))
+        temp_paths = "".join(f"    {kind}_temp_path {directory / kind};\n"
+                             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        text = NGINX_CONFIG.read_text()
+        for old, new in (
+            # `resolve` needs nginx 1.27.3 (the image's is newer) and a name Docker's DNS
+            # knows; every upstream names the same replicas.
+            ("web:8000 resolve", f"127.0.0.1:{upstream_port}"),
+            ("listen 80 default_server;", f"listen 127.0.0.1:{self.port} default_server;"),
+            ("include /etc/nginx/tls/*.conf;", f"include {tls_dir}/*.conf;"),
+            ("http {\n", "http {\n" + temp_paths),
+            *(changes or {}).items(),
+        ):
+            assert old in text, old
+            text = text.replace(old, new)
+        self.config = directory / "nginx.conf"
+        self.config.write_text(text)
+
+    def args(self, *extra: str) -> list[str]:
+        assert NGINX is not None
+        return [NGINX, "-p", str(self.directory), "-e", str(self.directory / "error.log"),
+                "-c", str(self.config),
+                "-g", f"daemon off; pid {self.directory / 'nginx.pid'}; user root;", *extra]
+
+    def start(self, log_dir: Path, name: str = "nginx") -> ManagedProcess:
+        process = ManagedProcess(name, self.args(), {"PATH": "/usr/sbin:/usr/bin:/bin"},
+                                 log_dir).start()
+        wait_for_port(self.port)
+        if self.tls_port is not None:
+            wait_for_port(self.tls_port)
+        return process

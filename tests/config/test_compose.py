@@ -349,8 +349,9 @@ def test_proxy_sets_forwarded_and_security_headers_and_limits_payment_and_login(
     assert "X-Forwarded-Proto $scheme" in headers["proxy_set_header"]
     assert "Host $http_host" in headers["proxy_set_header"]  # the port too, as Origin has it
     added = {value.split()[0]: value for value in headers["add_header"]}
+    # (Retry-After: on the proxy's own refusals of payment requests, below.)
     assert set(added) == {"X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy",
-                          "Strict-Transport-Security"}
+                          "Strict-Transport-Security", "Retry-After"}
     assert all(value.endswith(" always") for value in added.values())
     assert re.search(r'""\s+nosniff;', text) and re.search(r'""\s+DENY;', text)
     assert re.search(r'https\s+"max-age=\d+', text)  # HSTS over TLS only
@@ -360,11 +361,21 @@ def test_proxy_sets_forwarded_and_security_headers_and_limits_payment_and_login(
     assert re.search(r"map \$request_method \$login_attempt \{\s+POST\s+\$binary_remote_addr;",
                      text)  # per client, sign-in attempts only
     locations = dict(re.findall(r"location = (\S+) \{([^}]*)\}", text))
-    for path, zone in (("/payment/status/", "payment_return"),
-                       ("/payment/alipay/notify/", "payment_notify"), ("/login/", "login"),
-                       ("/admin/login/", "login"), ("/authorizations/", "login")):
+    for path, zone, upstream in (
+            ("/payment/status/", "payment_return", "web_return"),
+            ("/payment/alipay/notify/", "payment_notify", "web_notify"),
+            ("/login/", "login", "web"), ("/admin/login/", "login", "web"),
+            ("/authorizations/", "login", "web")):
         assert f"limit_req zone={zone} " in locations[path], path
-        assert "proxy_pass http://web;" in locations[path], path
+        assert f"proxy_pass http://{upstream};" in locations[path], path
+    # A payment request no replica can take is refused by the proxy, with Retry-After, in
+    # the endpoint's own words (`fail` for Alipay); the web's own answers pass through.
+    busy = dict(re.findall(r"location @(\w+) \{([^}]*)\}", text))
+    for path, name, answer in (("/payment/status/", "return_busy", "return 503 '{"),
+                               ("/payment/alipay/notify/", "notify_busy", 'return 503 "fail";')):
+        assert f"error_page 502 = @{name};" in locations[path], path
+        assert answer in busy[name] and "add_header Retry-After 1 always;" in busy[name], name
+    assert "proxy_intercept_errors" not in text
 
 
 def test_dockerfile_installs_the_project_and_runs_unprivileged() -> None:
@@ -449,20 +460,23 @@ def test_beat_replicas_share_one_lock_in_redis(services: dict) -> None:
 
 def test_proxy_spreads_requests_over_every_web_replica(services: dict) -> None:
     text = NGINX_CONF.read_text()
-    upstream = re.search(r"upstream web \{([^}]*)\}", text)
-    assert upstream is not None
-    servers = re.findall(r"^\s*server\s+([^;]+);", upstream.group(1), re.MULTILINE)
-    # One name standing for every replica, asked again as replicas come and go...
-    assert servers == ["web:8000 resolve"]
-    assert re.search(r"^\s*zone web \d+k;", upstream.group(1), re.MULTILINE)
+    upstreams = dict(re.findall(r"upstream (\w+) \{([^}]*)\}", text))
+    # Pages, then each payment endpoint with its own bound of requests in flight per replica.
+    assert set(upstreams) == {"web", "web_notify", "web_return"}
+    for name, body in upstreams.items():
+        servers = re.findall(r"^\s*server\s+([^;]+);", body, re.MULTILINE)
+        # One name standing for every replica, asked again as replicas come and go...
+        bound = "" if name == "web" else r" max_conns=\d+"
+        assert len(servers) == 1 and re.fullmatch(f"web:8000 resolve{bound}", servers[0]), name
+        assert re.search(rf"^\s*zone {name} \d+k;", body, re.MULTILINE), name
+        assert "keepalive 32;" in body, name
     # ...of Docker's embedded DNS, often enough to notice a replaced container.
     resolver = re.search(r"^\s*resolver 127\.0\.0\.11 valid=(\d+)s ipv6=off;", text,
                          re.MULTILINE)
     assert resolver is not None and 0 < int(resolver.group(1)) <= 30
-    assert "keepalive 32;" in upstream.group(1)
     # `resolve` in a plain upstream needs nginx 1.27.3 or later.
     version = re.fullmatch(r"nginx:(\d+)\.(\d+)(?:\.(\d+))?-alpine", services["proxy"]["image"])
     assert version is not None
     assert tuple(int(part or 0) for part in version.groups()) >= (1, 27, 3)
     passes = set(re.findall(r"proxy_pass ([^;]+);", text))
-    assert passes == {"http://web"}
+    assert passes == {f"http://{name}" for name in upstreams}

@@ -3,13 +3,14 @@ it (with and without TLS), client addresses come from the proxy and nowhere else
 headers are on every answer (the payment endpoints have no Django middleware), large bodies
 and bursts of sign-in attempts are refused. Skipped where nginx is not installed
 (apt-get install nginx-light)."""
-import datetime
 import http.client
 import ipaddress
+import json
 import re
-import shutil
+import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -17,18 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from payment.models import RefusedRequest
 from shop.models import User
 from tests.config.compose import PRODUCTION_VARIABLES, service_environment
 from tests.support import (
-    ROOT,
+    NGINX,
     ManagedProcess,
+    Proxy,
     free_port,
     process_fixture,
     procfile_command,
@@ -37,65 +35,7 @@ from tests.support import (
     wait_for_port,
 )
 
-NGINX = shutil.which("nginx") or next(
-    (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(path).exists()), None)
-CONFIG = ROOT / "deploy" / "nginx.conf"
-TLS_SNIPPET = ROOT / "deploy" / "tls.conf"
-
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _self_signed(directory: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "fullchain.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (directory / "privkey.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-
-
-class Proxy:
-    """deploy/nginx.conf with this machine's addresses: the upstream, the ports, the folders."""
-
-    def __init__(self, directory: Path, upstream_port: int, tls: bool) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.tls_port = free_port() if tls else None
-        tls_dir = directory / "tls"
-        tls_dir.mkdir(parents=True)
-        if tls:
-            _self_signed(tls_dir)
-            snippet = TLS_SNIPPET.read_text().replace("listen 443 ssl;",
-                                                      f"listen 127.0.0.1:{self.tls_port} ssl;")
-            (tls_dir / "tls.conf").write_text(snippet.replace("/etc/nginx/tls/", f"{tls_dir}/"))
-        temp_paths = "".join(f"    {kind}_temp_path {directory / kind};\n"
-                             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        text = CONFIG.read_text()
-        for old, new in (
-            # `resolve` needs nginx 1.27.3 (the image's is newer) and a name Docker's DNS knows.
-            ("server web:8000 resolve;", f"server 127.0.0.1:{upstream_port};"),
-            ("listen 80 default_server;", f"listen 127.0.0.1:{self.port} default_server;"),
-            ("include /etc/nginx/tls/*.conf;", f"include {tls_dir}/*.conf;"),
-            ("http {\n", "http {\n" + temp_paths),
-        ):
-            assert old in text, old
-            text = text.replace(old, new, 1)
-        self.config = directory / "nginx.conf"
-        self.config.write_text(text)
-
-    def args(self, *extra: str) -> list[str]:
-        assert NGINX is not None
-        return [NGINX, "-p", str(self.directory), "-e", str(self.directory / "error.log"),
-                "-c", str(self.config),
-                "-g", f"daemon off; pid {self.directory / 'nginx.pid'}; user root;", *extra]
 
 
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
@@ -122,11 +62,7 @@ def proxy(
         pytest.skip("nginx is not installed")
     upstream_port = int(urllib.parse.urlsplit(asgi_web).port or 80)
     running = Proxy(tmp_path_factory.mktemp("nginx"), upstream_port, tls=True)
-    process = ManagedProcess("nginx", running.args(), {"PATH": "/usr/sbin:/usr/bin:/bin"},
-                             log_dir).start()
-    wait_for_port(running.port)
-    assert running.tls_port is not None
-    wait_for_port(running.tls_port)
+    process = running.start(log_dir)
     yield running
     process.stop()
 
@@ -282,3 +218,100 @@ def test_forwarded_headers_are_believed_only_from_the_compose_network(
 
     assert status == 403
     assert _recorded_sender(out_trade_no) == "127.0.0.1"
+
+
+class _Stalling:
+    """A web that takes connections and never answers: every request to it stays in flight."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.server.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.held.append(connection)
+
+    def close(self) -> None:
+        self.server.close()
+        for connection in self.held:
+            connection.close()
+
+
+def _sent_and_left(port: int, method: str, path: str, body: bytes = b"") -> socket.socket:
+    """A request sent whole, its answer not read (it stays in flight at the proxy)."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=15)
+    client.sendall(f"{method} {path} HTTP/1.1\r\nHost: shop\r\n"
+                   "Content-Type: application/x-www-form-urlencoded\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return client
+
+
+BUSY_CHANGES = {"max_conns=48;": "max_conns=2;", "max_conns=64;": "max_conns=2;"}
+
+
+@pytest.mark.slow
+@needs_nginx
+def test_past_the_requests_in_flight_a_replica_takes_the_proxy_refuses_at_once(
+    log_dir: Path, tmp_path: Path, dev_keys: Path,
+) -> None:
+    """Each payment endpoint has its own bound of requests in flight per replica: past it,
+    503 with Retry-After at once (`fail` to Alipay, which delivers again), nothing passed on;
+    the other endpoint and the pages are not held up by it."""
+    web = _Stalling()
+    proxy = Proxy(tmp_path, web.port, tls=False, changes=BUSY_CHANGES)
+    process = proxy.start(log_dir, name="nginx-busy")
+    _, return_path = _forged_return(dev_keys)
+    left: list[socket.socket] = []
+    try:
+        left += [_sent_and_left(proxy.port, "POST", "/payment/alipay/notify/", b"a=1")
+                 for _ in range(2)]
+        wait_for(lambda: len(web.held) == 2, 10)
+        started = time.monotonic()
+        notify = _request(proxy.port, "POST", "/payment/alipay/notify/", body=b"a=2",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+        notify_seconds = time.monotonic() - started
+        left += [_sent_and_left(proxy.port, "PUT", return_path) for _ in range(2)]
+        wait_for(lambda: len(web.held) == 4, 10)  # the returns' own two places
+        returned = _request(proxy.port, "PUT", return_path)
+        passed_on = len(web.held)
+    finally:
+        for client in left:
+            client.close()
+        process.stop()
+        web.close()
+
+    status, headers, body = notify
+    assert (status, body) == (503, b"fail")
+    assert headers["Retry-After"] == "1"
+    assert headers["Content-Type"].startswith("text/plain")
+    assert headers.get_all("X-Content-Type-Options") == ["nosniff"]
+    assert notify_seconds < 2  # refused, not queued behind the two in flight
+    status, headers, body = returned
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert json.loads(body)["message"].startswith("Payments are busy")
+    assert passed_on == 4  # neither refusal reached the web
+
+
+@pytest.mark.slow
+@needs_nginx
+def test_a_web_that_cannot_be_reached_gets_alipay_a_fail_it_retries(
+    log_dir: Path, tmp_path: Path,
+) -> None:
+    proxy = Proxy(tmp_path, free_port(), tls=False)  # nothing listens there
+    process = proxy.start(log_dir, name="nginx-no-web")
+    try:
+        status, headers, body = _request(
+            proxy.port, "POST", "/payment/alipay/notify/", body=b"a=1",
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        page_status = _request(proxy.port, "GET", "/")[0]
+    finally:
+        process.stop()
+
+    assert (status, body, headers["Retry-After"]) == (503, b"fail", "1")
+    assert page_status == 502  # pages are not Alipay's: the proxy's own error
