@@ -3,8 +3,8 @@
 A worker that settles events pushes one item per event onto a short-lived Redis list
 (`payment:settled:<id>`), after its transaction commits: the event's outcome (its state, and
 the status of its payment when the worker knows it), so that the request answers without
-reading the database again. A waiting request blocks on that list with `BLPOP` from the
-event loop (no thread held), and puts the item back for any other request waiting on the
+reading the database again. A waiting request blocks on that list with `BLMOVE` from the
+event loop (no thread held), which puts the item back for any other request waiting on the
 same event. The list outlives the push for a minute, so a request that
 starts waiting just after the worker finished returns at once. Without Redis (the embedded
 defaults) the request polls the database from the event loop instead.
@@ -109,15 +109,14 @@ async def event_settled_wait(
         return None
     try:
         async with redis_client.async_client() as client:
-            found = await client.blpop([_key(event_id)], timeout=timeout)
-            if found is None:
-                return None
-            # Passed on to the next request waiting for the same event.
-            pipe = client.pipeline(transaction=False)
-            pipe.rpush(_key(event_id), found[1])
-            pipe.expire(_key(event_id), KEY_TTL)
-            await pipe.execute()
-            return outcome_parse(found[1])
+            # Taken from the head and put back at the tail in one step (the list never
+            # empties, so it keeps the worker's expiry): the next request waiting for the
+            # same event finds it too.
+            # (redis-py's hint says int; Redis takes seconds with decimals, as BLPOP did.)
+            found = await client.blmove(_key(event_id), _key(event_id),
+                                        timeout,  # type: ignore[arg-type]
+                                        src="LEFT", dest="RIGHT")
+            return outcome_parse(found)
     except redis.RedisError as exc:
         logger.warning("waiting through Redis failed event_id=%s error=%s; polling",
                        event_id, type(exc).__name__)

@@ -72,3 +72,31 @@ def test_every_waiter_is_handed_the_outcome_once_the_batch_commits(redis_url: st
 
 async def _never() -> bool:
     return False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiters_blocked_before_the_outcome_all_get_it_and_it_still_expires(
+    redis_url: str,
+) -> None:
+    event_id = uuid.uuid4().int % 10**9 + 2 * 10**9
+    key = f"payment:settled:{event_id}"
+
+    async def three_waiting_then_a_push() -> list[tuple[str, str] | None]:
+        redis_client.server_loop_started(asyncio.get_running_loop())
+        try:
+            waiting = [asyncio.create_task(wakeups.event_settled_wait(
+                event_id=event_id, timeout=3, is_settled=_never)) for _ in range(3)]
+            await asyncio.sleep(0.3)  # all three blocked on the empty list
+            await asyncio.to_thread(wakeups._push, {event_id: wakeups.outcome_text(
+                EventState.REJECTED)})
+            return list(await asyncio.gather(*waiting))
+        finally:
+            await redis_client.server_loop_stopping(asyncio.get_running_loop())
+
+    with ThreadPoolExecutor(1) as thread:
+        handed = thread.submit(lambda: asyncio.run(three_waiting_then_a_push())).result()
+
+    assert handed == [("rejected", "")] * 3
+    server = redis.Redis.from_url(redis_url)
+    assert server.llen(key) == 1  # taken and put back: still there for a late reload
+    assert 0 < server.ttl(key) <= wakeups.KEY_TTL  # and gone within a minute
