@@ -60,3 +60,18 @@ def browser() -> Iterator[Any]:
         )
         yield browser
         browser.close()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The chaos run, when selected, starts now and runs beside the rest (tests/test_chaos.py)."""
+    from tests import test_chaos
+
+    if not session.config.option.collectonly and any(
+            item.nodeid == test_chaos.NODE_ID for item in session.items):
+        test_chaos.chaos_start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests import test_chaos
+
+    test_chaos.chaos_stop()

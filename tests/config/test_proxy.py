@@ -252,7 +252,7 @@ def _sent_and_left(port: int, method: str, path: str, body: bytes = b"") -> sock
     return client
 
 
-BUSY_CHANGES = {"max_conns=48;": "max_conns=2;", "max_conns=64;": "max_conns=2;"}
+BUSY_CHANGES = {"max_conns=64;": "max_conns=2;", "max_conns=96;": "max_conns=2;"}
 
 
 @pytest.mark.slow
