@@ -48,16 +48,20 @@ def orders_reconcile(*, order_ids: list[str]) -> Reconciled:
     however many queries are in flight.
     """
     started = time.perf_counter()
-    attempts = list(PaymentAttempt.objects.select_related("order").filter(order_id__in=order_ids))
+    # Rows, not model instances: building two instances per check was a tenth of the
+    # worker's CPU in reconciliation.
+    attempts = [_Check(order_id, status, checks) for order_id, status, checks in
+                PaymentAttempt.objects.filter(order_id__in=order_ids).values_list(
+                    "order_id", "order__status", "checks")]
     result = Reconciled()
     now = timezone.now()
-    unpaid = [a for a in attempts if a.order.status == OrderInfo.Status.UNPAID]
+    unpaid = [a for a in attempts if a.status == OrderInfo.Status.UNPAID]
     for attempt in attempts:
-        if attempt.order.status != OrderInfo.Status.UNPAID:
+        if attempt.status != OrderInfo.Status.UNPAID:
             _check_note(attempt, "settled", None, now)
             result.count("settled")
     answers = list(gateway.call_pool().map(_trade_ask, [a.order_id for a in unpaid]))
-    paid: list[tuple[PaymentAttempt, gateway.TradeStatus]] = []
+    paid: list[tuple[_Check, gateway.TradeStatus]] = []
     for attempt, answer in zip(unpaid, answers, strict=True):
         if isinstance(answer, Exception):
             # Retried by a later run, sooner than an unpaid order would be.
@@ -88,8 +92,21 @@ def orders_reconcile(*, order_ids: list[str]) -> Reconciled:
     return result
 
 
+@dataclass
+class _Check:
+    """A claimed check: its order, the order's status, and what is written back."""
+
+    order_id: str
+    status: int
+    checks: int
+    last_checked_at: datetime | None = None
+    last_check_result: str = ""
+    next_check_at: datetime | None = None
+    claimed_until: datetime | None = None
+
+
 def _check_note(
-    attempt: PaymentAttempt, result: str, next_check_at: datetime | None, now: datetime
+    attempt: _Check, result: str, next_check_at: datetime | None, now: datetime
 ) -> None:
     """Record a check's result and next time on the row, and release its claim."""
     attempt.checks += 1
