@@ -87,3 +87,4 @@ def test_two_minutes_of_chaos_keep_the_books_right() -> None:
     injected = re.search(r"^\| total \| (\d+) \|$", output, re.MULTILINE)
     assert injected and int(injected.group(1)) > 0, output[-5000:]
     assert code == 0, output[-5000:]
+    run.output.unlink()  # kept when the run failed, for a closer look
