@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
+from payment.intake.admission import Busy
 from payment.models import RefusedRequest
 from shop.models import User
 from tests.config.compose import PRODUCTION_VARIABLES, service_environment
@@ -294,7 +295,7 @@ def test_past_the_requests_in_flight_a_replica_takes_the_proxy_refuses_at_once(
     assert notify_seconds < 2  # refused, not queued behind the two in flight
     status, headers, body = returned
     assert status == 503 and headers["Retry-After"] == "1"
-    assert json.loads(body)["message"].startswith("Payments are busy")
+    assert json.loads(body) == {"message": str(Busy(1))}  # the web's own words for it
     assert passed_on == 4  # neither refusal reached the web
 
 
