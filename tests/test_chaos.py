@@ -4,9 +4,10 @@ invariant checked against the sandbox's books.
 
 It needs nothing the other tests use (its own PostgreSQL cluster, Redis, sandbox, web and
 workers on free ports), so when the suite selects it, it starts as soon as collection ends
-(tests/conftest.py) and runs beside the other tests at a lower CPU priority (`nice`): it takes
+(conftest.py) and runs beside the other tests at a lower CPU priority (`nice`): it takes
 the CPU they leave while they wait on their processes, without slowing their timing. The test
 itself waits for its end and reads its report."""
+import os
 import re
 import signal
 import subprocess
@@ -29,8 +30,9 @@ class ChaosRun:
     """The one chaos run of a session, its output in a file (a pipe could fill and stop it)."""
 
     def __init__(self) -> None:
-        self.output = Path(tempfile.mkstemp(prefix="chaos-", suffix=".log")[1])
-        with self.output.open("w") as sink:
+        descriptor, name = tempfile.mkstemp(prefix="chaos-", suffix=".log")
+        self.output = Path(name)
+        with os.fdopen(descriptor, "w") as sink:
             self.process = subprocess.Popen(
                 ["nice", "-n", str(NICENESS), sys.executable, "bench/chaos.py",
                  "--seconds", "120", "--seed", "1", "--redis-port", str(free_port())],
