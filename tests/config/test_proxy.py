@@ -286,6 +286,7 @@ def test_past_the_requests_in_flight_a_replica_takes_the_proxy_refuses_at_once(
             client.close()
         process.stop()
         web.close()
+    logged = process.log_text() + (tmp_path / "error.log").read_text(errors="replace")
 
     status, headers, body = notify
     assert (status, body) == (503, b"fail")
@@ -297,6 +298,8 @@ def test_past_the_requests_in_flight_a_replica_takes_the_proxy_refuses_at_once(
     assert status == 503 and headers["Retry-After"] == "1"
     assert json.loads(body) == {"message": str(Busy(1))}  # the web's own words for it
     assert passed_on == 4  # neither refusal reached the web
+    # nginx's error lines quote the request line: not a return's signed query string.
+    assert "/payment/status/ " in logged and "sign=" not in logged
 
 
 @pytest.mark.slow
