@@ -306,4 +306,3 @@ def asgi_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     wait_for_port(port)
     yield f"http://127.0.0.1:{port}"
     web.stop()
-
