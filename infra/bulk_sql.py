@@ -31,9 +31,7 @@ def rows_update(
         return 0
     sql, params = rows_update_sql(model=model, columns=columns, rows=rows,
                                   expressions=expressions, where=where)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return int(cursor.rowcount)
+    return rows_execute(sql, params)
 
 
 def rows_updated(

@@ -340,9 +340,10 @@ def _trades_proven_paid(
 ) -> set[str]:
     """Returned trades that need no trade query: already a payment of the same order, or a
     verified TRADE_SUCCESS notification for the same trade (in this batch or stored)."""
-    trade_nos = sorted({r.trade_no for r in returns})
+    returned_trades = {r.trade_no for r in returns}
+    trade_nos = sorted(returned_trades)
     returned = {(r.trade_no, r.order_id) for r in returns}
-    proven = {p.trade_no for p in paid_in_batch if p.trade_no in set(trade_nos)}
+    proven = {p.trade_no for p in paid_in_batch if p.trade_no in returned_trades}
     rows = rows_select(_PROOFS_SQL.format(marks(trade_nos), marks(trade_nos)),
                        [*trade_nos, EventSource.NOTIFY, *trade_nos])
     proven |= {trade_no for trade_no, order_id, raw, _ in rows
