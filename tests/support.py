@@ -45,6 +45,20 @@ def query_params(url: str) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True))
 
 
+# `make test` runs the suite in two processes (pytest-xdist): each has its own Redis databases,
+# or one's workers would take the other's tasks. The first uses 14 (the session's broker) and
+# 10-12 for the tests that want one of their own; the second 13 (config/settings_test.py) and
+# 7-9.
+XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+SPARE_REDIS_DBS = (10, 11, 12)
+
+
+def redis_url(spare: int, base: str = "redis://127.0.0.1:6379/0") -> str:
+    """Spare Redis database `spare` (10, 11 or 12) of this test process, on base's server."""
+    assert spare in SPARE_REDIS_DBS, spare
+    return f"{base.rsplit('/', 1)[0]}/{spare - len(SPARE_REDIS_DBS) * XDIST_INDEX}"
+
+
 def process_env(**changes: str) -> dict[str, str]:
     """The environment for a process a test starts: this one's, with config.settings (what
     production runs; pytest runs config.settings_test) and the test run's throttle rates."""

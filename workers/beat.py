@@ -17,6 +17,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockNotOwnedError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from workers.celery import startup_require
+
 logger = logging.getLogger(__name__)
 
 REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
@@ -33,6 +35,7 @@ OWN_SETTINGS = (
 
 class LockedScheduler(RedBeatScheduler):  # type: ignore[misc]
     def __init__(self, app: Celery, **kwargs: Any) -> None:
+        startup_require()  # before the schedule is written: a refused beat changes nothing
         for name in OWN_SETTINGS:
             app.conf[name] = app.conf[name]
         super().__init__(app, **kwargs)

@@ -4,6 +4,7 @@
 queue; reconciliation and expiry on `reconcile`, so that bulk work never delays a buyer.
 The same routes serve Redis and RabbitMQ; on RabbitMQ the queues are quorum queues.
 """
+import functools
 import math
 import os
 from pathlib import Path
@@ -73,14 +74,23 @@ app.conf.worker_hijack_root_logger = False
 app.autodiscover_tasks()
 
 
-@signals.worker_init.connect
-@signals.beat_init.connect
-def _startup_require(**kwargs: Any) -> None:
+@functools.cache
+def startup_require() -> None:
+    """Stop the process, naming each problem, when its keys or settings are unusable; once per
+    process. Beat's Redis scheduler calls it before it writes the schedule (workers/beat.py):
+    Celery builds the scheduler before `beat_init`, and a beat refused there had already
+    replaced the running beat's schedule with its own."""
     from infra.checks import checks_require
     from payment.gateway import keys_require
 
     keys_require()
     checks_require()
+
+
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _startup_require(**kwargs: Any) -> None:
+    startup_require()
 
 
 @signals.worker_process_init.connect

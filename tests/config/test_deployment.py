@@ -8,13 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 from django.conf import settings
 from django.db import connection
 
 from shop.models import User
 from tests.config.compose import PRODUCTION_VARIABLES, resolved, service_environment
-from tests.support import ROOT, ManagedProcess, free_port, procfile_command, wait_for_port
+from tests.support import (
+    ROOT,
+    ManagedProcess,
+    free_port,
+    procfile_command,
+    redis_url,
+    wait_for_port,
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +97,13 @@ def test_each_unsafe_production_setting_stops_manage_py_with_its_message(
 def test_every_entry_point_refuses_to_start_in_production_without_a_seller_id(
     production_env: dict[str, str], entry_point: str, tmp_path: Path,
 ) -> None:
+    # A Redis of its own, reachable: the refusal comes before anything is written there (a
+    # beat refused after its scheduler was built had replaced the running beat's schedule).
+    broker = redis_url(12, settings.CELERY_BROKER_URL)
+    redis.Redis.from_url(broker).flushdb()
     env = {
         **_without(production_env, "ALIPAY_SELLER_ID"),
-        # Reachable services, although the refusal comes before any connection.
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_BROKER_URL": broker,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "WEB_BIND": f"127.0.0.1:{free_port()}",
     }
@@ -108,6 +119,7 @@ def test_every_entry_point_refuses_to_start_in_production_without_a_seller_id(
     assert "error: (shop.E007) ALIPAY_SELLER_ID is empty" in output, output
     assert "start-up refused: 1 system check error(s)" in output
     assert "Traceback" not in output
+    assert redis.Redis.from_url(broker).keys("*") == []
     if entry_point == "web":
         assert result.returncode == 3  # gunicorn's "worker failed to boot": the master stops
         assert "Reason: Worker failed to boot." in output
