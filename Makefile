@@ -65,9 +65,14 @@ run: prepare
 	@# Ctrl-C ends honcho with 130: the normal way to stop, not an error.
 	@$(BIN)/honcho start -f Procfile || [ $$? -eq 130 ]
 
+# Two pytest processes (pytest-xdist), a test module at a time each: most of the slow tier
+# waits on the processes it starts. Each has its own test database and Redis databases
+# (config/settings_test.py, tests/support.py); TEST_PROCESSES=0 runs the suite in one.
+TEST_PROCESSES ?= 2
+
 test: install-test lint
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
-		$(BIN)/python -m pytest $(PYTEST_ARGS)
+		$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadscope $(PYTEST_ARGS)
 
 # The fast tier only: services on real PostgreSQL, no processes started (seconds, not minutes).
 test-fast: install-test

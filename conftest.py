@@ -5,6 +5,7 @@ re-exported by tests/support.py); a test that uses one, directly or through othe
 is marked `slow`, as is one marked `@pytest.mark.slow` because it runs a command itself.
 `make test` runs both tiers; `make test-fast` (pytest -m "not slow") only the rest.
 """
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,9 +64,14 @@ def browser() -> Iterator[Any]:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """The chaos run, when selected, starts now and runs beside the rest (tests/test_chaos.py)."""
+    """The chaos run, when selected, starts now and runs beside the rest (tests/test_chaos.py).
+
+    Not in pytest-xdist's processes: each collects every test, but only the one given the
+    chaos test may run it, and that process starts it when the test starts."""
     from tests import test_chaos
 
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if not session.config.option.collectonly and any(
             item.nodeid == test_chaos.NODE_ID for item in session.items):
         test_chaos.chaos_start()

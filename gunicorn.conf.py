@@ -25,6 +25,34 @@ def on_starting(server: Any) -> None:
     from infra import metrics
 
     metrics.multiprocess_dir_create("web", base=os.environ.get("METRICS_DIR", ""))
+    _one_halt(server)
+
+
+def _one_halt(server: Any) -> None:
+    """A worker that fails to boot (a refused start-up) halts the master, which then reaps
+    the other workers: one that failed to boot too raised gunicorn's HaltServer again, from
+    inside the halt, and the master ended with a traceback instead of its one clear line.
+    Once halting, a failed boot is one more worker gone."""
+    from gunicorn.errors import HaltServer
+
+    reap = server.reap_workers
+    halting = False
+
+    def reap_workers() -> None:
+        nonlocal halting
+        try:
+            reap()
+        except HaltServer:
+            if not halting:
+                halting = True
+                raise
+            for pid in list(server.WORKERS):  # gunicorn raised before it let go of the pid
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    server.WORKERS.pop(pid, None)
+
+    server.reap_workers = reap_workers
 
 
 def child_exit(server: Any, worker: Any) -> None:

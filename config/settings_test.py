@@ -4,7 +4,19 @@ The processes the tests start (web, workers, beat, commands) run config.settings
 by their environment as in production (tests/support.py, process_env); settings that only some
 tests need are changed per test, through pytest-django's `settings` fixture.
 """
-from config.settings import *  # noqa: F403
+import os
+import re
+
+# `make test` runs the suite in two processes (pytest-xdist): the second one's workers take
+# their tasks from a Redis database of its own (one below the first's), or each process's
+# workers would take the other's (tests/support.py `redis_url` for the tests' spare ones).
+_XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+for _name in ("CELERY_BROKER_URL", "PAYMENT_REDIS_URL"):
+    _url = re.fullmatch(r"(rediss?://[^/]+)/(\d+)", os.environ.get(_name, ""))
+    if _url and _XDIST_INDEX:
+        os.environ[_name] = f"{_url[1]}/{int(_url[2]) - _XDIST_INDEX}"
+
+from config.settings import *  # noqa: E402, F403
 
 # PBKDF2's deliberate cost only slows the many sign-ups the tests make.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

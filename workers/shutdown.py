@@ -94,3 +94,29 @@ def _cold_shutdown_in_the_loop(sender: Any = None, **kwargs: Any) -> None:
     hub = getattr(sender, "hub", None)
     if hub is not None:
         LoopShutdown(hub)
+
+
+class PoolStopLevel(logging.Filter):
+    """billiard logs a pool process that ended by a signal as an ERROR unless the pool ended
+    it. A stop sends SIGTERM to a worker's whole process group (honcho on Ctrl-C, `docker
+    stop` with an init, systemd's default), and a pool process may end before its main
+    process takes the signal: a stop, not a failure, so a WARNING. A process killed by
+    anything else (SIGKILL by the kernel's OOM killer, a crash) stays an ERROR."""
+
+    MESSAGE = "Process %r pid:%r exited with %r"
+    STOPPED = "signal 15 (SIGTERM)"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (record.msg == self.MESSAGE and isinstance(args, tuple) and len(args) == 3
+                and args[2] == self.STOPPED and record.levelno > logging.WARNING):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+@signals.worker_init.connect
+def _pool_stop_level(**kwargs: Any) -> None:
+    from billiard.util import get_logger
+
+    get_logger().addFilter(PoolStopLevel())
+

@@ -17,6 +17,7 @@ from tests.support import (
     free_port,
     procfile_command,
     python_args,
+    redis_url,
     signed_return,
     wait_for_port,
 )
@@ -37,7 +38,7 @@ def test_64_waiting_returns_do_not_slow_other_pages(
     worker_env: dict[str, str], log_dir: Path, dev_keys: Path
 ) -> None:
     port = free_port()
-    idle_broker = worker_env["CELERY_BROKER_URL"].rsplit("/", 1)[0] + "/12"
+    idle_broker = redis_url(12, worker_env["CELERY_BROKER_URL"])
     env = {**worker_env, "CELERY_BROKER_URL": idle_broker, "RETURN_WAIT_SECONDS": "4",
            "WEB_BIND": f"127.0.0.1:{port}", "LOG_LEVEL": "WARNING"}
     web = ManagedProcess("serving-web", procfile_command("web"), env, log_dir).start()

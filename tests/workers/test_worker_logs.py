@@ -59,3 +59,39 @@ def test_worker_on_redis_logs_no_hostname_warning(
     env = {**_default_env(tmp_path, dev_keys), "CELERY_BROKER_URL": url}
     log = _worker_log("quiet-redis", env, log_dir)
     assert NO_HOSTNAME not in log, log
+
+
+def test_a_pool_process_ended_by_a_stop_is_a_warning_and_one_killed_stays_an_error() -> None:
+    """A stop's SIGTERM reaches a worker's whole process group: a pool process may end before
+    its main process takes the signal, and billiard logged that as an ERROR."""
+    import logging
+
+    import billiard.util
+
+    from workers.shutdown import _pool_stop_level
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = billiard.util.get_logger()
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    filters = list(logger.filters)
+    try:
+        _pool_stop_level()
+        for status in ("signal 15 (SIGTERM)", "signal 9 (SIGKILL)", "exitcode 1"):
+            billiard.util.error("Process %r pid:%r exited with %r", "ForkPoolWorker-1", 1, status)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.filters[:] = filters
+
+    assert [(record.getMessage(), record.levelname) for record in records] == [
+        ("Process 'ForkPoolWorker-1' pid:1 exited with 'signal 15 (SIGTERM)'", "WARNING"),
+        ("Process 'ForkPoolWorker-1' pid:1 exited with 'signal 9 (SIGKILL)'", "ERROR"),
+        ("Process 'ForkPoolWorker-1' pid:1 exited with 'exitcode 1'", "ERROR"),
+    ]

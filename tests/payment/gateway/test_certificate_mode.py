@@ -41,15 +41,16 @@ from tests.support import (
     procfile_command,
     python_args,
     query_params,
+    redis_url,
     wait_for,
     wait_for_port,
 )
 
 pytestmark = [pytest.mark.slow]
 
-# Not the session's Redis database (14), and one per stack: a worker takes whatever its
+# Not the session's Redis database, and one per stack: a worker takes whatever its
 # broker holds, whichever stack's database the task was meant for.
-BROKERS = {"certmode": "redis://127.0.0.1:6379/11", "keyswitch": "redis://127.0.0.1:6379/10"}
+BROKERS = {"certmode": redis_url(11), "keyswitch": redis_url(10)}
 PAID = 2  # OrderInfo.Status.UNSEND: paid, to be sent
 
 

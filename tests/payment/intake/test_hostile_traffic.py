@@ -19,6 +19,7 @@ from tests.support import (
     free_port,
     process_fixture,
     procfile_command,
+    redis_url,
     sign_params,
     wait_for_port,
 )
@@ -33,7 +34,7 @@ STATUS_RATE = 6
 @process_fixture
 def strict_web(worker_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     """The Procfile's web process with two workers and low throttles on their own Redis db."""
-    throttle_redis = worker_env["CELERY_BROKER_URL"].rsplit("/", 1)[0] + "/10"
+    throttle_redis = redis_url(10, worker_env["CELERY_BROKER_URL"])
     redis.Redis.from_url(throttle_redis).flushdb()
     port = free_port()
     env = {**worker_env, "WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "2",
