@@ -67,7 +67,8 @@ run: prepare
 
 # Two pytest processes (pytest-xdist), a test module at a time each: most of the slow tier
 # waits on the processes it starts. Each has its own test database and Redis databases
-# (config/settings_test.py, tests/support.py); TEST_PROCESSES=0 runs the suite in one.
+# (config/settings_test.py, tests/support.py), laid out for two at most; TEST_PROCESSES=0
+# runs the suite in one.
 TEST_PROCESSES ?= 2
 
 test: install-test lint

@@ -10,11 +10,14 @@ import re
 # `make test` runs the suite in two processes (pytest-xdist): the second one's workers take
 # their tasks from a Redis database of its own (one below the first's), or each process's
 # workers would take the other's (tests/support.py `redis_url` for the tests' spare ones).
-_XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+if XDIST_INDEX > 1:
+    raise RuntimeError("the tests' Redis databases are laid out for two pytest processes at "
+                       "most: TEST_PROCESSES=2 (or 0 or 1)")
 for _name in ("CELERY_BROKER_URL", "PAYMENT_REDIS_URL"):
     _url = re.fullmatch(r"(rediss?://[^/]+)/(\d+)", os.environ.get(_name, ""))
-    if _url and _XDIST_INDEX:
-        os.environ[_name] = f"{_url[1]}/{int(_url[2]) - _XDIST_INDEX}"
+    if _url and XDIST_INDEX:
+        os.environ[_name] = f"{_url[1]}/{int(_url[2]) - XDIST_INDEX}"
 
 from config.settings import *  # noqa: E402, F403
 

@@ -49,12 +49,13 @@ def query_params(url: str) -> dict[str, str]:
 # or one's workers would take the other's tasks. The first uses 14 (the session's broker) and
 # 10-12 for the tests that want one of their own; the second 13 (config/settings_test.py) and
 # 7-9.
-XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
 SPARE_REDIS_DBS = (10, 11, 12)
 
 
 def redis_url(spare: int, base: str = "redis://127.0.0.1:6379/0") -> str:
     """Spare Redis database `spare` (10, 11 or 12) of this test process, on base's server."""
+    from config.settings_test import XDIST_INDEX
+
     assert spare in SPARE_REDIS_DBS, spare
     return f"{base.rsplit('/', 1)[0]}/{spare - len(SPARE_REDIS_DBS) * XDIST_INDEX}"
 
