@@ -98,8 +98,8 @@ def _cold_shutdown_in_the_loop(sender: Any = None, **kwargs: Any) -> None:
 
 class PoolStopLevel(logging.Filter):
     """billiard logs a pool process that ended by a signal as an ERROR unless the pool ended
-    it. A stop sends SIGTERM to a worker's whole process group (honcho on Ctrl-C, `docker
-    stop` with an init, systemd's default), and a pool process may end before its main
+    it. A stop may send SIGTERM to every process of a worker (honcho on Ctrl-C signals the
+    process group, systemd its control group), and a pool process may end before its main
     process takes the signal: a stop, not a failure, so a WARNING. A process killed by
     anything else (SIGKILL by the kernel's OOM killer, a crash) stays an ERROR."""
 
@@ -119,4 +119,3 @@ def _pool_stop_level(**kwargs: Any) -> None:
     from billiard.util import get_logger
 
     get_logger().addFilter(PoolStopLevel())
-
