@@ -183,7 +183,7 @@ def test_a_body_announced_above_the_limit_is_refused_with_413_before_it_is_spool
     started = time.perf_counter()
     status = _status(sock, timeout=10)
     elapsed = time.perf_counter() - started
-    sender = _send_in_background(sock, iter([b"x" * 1024 * 1024 for _ in range(400)]))
+    sender = _send_in_background(sock, (b"x" * 1024 * 1024 for _ in range(400)))
     spooled = [limits_web.spooled_bytes()]
     while sender.is_alive() and len(spooled) < 100:
         spooled.append(limits_web.spooled_bytes())
