@@ -4,9 +4,10 @@ invariant checked against the sandbox's books.
 
 It needs nothing the other tests use (its own PostgreSQL cluster, Redis, sandbox, web and
 workers on free ports), so when the suite selects it, it starts as soon as collection ends
-(conftest.py) and runs beside the other tests at a lower CPU priority (`nice`): it takes
-the CPU they leave while they wait on their processes, without slowing their timing. The test
-itself waits for its end and reads its report."""
+(conftest.py; under pytest-xdist, when its test starts in the process given it) and runs beside
+the other tests at a lower CPU priority (`nice`): it takes the CPU they leave while they wait
+on their processes, without slowing their timing. The test itself waits for its end and reads
+its report."""
 import os
 import re
 import signal
