@@ -195,6 +195,15 @@ class _AliPay(AliPay):
         )
         return base64.b64encode(signature).decode()
 
+    def sign_data(self, data: dict[str, Any]) -> str:
+        """The SDK's signed form, byte for byte, with the signature percent-encoded by
+        `base64_quote`: the SDK's `quote_plus` works one character at a time in Python, and
+        the 344-character signature cost more than everything else it encodes together."""
+        ordered_items = self._ordered_data(data)
+        signature = self._sign("&".join(f"{k}={v}" for k, v in ordered_items))
+        return "&".join([*(f"{k}={urllib.parse.quote_plus(v)}" for k, v in ordered_items),
+                         f"sign={base64_quote(signature)}"])
+
     def build_body(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         data: dict[str, Any] = super().build_body(*args, **kwargs)
         if trust.mode() == trust.CERT_MODE:
@@ -231,6 +240,11 @@ class _AliPay(AliPay):
         # URL of several kilobytes, urllib3 re-encoded them one character at a time.
         return gateway_post(self._gateway, self.sign_data(data).encode(),
                             timeout=self._config.timeout)
+
+
+def base64_quote(text: str) -> str:
+    """`quote_plus` of base64 text: of its 65 characters only `+`, `/` and `=` are encoded."""
+    return text.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
 
 
 class GatewayHTTPError(OSError):

@@ -132,3 +132,20 @@ def test_a_pay_link_used_after_the_deadline_cannot_be_paid_at_alipay(
     assert OrderInfo.objects.get(pk=order_id).status in (OrderInfo.Status.UNPAID,
                                                          OrderInfo.Status.CANCELED)
     assert not Payment.objects.filter(order_id=order_id).exists()
+
+
+def test_the_signed_form_sent_is_the_sdks_own_byte_for_byte() -> None:
+    """`sign_data` encodes the signature without `quote_plus`: the form must not change."""
+    sdk = gateway.client._client()
+    base = super(type(sdk), sdk)  # python-alipay-sdk's own sign_data
+    seen: set[str] = set()
+    for n in range(40):
+        data = sdk.build_body("alipay.trade.page.pay", {
+            "out_trade_no": f"20261207{n:06d}", "total_amount": f"{n}.01",
+            "subject": f"测试 a+b/c=d&e%f ~{n}"}, return_url="https://shop.example/r?a=1&b=2")
+        ours = sdk.sign_data(dict(data))
+        assert ours == base.sign_data(dict(data))
+        signature = urllib.parse.parse_qs(ours)["sign"][0]
+        seen |= set(signature)
+        assert gateway.client.base64_quote(signature) == urllib.parse.quote_plus(signature)
+    assert {"+", "/", "="} <= seen  # every character the encoding changes was met
