@@ -73,7 +73,7 @@ TEST_PROCESSES ?= 2
 
 test: install-test lint
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
-		$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadscope $(PYTEST_ARGS)
+		$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The fast tier only: services on real PostgreSQL, no processes started (seconds, not minutes).
 test-fast: install-test
