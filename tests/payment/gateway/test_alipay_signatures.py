@@ -134,7 +134,9 @@ def test_a_pay_link_used_after_the_deadline_cannot_be_paid_at_alipay(
     assert not Payment.objects.filter(order_id=order_id).exists()
 
 
-def test_the_signed_form_sent_is_the_sdks_own_byte_for_byte() -> None:
+def test_the_signed_form_sent_is_the_sdks_own_byte_for_byte(
+    alipay_settings: dict[str, str],
+) -> None:
     """`sign_data` encodes the signature without `quote_plus`: the form must not change."""
     sdk = gateway.client._client()
     base = super(type(sdk), sdk)  # python-alipay-sdk's own sign_data
