@@ -28,3 +28,13 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # The throttle tests set their own rates.
 RETURN_RATE = "100000/minute"
 PAYMENT_REFUSED_RATE = "100000/minute"
+
+# The suite never reads the keys in keys/ (a developer's sandbox keys, absent from a fresh
+# clone): a test signs with the session's throwaway keys (tests/conftest.py `alipay_settings`)
+# or with keys of its own, and one that forgets fails here as it would on a fresh clone. A
+# process started with this module and key paths in its environment keeps them.
+UNSET_KEYS_DIR = BASE_DIR / "tests" / "keys-unset"  # noqa: F405
+ALIPAY_APP_PRIVATE_KEY_PATH = Path(os.environ.get(  # noqa: F405
+    "ALIPAY_APP_PRIVATE_KEY_PATH", UNSET_KEYS_DIR / "app_private_key.pem"))
+ALIPAY_PUBLIC_KEY_PATH = Path(os.environ.get(  # noqa: F405
+    "ALIPAY_PUBLIC_KEY_PATH", UNSET_KEYS_DIR / "alipay_public_key.pem"))

@@ -62,7 +62,8 @@ def redis_url(spare: int, base: str = "redis://127.0.0.1:6379/0") -> str:
 
 def process_env(**changes: str) -> dict[str, str]:
     """The environment for a process a test starts: this one's, with config.settings (what
-    production runs; pytest runs config.settings_test) and the test run's throttle rates."""
+    production runs; pytest runs config.settings_test), the test run's throttle rates, and
+    key paths that never hold keys unless the test gives its own (`alipay_env`)."""
     from config import settings_test
 
     return {
@@ -70,6 +71,8 @@ def process_env(**changes: str) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "RETURN_RATE": settings_test.RETURN_RATE,
         "PAYMENT_REFUSED_RATE": settings_test.PAYMENT_REFUSED_RATE,
+        "ALIPAY_APP_PRIVATE_KEY_PATH": str(settings_test.ALIPAY_APP_PRIVATE_KEY_PATH),
+        "ALIPAY_PUBLIC_KEY_PATH": str(settings_test.ALIPAY_PUBLIC_KEY_PATH),
         **changes,
     }
 
